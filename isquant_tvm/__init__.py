@@ -1,0 +1,16 @@
+"""isquant-tvm: data-free int8 (ISQuant / SQuant) deployment of CNNs with Apache TVM.
+
+Python API mirroring the CLI::
+
+    import isquant_tvm as iq
+    model = iq.load("model.onnx")                       # or "builtin:resnet18", a torch.nn.Module, a .pt2
+    result = iq.compile(model, target="arm", output="model.so")
+    outputs, timing = iq.run("model.so", repeat=10)
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .api import CompileResult, compile, inspect, load, run  # noqa: E402
+
+__all__ = ["__version__", "load", "compile", "run", "inspect", "CompileResult"]

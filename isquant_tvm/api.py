@@ -1,0 +1,174 @@
+"""The Python API; the CLI is a thin layer over these functions.
+
+Pipeline: load (frontend) -> fold BN -> [quantize: weights, activation ranges, qnn pass, legalize]
+-> build -> export -> run."""
+from __future__ import annotations
+
+import logging
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import tvm
+from tqdm.auto import tqdm
+
+from . import __version__ as _version
+from . import tvm_compat
+from .errors import IsquantError
+from .frontend import ImportedModel
+from .frontend import load as _load
+from .passes.fold_bn import fold_batchnorm
+from .targets import export as _export
+from .targets.build import build
+from .targets.presets import describe, resolve_target
+from .targets.runner import Timing, VMRunner, fill_inputs, load_local
+
+log = logging.getLogger(__name__)
+
+QUANTIZE_MODES = ("isquant", "rtn", "none")
+
+
+@dataclass
+class CompileResult:
+    mod: tvm.IRModule
+    target: tvm.target.Target
+    executable: Any
+    metadata: dict[str, Any]
+    output: Path | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def runner(self) -> VMRunner:
+        """Run the in-memory build on the local CPU (x86 targets only)."""
+        return VMRunner(self.executable, tvm.cpu(0), self.metadata)
+
+
+def load(model: str | Path | Any, input_shapes: Mapping[str, Sequence[int]] | str | None = None,
+         example_inputs: Sequence[Any] | None = None) -> ImportedModel:
+    """Import an ONNX file, a .pt2 program, 'builtin:NAME' or a torch.nn.Module (with example_inputs)."""
+    return _load(model, input_shapes=input_shapes, example_inputs=example_inputs)
+
+
+def prepare(model: ImportedModel) -> tvm.IRModule:
+    """The float graph every later stage starts from: BatchNorm folded, constants evaluated."""
+    return fold_batchnorm()(model.mod)
+
+
+def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
+    model: ImportedModel | str | Path | Any,
+    target: str | dict[str, Any] | tvm.target.Target = "x86",
+    output: str | Path | None = None,
+    quantize: str = "none",
+    cross_compiler: str | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | str | None = None,
+    quant_options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> CompileResult:
+    """Import (if needed), fold BN, optionally quantize to an integer graph, build for `target` and,
+    with `output`, export a .so plus `<output>.json`."""
+    if quantize not in QUANTIZE_MODES:
+        raise IsquantError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
+    tgt = resolve_target(target)
+    if output is not None:
+        # Fail on a missing cross compiler before minutes of work, not after.
+        _export.resolve_cross_compiler(tgt, cross_compiler)
+    stages = ["import", "fold batchnorm", "quantize", "build", "export"]
+    bar = tqdm(total=len(stages), desc="compile", unit="stage", disable=not progress or None, leave=False)
+    try:
+        bar.set_postfix_str("import")
+        imported = model if isinstance(model, ImportedModel) else load(model, input_shapes=input_shapes)
+        bar.update()
+        bar.set_postfix_str("fold batchnorm")
+        mod = prepare(imported)
+        bar.update()
+        report: dict[str, Any] = {}
+        quant_meta: dict[str, Any] | None = None
+        if quantize != "none":
+            bar.set_postfix_str("quantize")
+            from .quantize import quantize_model
+
+            qres = quantize_model(imported, mod, tgt, rounding="rtn" if quantize == "rtn" else "squant",
+                                  **dict(quant_options or {}))
+            mod, report, quant_meta = qres.mod, qres.report, qres.metadata
+        bar.update()
+        bar.set_postfix_str("build")
+        executable = build(mod, tgt)
+        bar.update()
+        metadata = {
+            "tool": "isquant-tvm",
+            "tool_version": _version,
+            "tvm_version": tvm_compat.TVM_VERSION,
+            "source": imported.source,
+            "target": describe(tgt),
+            "host": platform.machine(),
+            "inputs": [i.to_json() for i in imported.inputs],
+            "quantization": quant_meta,
+        }
+        result = CompileResult(mod=mod, target=tgt, executable=executable, metadata=metadata, report=report)
+        if output is not None:
+            bar.set_postfix_str("export")
+            result.output = _export.export_library(executable, output, tgt, metadata, cross_compiler)
+        bar.update()
+    finally:
+        bar.close()
+    return result
+
+
+def run(library: str | Path | CompileResult, inputs: Mapping[str, np.ndarray] | str | Path | None = None,
+        repeat: int = 0, number: int = 1, fill_mode: str = "random",
+        num_threads: int | None = None) -> tuple[list[np.ndarray], Timing | None]:
+    """Run `library` locally once and, with repeat > 0, time it (median/mean/min/max/std ms)."""
+    runner = library.runner() if isinstance(library, CompileResult) else load_local(library, num_threads)
+    feed = _read_inputs(inputs, runner)
+    outputs = runner.run(feed)
+    timing = runner.benchmark(feed, repeat=repeat, number=number) if repeat > 0 else None
+    return outputs, timing
+
+
+def _read_inputs(inputs: Mapping[str, np.ndarray] | str | Path | None, runner: VMRunner,
+                 fill_mode: str = "random") -> dict[str, np.ndarray]:
+    if inputs is None:
+        if not runner.input_specs:
+            raise IsquantError("the library has no metadata JSON beside it: pass --inputs x.npz")
+        return fill_inputs(runner.input_specs, fill_mode)
+    if isinstance(inputs, (str, Path)):
+        path = Path(inputs)
+        if not path.exists():
+            raise IsquantError(f"{path}: no such inputs file (an .npz keyed by input name)")
+        try:
+            with np.load(path) as data:
+                return {k: data[k] for k in data.files}
+        except Exception as err:
+            raise IsquantError(f"{path}: not a readable .npz file ({err})") from err
+    return dict(inputs)
+
+
+def inspect(model: ImportedModel | str | Path | Any, input_shapes: Mapping[str, Sequence[int]] | str | None = None,
+            folded: bool = True) -> tuple[dict[str, int], tvm.IRModule]:
+    """Op counts of the imported (and BN-folded) graph, and the module itself."""
+    imported = model if isinstance(model, ImportedModel) else load(model, input_shapes=input_shapes)
+    mod = prepare(imported) if folded else imported.mod
+    return op_counts(mod), mod
+
+
+def op_counts(mod: tvm.IRModule) -> dict[str, int]:
+    from tvm import relax
+
+    counts: dict[str, int] = {}
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Call):
+            if isinstance(expr.op, tvm.ir.Op):
+                name = expr.op.name.removeprefix("relax.")
+            elif isinstance(expr.op, tvm.ir.GlobalVar):
+                func = mod[expr.op]
+                name = str(func.attrs["qnn.op"]) if func.attrs and "qnn.op" in func.attrs else expr.op.name_hint
+            else:
+                return
+            counts[name] = counts.get(name, 0) + 1
+
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function) and not (func.attrs and "qnn.op" in func.attrs):
+            relax.analysis.post_order_visit(func, visit)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

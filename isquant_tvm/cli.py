@@ -1,0 +1,264 @@
+"""`python -m isquant_tvm`: a tvmc-style command line over the Python API (no logic of its own)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import __version__
+
+EPILOG = "Models: an .onnx file, a torch.export .pt2 file, or builtin:NAME (resnet18, resnet20-cifar, squeezenet1_1, mobilenet_v2)."
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def _command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        _COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model to import: path to .onnx or .pt2, or builtin:NAME")
+    p.add_argument("--input-shapes", metavar="SHAPES",
+                   help='override input shapes, tvmc style: "input:[1,3,224,224]" (space-separated for several);'
+                        " default: the model's static shapes")
+
+
+def _add_target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="x86",
+                   help="where the library runs: a preset (x86, x86-avx2, x86-avx512, x86-amx, arm, rasp4b, rasp5;"
+                        " see `targets`), a TVM tag (raspberry-pi/4b-aarch64), a JSON dict"
+                        " ('{\"kind\": \"llvm\", \"mcpu\": \"haswell\"}') or an old tvmc string"
+                        " ('llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72 -mattr=+neon'). Default: x86 (this CPU)")
+    p.add_argument("--cross-compiler", metavar="CC",
+                   help="C compiler that links the library for a foreign target (default for aarch64:"
+                        " aarch64-linux-gnu-gcc from Debian's gcc-aarch64-linux-gnu)")
+
+
+def _add_quant_args(p: argparse.ArgumentParser, default_quantize: str) -> None:
+    g = p.add_argument_group("quantization")
+    g.add_argument("--quantize", choices=["isquant", "rtn", "none"], default=default_quantize,
+                   help="isquant: SQuant flip rounding on int8 weights + integer graph; rtn: round-to-nearest"
+                        f" weights + integer graph; none: float build (default: {default_quantize})")
+    g.add_argument("--rounding", choices=["squant", "squant-e", "squant-k", "squant-c", "rtn"], default=None,
+                   help="weight rounding stage(s) to use (default: squant for --quantize isquant, rtn for rtn)")
+    g.add_argument("--granularity", choices=["per-tensor", "per-channel"], default="per-tensor",
+                   help="weight scale granularity: one symmetric scale per tensor (ISQuant, default) or per output channel")
+    g.add_argument("--weight-bits", type=int, default=8, metavar="B",
+                   help="weight bit width, 2..8 (default 8; the integer graph needs 8, lower widths are for research)")
+    g.add_argument("--activation-ranges", choices=["auto", "bn", "synthetic", "calibration"], default="auto",
+                   help="how activation scales are set: auto = BatchNorm statistics where the model had BN, synthetic"
+                        " inputs elsewhere (data-free, default); calibration = from --calibration samples")
+    g.add_argument("--calibration", metavar="PATH",
+                   help="folder of images or .npz of preprocessed inputs for calibrated activation ranges (optional)")
+    g.add_argument("--calibration-method", choices=["minmax", "percentile"], default="percentile",
+                   help="how calibration samples set a range (default: percentile 99.99)")
+    g.add_argument("--report", metavar="PATH", help="write the per-layer quantization report (JSON) here")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("library", help="a .so written by `compile`")
+    p.add_argument("-i", "--inputs", metavar="NPZ", help=".npz of inputs keyed by input name (default: random)")
+    p.add_argument("-o", "--outputs", metavar="NPZ", help="save outputs to this .npz (output_0, output_1, ...)")
+    p.add_argument("--fill-mode", choices=["random", "zeros", "ones"], default="random",
+                   help="how to make inputs when --inputs is not given (default random, seeded)")
+    p.add_argument("--repeat", type=int, default=None, metavar="N",
+                   help="timed measurements (each averages --number runs); default 0 for run, 20 for bench")
+    p.add_argument("--number", type=int, default=1, metavar="M", help="runs averaged per measurement (default 1)")
+    p.add_argument("--num-threads", type=int, metavar="T", help="TVM worker threads (default: all cores)")
+    p.add_argument("--print-time", action="store_true", help="print the timing table (implied by bench)")
+    p.add_argument("--print-top", type=int, metavar="K", help="print the top-K classes of the first output")
+    p.add_argument("--json", metavar="PATH", help="write timing and output summary as JSON")
+    g = p.add_argument_group("remote board (TVM RPC)")
+    g.add_argument("--rpc", metavar="HOST:PORT", help="run on an RPC server reached directly")
+    g.add_argument("--rpc-tracker", metavar="HOST[:PORT]", help="run on a board from this tracker (port default 9190)")
+    g.add_argument("--rpc-key", metavar="KEY", help="the board's key at the tracker (e.g. rasp4b)")
+    g.add_argument("--session-timeout", type=float, default=600.0, metavar="S",
+                   help="seconds before the remote session is closed (default 600)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m isquant_tvm",
+        description="Data-free int8 deployment of CNNs with Apache TVM: ISQuant weight rounding, an integer"
+                    " Relax graph, x86 and aarch64 shared libraries, local or RPC runs.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"isquant-tvm {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more output: -v info and tracebacks on errors, -vv debug")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("compile", help="import, quantize and build a model into a .so",
+                       description="Import a model, fold BatchNorm, quantize it data-free to an integer graph and"
+                                   " build a shared library (plus <output>.json metadata) for a target.",
+                       epilog=EPILOG)
+    _add_model_args(p)
+    _add_target_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="PATH", help="the .so to write (atomically)")
+    _add_quant_args(p, default_quantize="isquant")
+    p.add_argument("--print-ir", action="store_true", help="print the final Relax module before building")
+
+    p = sub.add_parser("run", help="run a compiled .so locally or on a board",
+                       description="Run a library built by `compile` once, optionally timed, like `tvmc run`.")
+    _add_run_args(p)
+    p = sub.add_parser("bench", help="time a compiled .so (run with --repeat 20 --print-time)",
+                       description="Benchmark a library: median/mean/min/max/std over --repeat measurements.")
+    _add_run_args(p)
+
+    p = sub.add_parser("inspect", help="op counts and IR of the imported graph",
+                       description="Import a model, fold BatchNorm and print its op counts (and the Relax IR).",
+                       epilog=EPILOG)
+    _add_model_args(p)
+    p.add_argument("--print-ir", action="store_true", help="print the Relax module")
+    p.add_argument("--no-fold", action="store_true", help="show the graph as imported, before BatchNorm folding")
+
+    sub.add_parser("targets", help="list target presets and what each enables",
+                   description="List the --target presets, the TVM target each maps to and the ISA features it enables.")
+    return parser
+
+
+@_command("targets")
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from .targets.presets import presets
+
+    rows = presets()
+    width = max(len(n) for n in rows)
+    for name, preset in rows.items():
+        spec = preset.spec if isinstance(preset.spec, str) else json.dumps(preset.spec)
+        print(f"{name:<{width}}  {preset.description}")
+        print(f"{'':<{width}}  enables: {', '.join(preset.enables)}; TVM target: {spec}")
+    return 0
+
+
+@_command("inspect")
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .api import inspect, load
+
+    model = load(args.model, input_shapes=args.input_shapes)
+    counts, mod = inspect(model, folded=not args.no_fold)
+    print(f"model: {model.source}")
+    for spec in model.inputs:
+        print(f"input: {spec.name} {list(spec.shape)} {spec.dtype}")
+    print("ops:")
+    for name, count in counts.items():
+        print(f"  {name:<24}{count:>6}")
+    if args.print_ir:
+        print(mod.script(show_meta=False))
+    return 0
+
+
+@_command("compile")
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from .api import compile
+
+    quant_options: dict[str, Any] = {
+        "granularity": args.granularity,
+        "weight_bits": args.weight_bits,
+        "activation_ranges": args.activation_ranges,
+        "calibration": args.calibration,
+        "calibration_method": args.calibration_method,
+    }
+    if args.rounding:
+        quant_options["rounding"] = args.rounding
+    result = compile(args.model, target=args.target, output=args.output, quantize=args.quantize,
+                     cross_compiler=args.cross_compiler, input_shapes=args.input_shapes,
+                     quant_options=quant_options if args.quantize != "none" else None)
+    if args.print_ir:
+        print(result.mod.script(show_meta=False))
+    if args.report and result.report:
+        from .targets.export import atomic_write_json
+
+        atomic_write_json(Path(args.report), result.report)
+    summary = result.report.get("summary") if result.report else None
+    if summary:
+        print(summary_line(summary))
+    print(f"wrote {result.output} ({result.output.stat().st_size / 1e6:.1f} MB) and {result.output}.json")
+    return 0
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    parts = [f"{k}={v}" for k, v in summary.items()]
+    return "quantized: " + ", ".join(parts)
+
+
+@_command("run")
+def _cmd_run(args: argparse.Namespace, bench: bool = False) -> int:
+    from .api import _read_inputs
+    from .targets.runner import load_local
+
+    repeat = args.repeat if args.repeat is not None else (20 if bench else 0)
+    if args.rpc or args.rpc_tracker:
+        from .targets.rpc import connect_runner
+
+        runner, info = connect_runner(args.library, rpc=args.rpc, tracker=args.rpc_tracker, key=args.rpc_key,
+                                      session_timeout=args.session_timeout)
+    else:
+        runner, info = load_local(args.library, args.num_threads), {"device": "local cpu"}
+    feed = _read_inputs(args.inputs, runner, args.fill_mode) if args.inputs else _read_inputs(None, runner, args.fill_mode)
+    outputs = runner.run(feed)
+    timing = runner.benchmark(feed, repeat=repeat, number=args.number) if repeat > 0 else None
+    for i, out in enumerate(outputs):
+        print(f"output_{i}: shape {list(out.shape)} {out.dtype}  min {out.min():.4g}  max {out.max():.4g}"
+              f"  mean {out.mean():.4g}")
+    if args.print_top and outputs:
+        flat = outputs[0].reshape(outputs[0].shape[0], -1)[0]
+        top = np.argsort(-flat, kind="stable")[: args.print_top]
+        print("top classes: " + ", ".join(f"{c} ({flat[c]:.3f})" for c in top))
+    if timing and (args.print_time or bench):
+        print(timing.table())
+    if args.outputs:
+        from .targets.export import atomic_write_bytes
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, **{f"output_{i}": o for i, o in enumerate(outputs)})
+        atomic_write_bytes(Path(args.outputs), buf.getvalue())
+    if args.json:
+        from .targets.export import atomic_write_json
+
+        doc: dict[str, Any] = dict(info)
+        if timing:
+            doc.update(timing.to_json())
+        doc["outputs"] = [{"shape": list(o.shape), "dtype": str(o.dtype)} for o in outputs]
+        atomic_write_json(Path(args.json), doc)
+    return 0
+
+
+@_command("bench")
+def _cmd_bench(args: argparse.Namespace) -> int:
+    return _cmd_run(args, bench=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from .errors import IsquantError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except IsquantError as err:
+        if args.verbose:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # an internal failure: keep it to one line unless asked
+        if args.verbose:
+            raise
+        first = str(err).strip().splitlines()
+        print(f"error: {type(err).__name__}: {first[-1] if first else ''} (run with -v for the traceback)",
+              file=sys.stderr)
+        return 1

@@ -1,0 +1,22 @@
+"""User-facing errors: one clear line on the CLI, a traceback only with -v."""
+from __future__ import annotations
+
+
+class IsquantError(Exception):
+    """A problem with the user's input or environment, worded so the user knows what to do."""
+
+
+class ModelLoadError(IsquantError):
+    pass
+
+
+class TargetError(IsquantError):
+    pass
+
+
+class ToolchainError(IsquantError):
+    pass
+
+
+class RPCError(IsquantError):
+    pass

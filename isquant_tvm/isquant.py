@@ -1,0 +1,550 @@
+"""SQuant / ISQuant data-free weight rounding, in numpy only.
+
+Implements /work/shared/docs/squant-spec.md (§3 algorithm, §3.10 edge semantics, §5 ISQuant grid),
+written from that specification. SQuant's official code is GPL-3.0 and was not used.
+
+Pipeline for one conv / dense weight (ISQuant, §5)::
+
+    w_f, b_f = fold_batchnorm(w, b, gamma, beta, mean, var, eps)   # once per conv+BN pair
+    qw = quantize_weight(w_f, bits=8, granularity="per-tensor", method="squant")
+    w_hat = qw.dequantize()                                         # == qw.q * qw.scale
+
+Rounding semantics (fixed here, tested against a loop-level reference in tests/test_isquant.py):
+
+* RTN is round-half-to-even (``np.rint``), as in SQuant's ``torch.round``.
+* A *kernel* is one ``KH×KW`` slice ``w[oc, ic]``; a *row* is one output channel ``w[oc]``.
+  Dense weights and 1×1 convs have K = 1 and therefore no K stage.
+* Flips are assignments from static candidate tables built from RTN: an element ends at RTN,
+  RTN+1 (only if it was rounded down) or RTN-1 (only if it was rounded up), i.e. at floor(x) or
+  ceil(x); no element ever moves twice. Elements with ``x >= qmax`` are never raised, elements
+  with ``x <= qmin`` never lowered. The result is finally clipped to ``[qmin, qmax]``.
+* Priority order is descending |error|; ties go to the lower flat index (a stable order).
+* Group sums are float64, accumulated sequentially in a fixed order: a kernel sum left to right
+  over its K elements; a row sum left to right over its kernels' residuals, where a kernel's
+  residual after the K stage is its sum plus the signed number of flips it made (each flip moves
+  an element's error by exactly ±1). The order is fixed so that every implementation of these
+  semantics gives the same bits even when a sum lands next to a half-integer.
+* **Deviation from S1's Python fallback, per the spec's recommendation (§3.10):** a group whose
+  error sum is exactly 0 is a no-op: nothing is flipped and no candidate is registered.
+* **"Clean" variant (§3.10, test vector T13):** entries of priority 0 are never touched. If a
+  group needs more flips than it has genuine candidates, only the genuine ones flip, and the
+  candidate that would be registered is registered only if it is genuine. S1 instead performs
+  "fake flips" that erase an element's error without moving it (K stage) or move an unregistered
+  element (C stage). The two agree except when elements sit at the range bounds with too few
+  other candidates, which amax-scaled symmetric grids essentially never produce.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "METHODS",
+    "GRANULARITIES",
+    "QuantizedWeight",
+    "fold_batchnorm",
+    "weight_scale",
+    "round_weights",
+    "quantize_weight",
+    "weight_metrics",
+]
+
+#: Rounding methods: "rtn" and "squant-e" are round-to-nearest, "squant-k" runs only the kernel
+#: stage, "squant-c" only the output-channel stage (all candidates eligible), "squant" both.
+METHODS = ("rtn", "squant-e", "squant-k", "squant-c", "squant")
+GRANULARITIES = ("per-tensor", "per-channel")
+
+# Elements per chunk of output channels in the K+C path: large enough to amortise numpy's
+# per-call overhead, small enough that the chunk's working set stays in the 2 MiB L2.
+_CHUNK = 1 << 16
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm folding and scales
+# --------------------------------------------------------------------------------------------
+
+
+def fold_batchnorm(
+    w: np.ndarray,
+    b: np.ndarray | None,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fold an inference-mode BatchNorm that follows a conv / dense layer into its weight and bias.
+
+    With ``g = gamma / sqrt(var + eps)`` (per output channel) this returns
+    ``w_f = w * g[oc]`` and ``b_f = beta + (b - mean) * g``; ``b=None`` means a zero bias.
+    ``w`` has the output channel first (``OC×IC×KH×KW`` or ``OC×IC``); the BN vectors have shape
+    ``(OC,)``. Arithmetic is float64; the results have ``w``'s floating dtype (float64 for
+    non-float input).
+    """
+    w = np.asarray(w)
+    out_dtype = w.dtype if np.issubdtype(w.dtype, np.floating) else np.dtype(np.float64)
+    if w.ndim < 1:
+        raise ValueError("fold_batchnorm: w must have the output channel as its first axis")
+    oc = w.shape[0]
+    vecs = {}
+    for name, v in (("gamma", gamma), ("beta", beta), ("mean", mean), ("var", var)):
+        a = np.asarray(v, dtype=np.float64)
+        if a.shape != (oc,):
+            raise ValueError(f"fold_batchnorm: {name} has shape {a.shape}, expected ({oc},)")
+        vecs[name] = a
+    bias = np.zeros(oc) if b is None else np.asarray(b, dtype=np.float64)
+    if bias.shape != (oc,):
+        raise ValueError(f"fold_batchnorm: b has shape {bias.shape}, expected ({oc},)")
+    denom = vecs["var"] + float(eps)
+    if not np.all(denom > 0):
+        raise ValueError("fold_batchnorm: var + eps must be positive for every channel")
+    g = vecs["gamma"] / np.sqrt(denom)
+    w_f = w.astype(np.float64) * g.reshape((oc,) + (1,) * (w.ndim - 1))
+    b_f = vecs["beta"] + (bias - vecs["mean"]) * g
+    return w_f.astype(out_dtype), b_f.astype(out_dtype)
+
+
+def _check_bits(bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 8:
+        raise ValueError(
+            f"bits must be an integer from 2 to 8 (weights are stored as int8 on a symmetric "
+            f"narrow range [-(2^(bits-1)-1), 2^(bits-1)-1]); got {bits!r}"
+        )
+    return int(bits)
+
+
+def _grid_dtype(w: np.ndarray) -> np.dtype:
+    # float32 weights stay float32: rint and the error R - x are exact in float32 (see
+    # round_weights), and the halved memory traffic is most of the speed.
+    return np.dtype(np.float32) if w.dtype in (np.float16, np.float32) else np.dtype(np.float64)
+
+
+def weight_scale(
+    w: np.ndarray, bits: int = 8, granularity: str = "per-tensor"
+) -> np.ndarray:
+    """Symmetric (zero-point 0) scale(s) for ``w`` on the narrow range ``[-qmax, qmax]``.
+
+    ``qmax = 2^(bits-1) - 1`` (127 at 8 bits) and ``scale = amax / qmax`` with ``amax`` the
+    largest ``|w|`` over the whole tensor ("per-tensor", returns shape ``()``) or over each
+    output channel ``w[oc]`` ("per-channel", returns shape ``(OC,)``). The result is float32;
+    where ``amax / qmax`` rounds up to the float32 grid poorly, the scale is nudged up by ulps
+    so that ``amax / scale <= qmax`` holds in the arithmetic ``quantize_weight`` uses. A scale
+    of 0 (``amax == 0``, or an ``amax`` so small the float32 scale underflows) becomes 1, so an
+    all-zero tensor or channel quantises to all zeros.
+
+    Raises ValueError for bits outside 2..8, an unknown granularity or non-finite weights.
+    """
+    qmax = (1 << (_check_bits(bits) - 1)) - 1
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}; got {granularity!r}")
+    w = np.asarray(w)
+    if w.size == 0:
+        raise ValueError("weight_scale: empty weight")
+    dt = _grid_dtype(w)
+    if granularity == "per-tensor":
+        amax = np.asarray(max(w.max(), -w.min()), dtype=dt)
+    else:
+        if w.ndim < 2:
+            raise ValueError("per-channel scales need the output channel as the first axis")
+        w2 = w.reshape(w.shape[0], -1)
+        amax = np.maximum(w2.max(axis=1), -w2.min(axis=1)).astype(dt)
+    if not np.all(np.isfinite(amax)):
+        raise ValueError("weight_scale: weights contain NaN or infinity")
+    s = (amax.astype(np.float64) / qmax).astype(np.float32)
+    s = np.where(s > 0, s, np.float32(1.0)).astype(np.float32)
+    # float32(amax / qmax) may round down, which would put the largest weight a hair above qmax
+    # on the grid; one or two ulps up keep |x| <= qmax so no element can leave the narrow range.
+    for _ in range(4):
+        bad = (amax / s.astype(dt)) > qmax
+        if not np.any(bad):
+            break
+        s = np.where(bad, np.nextafter(s, np.float32(np.inf)), s).astype(np.float32)
+    return np.asarray(s, dtype=np.float32)
+
+
+def _to_grid(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``w / scale`` on the integer grid, in float32 for float32 weights, else float64."""
+    w = np.asarray(w)
+    dt = _grid_dtype(w)
+    s = np.asarray(scale, dtype=np.float32).astype(dt)
+    if s.ndim == 1:
+        s = s.reshape((-1,) + (1,) * (w.ndim - 1))
+    return np.divide(w.astype(dt, copy=False), s, dtype=dt)
+
+
+# --------------------------------------------------------------------------------------------
+# Rounding
+# --------------------------------------------------------------------------------------------
+
+
+def _out_dtype(qmin: int, qmax: int) -> np.dtype:
+    for t in (np.int8, np.int16, np.int32):
+        info = np.iinfo(t)
+        if info.min <= qmin and qmax <= info.max:
+            return np.dtype(t)
+    return np.dtype(np.int64)
+
+
+def round_weights(
+    x: np.ndarray, qmin: int, qmax: int, method: str = "squant"
+) -> np.ndarray:
+    """Round real values ``x`` already on the integer grid to integers in ``[qmin, qmax]``.
+
+    ``x`` is a conv weight ``OC×IC×KH×KW`` (grouped / depthwise convs are just
+    ``OC×(IC/g)×KH×KW``) or a dense weight ``OC×IC`` (K = 1: no K stage); more trailing kernel
+    axes are allowed and flattened into the kernel. ``method``:
+
+    * ``"rtn"`` / ``"squant-e"``: round half to even.
+    * ``"squant-k"``: SQuant kernel stage only (equals RTN when K = 1).
+    * ``"squant-c"``: output-channel stage only, every RTN candidate eligible.
+    * ``"squant"``: K stage, then C stage over the one candidate each kernel registered
+      (for K = 1, the C stage over all candidates, i.e. equal to ``"squant-c"``).
+
+    The module docstring states the exact semantics (half-to-even, stable ties, float64 sums in
+    a fixed order, exact-zero sums are no-ops, the "clean" variant without fake flips, bound
+    exclusion, final clip). Returns integers of ``x``'s shape, as int8 when ``[qmin, qmax]``
+    fits, else the smallest wider signed type. Deterministic: equal input, equal bytes.
+
+    float32 input is processed in float32 without changing any result: ``rint`` is exact and
+    ``rint(x) - x`` is exact for every float32 ``x`` (Sterbenz-type argument: both operands are
+    multiples of ``ulp(x)`` when ``|x| >= 0.5``, and the result is ``-x`` otherwise), and every
+    later step that could round (sums, ``1 - p`` priorities) is done in float64.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if int(qmin) != qmin or int(qmax) != qmax or not qmin < qmax:
+        raise ValueError(f"need integers qmin < qmax; got qmin={qmin!r}, qmax={qmax!r}")
+    qmin, qmax = int(qmin), int(qmax)
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    x = np.ascontiguousarray(x, dtype=_grid_dtype(x))
+    if x.ndim < 2 or x.size == 0:
+        raise ValueError(f"x must be a non-empty OC×IC[×KH×KW] array; got shape {x.shape}")
+    lo, hi = x.min(), x.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError("round_weights: x contains NaN or infinity")
+    out = np.empty(x.shape, dtype=_out_dtype(qmin, qmax))
+    oc, ic = x.shape[0], x.shape[1]
+    k = math.prod(x.shape[2:])
+    use_k = method in ("squant-k", "squant") and k > 1
+    use_c = method in ("squant-c", "squant")
+    # Bound handling costs a scan; skip it when no element can be excluded from a flip.
+    edges = bool(hi > qmax or lo < qmin)
+    if use_k:
+        x3 = x.reshape(oc, ic, k)
+        o3 = out.reshape(oc, ic, k)
+        rows = max(1, _CHUNK // (ic * k))
+        for r0 in range(0, oc, rows):
+            _k_then_c(x3[r0 : r0 + rows], qmin, qmax, use_c, edges, o3[r0 : r0 + rows])
+    elif use_c:
+        x3 = x.reshape(oc, ic, k)
+        o3 = out.reshape(oc, ic, k)
+        rows = max(1, _CHUNK // (ic * k))
+        for r0 in range(0, oc, rows):
+            _c_only(x3[r0 : r0 + rows], qmin, qmax, edges, o3[r0 : r0 + rows])
+    else:
+        np.clip(np.rint(x), qmin, qmax, out=out, casting="unsafe")
+    return out
+
+
+def _seq_sum_rows(a: np.ndarray) -> np.ndarray:
+    """float64 sum over axis 0 of a (K, G) array, accumulated strictly in order 0, 1, ..., K-1."""
+    s = a[0].astype(np.float64)
+    for j in range(1, a.shape[0]):
+        np.add(s, a[j], out=s)
+    return s
+
+
+def _seq_sum_last(a: np.ndarray) -> np.ndarray:
+    """float64 sum over the last axis, accumulated strictly left to right (cumsum is sequential)."""
+    if a.shape[-1] == 1:
+        return a[..., 0].astype(np.float64)
+    return np.cumsum(a, axis=-1, dtype=np.float64)[..., -1]
+
+
+def _first_argmax0(p: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Index of the first row of the (K, M) array ``p`` that equals the column maximum ``m``."""
+    k = p.shape[0]
+    idx = np.full(m.shape, k - 1, dtype=np.intp)
+    # Walk backwards so the lowest matching index is written last: the stable tie-break.
+    for j in range(k - 2, -1, -1):
+        np.copyto(idx, j, where=p[j] == m)
+    return idx
+
+
+def _topk_rows(p: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Mask of each row's ``min(k, #positive)`` largest positive entries; ties go to lower columns.
+
+    ``p`` is (M, L) with candidates > 0 and everything else <= 0; ``k`` is (M,) non-negative.
+    Entries <= 0 are never selected (the "clean" rule: no fake flips).
+    """
+    m, length = p.shape
+    sel = np.zeros((m, length), dtype=bool)
+    rows = np.flatnonzero(k > 0)
+    if rows.size == 0:
+        return sel
+    pr = p[rows]
+    kr = np.minimum(k[rows], length).astype(np.intp)
+    if length == 1:
+        sel[rows] = pr > 0
+        return sel
+    # The kr-th largest value is the threshold; only rows with ties at it need index order.
+    t = np.sort(pr, axis=1)[np.arange(rows.size), length - kr]
+    tiny = np.finfo(p.dtype).smallest_subnormal
+    thr = np.maximum(t, tiny)  # t <= 0 means fewer positives than kr: take them all
+    chosen = pr >= thr[:, None]
+    over = np.flatnonzero(chosen.sum(axis=1) > kr)
+    if over.size:
+        po, to = pr[over], t[over, None]
+        gt = po > to
+        eq = po == to
+        need = kr[over] - gt.sum(axis=1)
+        chosen[over] = gt | (eq & (np.cumsum(eq, axis=1) <= need[:, None]))
+    sel[rows] = chosen
+    return sel
+
+
+def _exclude_bounds(p: np.ndarray, xv: np.ndarray, up: np.ndarray, qmin: int, qmax: int,
+                    axis_of_group: int) -> None:
+    """Zero the priority of elements that would be flipped outward past a bound (in place).
+
+    ``up`` says per group whether it flips up; ``axis_of_group`` is the axis of ``p`` / ``xv``
+    that indexes groups.
+    """
+    for mask_fn, direction in ((lambda v: v > qmax, True), (lambda v: v < qmin, False)):
+        idx = np.nonzero(mask_fn(xv))
+        if idx[0].size:
+            g = idx[axis_of_group]
+            hit = up[g] == direction
+            p[tuple(i[hit] for i in idx)] = 0
+
+
+def _k_then_c(xc: np.ndarray, qmin: int, qmax: int, use_c: bool, edges: bool,
+              oc_out: np.ndarray) -> None:
+    """K stage (and optionally the C stage) for a block of whole output channels.
+
+    ``xc`` is (rows, IC, K) with K > 1; results go to ``oc_out`` (same shape, integer dtype).
+    Kernels are laid out as columns of a (K, G) array so that every per-kernel reduction is an
+    elementwise operation over contiguous rows instead of a short-axis reduction.
+    """
+    rc, ic, k = xc.shape
+    g_n = rc * ic
+    xg = xc.reshape(g_n, k)
+    out_flat = oc_out.reshape(-1)
+    np.clip(np.rint(xg), qmin, qmax, out=oc_out.reshape(g_n, k), casting="unsafe")
+
+    xt = np.ascontiguousarray(xg.T)
+    rt = np.rint(xt)
+    p = rt - xt  # E0, exact
+    s = _seq_sum_rows(p)
+    up = s < 0
+    a = np.abs(s)
+    kk = np.rint(a)
+    over = kk >= a
+    # Ranks to find per kernel: k flips, plus the next one when "under" (it gets registered).
+    # S == 0 gives k = 0 with over = True, hence 0 ranks: the no-op falls out of the formula.
+    need = (kk + ~over).astype(np.intp)
+    kk = kk.astype(np.intp)
+    # Priority in each kernel's own direction; > 0 exactly for that direction's candidates.
+    np.negative(p, out=p, where=up[None, :])
+    if edges:
+        _exclude_bounds(p, xt, up, qmin, qmax, axis_of_group=1)
+
+    kf = np.zeros(g_n, dtype=np.intp)  # flips made per kernel
+    reg_pos = np.zeros(g_n, dtype=np.intp)
+    reg_p = np.zeros(g_n, dtype=np.float64)
+    reg_up = np.zeros(g_n, dtype=bool)  # direction in which the registered element would flip
+    reg_undo = np.zeros(g_n, dtype=bool)  # registered element was flipped by the K stage
+    has_reg = np.zeros(g_n, dtype=bool)
+    flip_g: list[np.ndarray] = []
+    flip_j: list[np.ndarray] = []
+
+    act = np.flatnonzero(need > 0)
+    pa = p[:, act] if act.size < g_n else p
+    r = 0
+    while act.size:
+        m = pa.max(axis=0)
+        j = _first_argmax0(pa, m)
+        valid = m > 0
+        g = act[valid]
+        jv, mv = j[valid], m[valid]
+        ka, ova = kk[g], over[g]
+        f = r < ka
+        flip_g.append(g[f])
+        flip_j.append(jv[f])
+        kf[g[f]] += 1
+        # over: the last flipped element may be undone later; under: the next one may follow.
+        ro = ova & (r == ka - 1)
+        ru = ~ova & (r == ka)
+        for sub, undo in ((ro, True), (ru, False)):
+            gs = g[sub]
+            reg_pos[gs] = jv[sub]
+            reg_p[gs] = (1.0 - mv[sub].astype(np.float64)) if undo else mv[sub]
+            reg_up[gs] = ~up[gs] if undo else up[gs]
+            reg_undo[gs] = undo
+            has_reg[gs] = True
+        nxt = np.flatnonzero(valid & (need[act] > r + 1))
+        if not nxt.size:
+            break
+        pa = pa[:, nxt]
+        pa[j[nxt], np.arange(nxt.size)] = 0  # remove the element just ranked
+        act = act[nxt]
+        r += 1
+
+    if flip_g:
+        fg = np.concatenate(flip_g)
+        fj = np.concatenate(flip_j)
+        d = np.where(up[fg], 1, -1)
+        out_flat[fg * k + fj] = np.clip(rt[fj, fg] + d, qmin, qmax)
+
+    if not use_c:
+        return
+    # Kernel residual after K: each flip moved the sum by exactly one step towards zero.
+    resid = s + np.where(up, kf, -kf)
+    sc = _seq_sum_last(resid.reshape(rc, ic))
+    up_c = sc < 0
+    kc = np.rint(np.abs(sc)).astype(np.intp)
+    eligible = has_reg & (reg_up == np.repeat(up_c, ic))
+    pc = np.where(eligible, reg_p, 0.0).reshape(rc, ic)
+    sel = _topk_rows(pc, kc)
+    rows_i, cols_i = np.nonzero(sel)
+    if rows_i.size:
+        g = rows_i * ic + cols_i
+        j = reg_pos[g]
+        # An undo restores RTN; a further flip moves one step in the row's direction.
+        net = np.where(reg_undo[g], 0, np.where(up_c[rows_i], 1, -1))
+        out_flat[g * k + j] = np.clip(rt[j, g] + net, qmin, qmax)
+
+
+def _c_only(xc: np.ndarray, qmin: int, qmax: int, edges: bool, oc_out: np.ndarray) -> None:
+    """C stage with every RTN candidate eligible, for a block of whole output channels.
+
+    ``xc`` is (rows, IC, K); K = 1 for dense / 1×1 (where "squant" is exactly this), K > 1
+    for the "squant-c" ablation on spatial kernels.
+    """
+    rc, ic, k = xc.shape
+    r0 = np.rint(xc)
+    e = r0 - xc  # E0, exact
+    ks = e[..., 0].astype(np.float64) if k == 1 else _seq_sum_last(e)
+    sc = _seq_sum_last(ks)
+    up = sc < 0
+    kc = np.rint(np.abs(sc)).astype(np.intp)
+    p = e.reshape(rc, ic * k)
+    np.negative(p, out=p, where=up[:, None])
+    if edges:
+        _exclude_bounds(p, xc.reshape(rc, ic * k), up, qmin, qmax, axis_of_group=0)
+    sel = _topk_rows(p, kc)
+    rr, cc = np.nonzero(sel)
+    r2 = r0.reshape(rc, ic * k)
+    r2[rr, cc] += np.where(up[rr], 1, -1)
+    np.clip(r0, qmin, qmax, out=oc_out, casting="unsafe")
+
+
+# --------------------------------------------------------------------------------------------
+# Quantised weights and metrics
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QuantizedWeight:
+    """A weight quantised symmetrically: ``w ≈ q * scale`` (zero-point 0).
+
+    ``q`` is int8 of the weight's shape; ``scale`` is float32 of shape ``()`` (per-tensor) or
+    ``(OC,)`` (per-channel, broadcast over the first axis); ``q`` lies in
+    ``[-(2^(bits-1)-1), 2^(bits-1)-1]``.
+    """
+
+    q: np.ndarray
+    scale: np.ndarray
+    bits: int
+    method: str
+    granularity: str
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1
+
+    def scale_broadcast(self) -> np.ndarray:
+        """``scale`` reshaped to broadcast against ``q``."""
+        s = np.asarray(self.scale, dtype=np.float32)
+        return s.reshape((-1,) + (1,) * (self.q.ndim - 1)) if s.ndim == 1 else s
+
+    def dequantize(self) -> np.ndarray:
+        """float32 ``q * scale``."""
+        return self.q.astype(np.float32) * self.scale_broadcast()
+
+
+def quantize_weight(
+    w: np.ndarray, bits: int = 8, granularity: str = "per-tensor", method: str = "squant"
+) -> QuantizedWeight:
+    """Quantise a conv (``OC×IC×KH×KW``) or dense (``OC×IC``) weight ISQuant-style.
+
+    Symmetric scale from :func:`weight_scale` (amax / qmax, zero-point 0), ``x = w / scale`` in
+    float32 for float32 weights (float64 otherwise), then :func:`round_weights` on the narrow
+    range ``[-qmax, qmax]``. Fold BatchNorm first (:func:`fold_batchnorm`) for per-tensor use.
+    """
+    bits = _check_bits(bits)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    w = np.asarray(w)
+    if w.ndim < 2:
+        raise ValueError(f"quantize_weight: expected OC×IC[×KH×KW], got shape {w.shape}")
+    scale = weight_scale(w, bits, granularity)
+    qmax = (1 << (bits - 1)) - 1
+    x = _to_grid(w, scale)
+    q = round_weights(x, -qmax, qmax, method)
+    return QuantizedWeight(q=q, scale=scale, bits=bits, method=method, granularity=granularity)
+
+
+def _ase(err: np.ndarray) -> dict[str, float]:
+    """Absolute sum of error per kernel and per output channel: mean and max."""
+    oc, ic = err.shape[0], err.shape[1]
+    ker = np.abs(err.reshape(oc, ic, -1).sum(axis=2))
+    ch = np.abs(err.reshape(oc, -1).sum(axis=1))
+    return {
+        "kernel_ase_mean": float(ker.mean()),
+        "kernel_ase_max": float(ker.max()),
+        "channel_ase_mean": float(ch.mean()),
+        "channel_ase_max": float(ch.max()),
+    }
+
+
+def weight_metrics(w: np.ndarray, qw: QuantizedWeight) -> dict[str, Any]:
+    """Per-layer rounding quality of ``qw`` against the float weight ``w`` it was made from.
+
+    Keys (JSON-serialisable python scalars): ``mse`` / ``mse_rtn`` (mean squared error in weight
+    units, method / RTN); ``max_err_steps`` / ``max_err_steps_rtn`` (max |q - w/scale| in grid
+    steps); ``kernel_ase_{mean,max}`` and ``channel_ase_{mean,max}`` with ``_rtn`` twins (absolute
+    sum of grid-step errors per ``KH×KW`` kernel and per output channel; for K = 1 a kernel is a
+    single weight); ``flipped`` (fraction of elements that differ from RTN); ``scale`` (the scale,
+    or the largest per-channel scale) and ``scale_min``; ``bits``, ``method``, ``granularity``,
+    ``numel``.
+    """
+    w = np.asarray(w)
+    if w.shape != qw.q.shape:
+        raise ValueError(f"weight_metrics: w shape {w.shape} != q shape {qw.q.shape}")
+    x = _to_grid(w, qw.scale).astype(np.float64)
+    rtn = np.clip(np.rint(x), -qw.qmax, qw.qmax)
+    q = qw.q.astype(np.float64)
+    s = qw.scale_broadcast().astype(np.float64)
+    w64 = w.astype(np.float64)
+    res: dict[str, Any] = {
+        "bits": int(qw.bits),
+        "method": qw.method,
+        "granularity": qw.granularity,
+        "numel": int(w.size),
+        "scale": float(np.max(qw.scale)),
+        "scale_min": float(np.min(qw.scale)),
+        "mse": float(np.mean((q * s - w64) ** 2)),
+        "mse_rtn": float(np.mean((rtn * s - w64) ** 2)),
+        "max_err_steps": float(np.max(np.abs(q - x))),
+        "max_err_steps_rtn": float(np.max(np.abs(rtn - x))),
+        "flipped": float(np.mean(q != rtn)),
+    }
+    res.update(_ase(q - x))
+    res.update({f"{key}_rtn": v for key, v in _ase(rtn - x).items()})
+    return res

@@ -1,0 +1,1 @@
+"""Relax graph rewrites: BatchNorm folding, quantization to qnn-level ops, legalization to integer Relax/TIR."""
