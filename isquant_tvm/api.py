@@ -38,6 +38,7 @@ class CompileResult:
     metadata: dict[str, Any]
     output: Path | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    quantized: Any = None  # quantize.QuantizedModel when --quantize is not none
 
     def runner(self) -> VMRunner:
         """Run the in-memory build on the local CPU (x86 targets only)."""
@@ -84,12 +85,14 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
         bar.update()
         report: dict[str, Any] = {}
         quant_meta: dict[str, Any] | None = None
+        qres = None
         if quantize != "none":
             bar.set_postfix_str("quantize")
             from .quantize import quantize_model
 
-            qres = quantize_model(imported, mod, tgt, rounding="rtn" if quantize == "rtn" else "squant",
-                                  **dict(quant_options or {}))
+            options = {"rounding": "rtn" if quantize == "rtn" else "squant", "progress": progress,
+                       **dict(quant_options or {})}
+            qres = quantize_model(imported, mod, tgt, **options)
             mod, report, quant_meta = qres.mod, qres.report, qres.metadata
         bar.update()
         bar.set_postfix_str("build")
@@ -105,7 +108,8 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
             "inputs": [i.to_json() for i in imported.inputs],
             "quantization": quant_meta,
         }
-        result = CompileResult(mod=mod, target=tgt, executable=executable, metadata=metadata, report=report)
+        result = CompileResult(mod=mod, target=tgt, executable=executable, metadata=metadata, report=report,
+                               quantized=qres)
         if output is not None:
             bar.set_postfix_str("export")
             result.output = _export.export_library(executable, output, tgt, metadata, cross_compiler)

@@ -18,6 +18,18 @@ TVM_VERSION: str = tvm.__version__
 ConstType = type(relax.const(np.zeros((1,), "float32")))
 
 
+# relax.PrimValue is gone: prim_value() returns a plain IntImm / FloatImm expression.
+PrimTypes = (type(relax.prim_value(tvm.tirx.FloatImm("float32", 0.0))), type(relax.prim_value(tvm.tirx.IntImm("int64", 0))))
+
+
+def is_prim(expr: Any) -> bool:
+    return isinstance(expr, PrimTypes)
+
+
+def prim_int(value: int, dtype: str = "int64") -> Any:
+    return relax.prim_value(tvm.tirx.IntImm(dtype, int(value)))
+
+
 def is_const(expr: Any) -> bool:
     return isinstance(expr, ConstType)
 
@@ -82,9 +94,55 @@ def tensor(array: np.ndarray, device: Any) -> Any:
     return tvm.runtime.tensor(array, device)
 
 
+_ONNX_PATCHED = False
+
+
+def _patch_onnx_importer() -> None:
+    """0.27's ONNX importer lowers Clip (tensor bounds) and constant Pad straight to TIR via emit_te,
+    which hides ReLU6 and channel padding from graph passes. Emit the Relax ops instead when the
+    bounds / pads are constants, so the quantize pass can fold ReLU6 into requantize bounds."""
+    global _ONNX_PATCHED
+    if _ONNX_PATCHED:
+        return
+    from tvm.relax.frontend.onnx import onnx_frontend as of
+
+    original_clip = of.Clip._impl_v13.__func__
+    original_pad = of.Pad._lower_pad.__func__
+
+    def scalar(expr: Any, params: Any) -> float | None:
+        const = of.get_constant(expr, params) if expr is not None else None
+        if is_const(const) and const.value.numpy().size == 1:
+            return float(const.value.numpy().reshape(()))
+        return None
+
+    def clip_v13(cls: Any, bb: Any, inputs: Any, attr: Any, params: Any) -> Any:
+        lo = scalar(inputs[1], params) if len(inputs) > 1 else None
+        hi = scalar(inputs[2], params) if len(inputs) > 2 else None
+        present = [i for i in inputs[1:3] if i is not None]
+        if len(present) == sum(v is not None for v in (lo, hi)) and present:
+            dtype = str(inputs[0].ty.dtype)
+            lo_v = prim_float(lo if lo is not None else -3.4e38, dtype)
+            hi_v = prim_float(hi if hi is not None else 3.4e38, dtype)
+            return bb.emit(relax.op.clip(inputs[0], lo_v, hi_v))
+        return original_clip(cls, bb, inputs, attr, params)
+
+    def lower_pad(cls: Any, bb: Any, inputs: Any, attr: Any, params: Any, allowed_modes: Any) -> Any:
+        if attr.get("mode", b"constant").decode("utf-8") == "constant":
+            before, after, value = cls._parse_pads_and_axes(inputs, params)
+            widths = [int(v) for pair in zip(before, after) for v in pair]
+            return bb.emit(relax.op.nn.pad(inputs[0], widths, "constant", float(value)))
+        return original_pad(cls, bb, inputs, attr, params, allowed_modes)
+
+    of.Clip._impl_v13 = classmethod(clip_v13)
+    of.Clip._impl_v11 = classmethod(clip_v13)
+    of.Pad._lower_pad = classmethod(lower_pad)
+    _ONNX_PATCHED = True
+
+
 def relax_from_onnx(model: Any, shape_dict: dict[str, list[int]], dtype_dict: dict[str, str]) -> tvm.IRModule:
     from tvm.relax.frontend.onnx import from_onnx
 
+    _patch_onnx_importer()
     return from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict)
 
 

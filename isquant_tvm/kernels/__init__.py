@@ -1,0 +1,38 @@
+"""Hand-scheduled int8 kernels for the quantized conv / dense contract (see kernels.common).
+
+    from isquant_tvm.kernels import lower_conv2d, lower_dense, QConv2dParams, QDenseParams
+    y = lower_conv2d(bb, x, params, target)   # emits into bb, returns the NCHW output
+
+Dispatch by target: x86 with AVX-512 VNNI -> vpdpbusd kernel (x86_vnni), other x86 -> vectorised int32
+kernel, aarch64 with +dotprod -> sdot kernel, other aarch64 -> NEON smull kernel (arm_dot).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from .common import QConv2dParams, QDenseParams, ref_conv2d, ref_dense  # noqa: F401
+
+
+def is_aarch64(target) -> bool:
+    triple = str(target.attrs.get("mtriple", "") or "")
+    return triple.startswith(("aarch64", "arm64"))
+
+
+def lower_conv2d(bb, data, p: QConv2dParams, target, name: Optional[str] = None):
+    if is_aarch64(target):
+        from . import arm_dot
+
+        return arm_dot.lower_conv2d(bb, data, p, target, name)
+    from . import x86_vnni
+
+    return x86_vnni.lower_conv2d(bb, data, p, target, name)
+
+
+def lower_dense(bb, data, p: QDenseParams, target, name: Optional[str] = None):
+    if is_aarch64(target):
+        from . import arm_dot
+
+        return arm_dot.lower_dense(bb, data, p, target, name)
+    from . import x86_vnni
+
+    return x86_vnni.lower_dense(bb, data, p, target, name)

@@ -1,0 +1,617 @@
+"""Target-independent pieces of the int8 conv/dense kernels.
+
+The quantized conv contract (zero points 0, numpy reference in :func:`ref_conv2d`):
+
+    acc = conv2d(data, weight) in int32 (zero padding) + bias[o]
+    int8/uint8 out: y = clip((acc * multiplier[o] + 2^(shift[o]-1)) >> shift[o], out_min, out_max)
+    float32 out:    y = float32(acc) * dequant_scale[o]
+
+The kernels compute in a channel-blocked layout:
+
+* data is packed (and spatially zero padded) to ``pack[n, cb, hp, wp, ic_bn]`` (ic_bn = 4 or 16),
+  optionally shifted by +-128 so the dot instruction sees the signedness it wants; the shift is folded
+  exactly into the bias (``bias - shift * sum(w)``) and the spatial padding uses the shifted zero;
+* the weight is pre-packed at compile time to ``wpk[ocb, icb4, kh, kw, 16, 4]`` (16 output channels x 4
+  input channels: the register layout of x86 ``vpdpbusd`` and, split 4x4, of ARM ``sdot``);
+* groups: each group's input channels are padded to a multiple of 4 (of ic_bn) and its output channels to
+  a multiple of 16, so grouped convs use the same kernel without wasted cross-group work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import tvm
+from tvm import te, tirx
+
+OC_BN = 16  # output-channel block (vpdpbusd lanes; 4 x sdot)
+IC_DOT = 4  # input channels per dot-product lane
+
+OUT_DTYPES = ("int8", "uint8", "float32")
+
+
+@dataclass(frozen=True)
+class QConv2dParams:
+    weight: np.ndarray  # int8 (O, C/groups, KH, KW)
+    bias: np.ndarray  # int32 (O,)
+    multiplier: np.ndarray  # int64 (O,) in [2^30, 2^31)
+    shift: np.ndarray  # int64 (O,) >= 1
+    strides: tuple = (1, 1)
+    padding: tuple = (0, 0, 0, 0)  # top, left, bottom, right
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    out_dtype: str = "int8"
+    out_min: int = -128
+    out_max: int = 127
+    dequant_scale: Optional[np.ndarray] = None  # float32 (O,), for out_dtype == "float32"
+
+
+@dataclass(frozen=True)
+class QDenseParams:
+    weight: np.ndarray  # int8 (O, K)
+    bias: np.ndarray  # int32 (O,)
+    multiplier: np.ndarray
+    shift: np.ndarray
+    out_dtype: str = "int8"
+    out_min: int = -128
+    out_max: int = 127
+    dequant_scale: Optional[np.ndarray] = None
+
+
+# ----------------------------------------------------------------------------------------------
+# numpy references (int64, exact)
+# ----------------------------------------------------------------------------------------------
+
+def _requant_np(acc: np.ndarray, p, axis: int) -> np.ndarray:
+    shape = [1] * acc.ndim
+    shape[axis] = -1
+    if p.out_dtype == "float32":
+        return acc.astype(np.int32).astype(np.float32) * np.asarray(p.dequant_scale, np.float32).reshape(shape)
+    m = np.asarray(p.multiplier, np.int64).reshape(shape)
+    s = np.asarray(p.shift, np.int64).reshape(shape)
+    y = (acc.astype(np.int64) * m + (np.int64(1) << (s - 1))) >> s
+    return np.clip(y, p.out_min, p.out_max).astype(p.out_dtype)
+
+
+def ref_conv2d(data: np.ndarray, p: QConv2dParams) -> np.ndarray:
+    """numpy int64 reference of the contract."""
+    x = data.astype(np.int64)
+    w = p.weight.astype(np.int64)
+    n, c, h, wd = x.shape
+    o, cpg, kh, kw = w.shape
+    g = p.groups
+    opg = o // g
+    t, l, b, r = p.padding
+    sh, sw = p.strides
+    dh, dw = p.dilation
+    xp = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)))
+    oh = (h + t + b - (kh - 1) * dh - 1) // sh + 1
+    ow = (wd + l + r - (kw - 1) * dw - 1) // sw + 1
+    acc = np.zeros((n, o, oh, ow), np.int64)
+    for gi in range(g):
+        xs = xp[:, gi * cpg:(gi + 1) * cpg]
+        ws = w[gi * opg:(gi + 1) * opg]
+        for i in range(kh):
+            for j in range(kw):
+                patch = xs[:, :, i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw]
+                acc[:, gi * opg:(gi + 1) * opg] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
+    acc = acc + p.bias.astype(np.int64)[None, :, None, None]
+    return _requant_np(acc, p, 1)
+
+
+def ref_dense(data: np.ndarray, p: QDenseParams) -> np.ndarray:
+    acc = data.astype(np.int64) @ p.weight.astype(np.int64).T + p.bias.astype(np.int64)[None]
+    return _requant_np(acc, p, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# geometry and constant packing
+# ----------------------------------------------------------------------------------------------
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b) * b
+
+
+@dataclass(frozen=True)
+class ConvGeom:
+    N: int
+    C: int
+    H: int
+    W: int
+    O: int
+    KH: int
+    KW: int
+    sh: int
+    sw: int
+    pt: int
+    pl: int
+    pb: int
+    pr: int
+    dh: int
+    dw: int
+    groups: int
+    cpg: int  # input channels per group
+    opg: int  # output channels per group
+    cpg4: int  # cpg padded to a multiple of ic_bn
+    opgB: int  # opg padded to a multiple of OC_BN
+    ic_bn: int  # packed-input inner block (multiple of 4, divides cpg4)
+    OH: int
+    OW: int
+    OWp: int  # OW padded to a multiple of the ow register tile
+    ow_tile: int
+    Hp: int
+    Wp: int
+
+    @property
+    def ICB4(self) -> int:  # 4-channel blocks per group
+        return self.cpg4 // IC_DOT
+
+    @property
+    def OCBg(self) -> int:  # 16-channel output blocks per group
+        return self.opgB // OC_BN
+
+    @property
+    def OCB(self) -> int:
+        return self.groups * self.OCBg
+
+    @property
+    def CB(self) -> int:  # packed input blocks (all groups)
+        return self.groups * self.cpg4 // self.ic_bn
+
+    @property
+    def macs(self) -> int:
+        return self.N * self.O * self.OH * self.OW * self.cpg * self.KH * self.KW
+
+
+def choose_ow_tile(ow: int, lo: int = 4, hi: int = 16) -> int:
+    """Register tile along output width: the tile in [lo, hi] wasting least padding (prefer larger)."""
+    if ow <= hi:
+        return ow
+    best = None
+    for t in range(hi, lo - 1, -1):
+        waste = _ceil(ow, t) - ow
+        key = (waste, -t)
+        if best is None or key < best[0]:
+            best = (key, t)
+    return best[1]
+
+
+def conv_geom(data_shape, p: QConv2dParams, ow_tile: Optional[int] = None, ic_bn: Optional[int] = None,
+              ow_tile_max: int = 16) -> ConvGeom:
+    N, C, H, W = (int(v) for v in data_shape)
+    O, cpg, KH, KW = p.weight.shape
+    g = int(p.groups)
+    if C != cpg * g or O % g:
+        raise ValueError(f"conv: data channels {C}, weight {p.weight.shape}, groups {g} do not agree")
+    pt, pl, pb, pr = (int(v) for v in p.padding)
+    sh, sw = (int(v) for v in p.strides)
+    dh, dw = (int(v) for v in p.dilation)
+    OH = (H + pt + pb - (KH - 1) * dh - 1) // sh + 1
+    OW = (W + pl + pr - (KW - 1) * dw - 1) // sw + 1
+    cpg4 = _ceil(cpg, IC_DOT)
+    if ic_bn is None:
+        ic_bn = 16 if cpg4 % 16 == 0 else (8 if cpg4 % 8 == 0 else 4)
+    T = ow_tile or choose_ow_tile(OW, hi=ow_tile_max)
+    OWp = _ceil(OW, T)
+    Hp = max(H + pt + pb, (OH - 1) * sh + (KH - 1) * dh + 1)
+    Wp = max(W + pl + pr, (OWp - 1) * sw + (KW - 1) * dw + 1)
+    return ConvGeom(N, C, H, W, O, KH, KW, sh, sw, pt, pl, pb, pr, dh, dw, g, cpg, O // g, cpg4,
+                    _ceil(O // g, OC_BN), ic_bn, OH, OW, OWp, T, Hp, Wp)
+
+
+def pack_conv_weight(weight: np.ndarray, g: ConvGeom, w_layout: str = "oc_ic") -> np.ndarray:
+    """(O, cpg, KH, KW) int8 -> (OCB, ICB4, KH, KW, 16, 4) int8 ("oc_ic") or (..., 4, 16) ("ic_oc"),
+    zero padded per group."""
+    w = np.zeros((g.groups, g.opgB, g.cpg4, g.KH, g.KW), np.int8)
+    w[:, :g.opg, :g.cpg] = weight.reshape(g.groups, g.opg, g.cpg, g.KH, g.KW)
+    w = w.reshape(g.groups, g.OCBg, OC_BN, g.ICB4, IC_DOT, g.KH, g.KW)
+    # -> (groups, OCBg, ICB4, KH, KW, 16, 4)
+    if w_layout == "oc_ic":
+        w = w.transpose(0, 1, 3, 5, 6, 2, 4)
+        return np.ascontiguousarray(w.reshape(g.OCB, g.ICB4, g.KH, g.KW, OC_BN, IC_DOT))
+    w = w.transpose(0, 1, 3, 5, 6, 4, 2)
+    return np.ascontiguousarray(w.reshape(g.OCB, g.ICB4, g.KH, g.KW, IC_DOT, OC_BN))
+
+
+def folded_bias(bias: np.ndarray, weight: np.ndarray, data_shift: int) -> np.ndarray:
+    """Bias after feeding ``data + data_shift`` to the dot product: acc = acc' - data_shift * sum(w)."""
+    wsum = weight.reshape(weight.shape[0], -1).astype(np.int64).sum(axis=1)
+    b = bias.astype(np.int64) - int(data_shift) * wsum
+    if np.abs(b).max(initial=0) >= 2 ** 31:
+        raise ValueError("folded bias overflows int32")
+    return b.astype(np.int32)
+
+
+def data_shift_for(in_dtype: str, dot_in_dtype: str) -> int:
+    """Offset added to the data so it becomes `dot_in_dtype` (uint8 for VNNI, int8 for sdot)."""
+    if in_dtype == dot_in_dtype:
+        return 0
+    if in_dtype == "int8" and dot_in_dtype == "uint8":
+        return 128
+    if in_dtype == "uint8" and dot_in_dtype == "int8":
+        return -128
+    raise ValueError(f"unsupported data dtype {in_dtype}")
+
+
+def epilogue_consts(p, O: int, O_pad: Optional[int] = None) -> dict[str, np.ndarray]:
+    """Per-channel epilogue constants, zero/one padded to O_pad."""
+    O_pad = O_pad or O
+    if p.out_dtype not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {p.out_dtype}")
+    if p.out_dtype == "float32":
+        dq = np.zeros((O_pad,), np.float32)
+        dq[:O] = np.asarray(p.dequant_scale, np.float32).reshape(-1)
+        return {"dq": dq}
+    m = np.zeros((O_pad,), np.int64)
+    s = np.ones((O_pad,), np.int64)
+    m[:O] = np.asarray(p.multiplier, np.int64).reshape(-1)
+    s[:O] = np.asarray(p.shift, np.int64).reshape(-1)
+    if (s < 1).any() or (s > 62).any():
+        raise ValueError("shift must be in [1, 62]")
+    return {"mult": m, "rnd": (np.int64(1) << (s - 1)).astype(np.int64), "shift": s}
+
+
+def requant_expr(acc_i32, o, p, tensors):
+    """TE expression of the epilogue for channel index `o` given an int32 accumulator (bias included)."""
+    if p.out_dtype == "float32":
+        return acc_i32.astype("float32") * tensors["dq"][o]
+    y = (acc_i32.astype("int64") * tensors["mult"][o] + tensors["rnd"][o]) >> tensors["shift"][o]
+    y = te.max(te.min(y, tirx.const(int(p.out_max), "int64")), tirx.const(int(p.out_min), "int64"))
+    return y.astype(p.out_dtype)
+
+
+def check_out_range(p) -> None:
+    if p.out_dtype == "float32":
+        if p.dequant_scale is None:
+            raise ValueError("out_dtype float32 needs dequant_scale")
+        return
+    info = np.iinfo(p.out_dtype)
+    if not (info.min <= p.out_min <= p.out_max <= info.max):
+        raise ValueError(f"out_min/out_max {p.out_min}/{p.out_max} outside {p.out_dtype}")
+
+
+# ----------------------------------------------------------------------------------------------
+# TE computes shared by the x86 and ARM kernels
+# ----------------------------------------------------------------------------------------------
+
+def conv_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, dot_in_dtype: str, blocked_out: bool = False,
+                 w_layout: str = "oc_ic"):
+    """TE tensors: (data, wpk, bias, epi dict, [out]). Stages named pack / conv / epilogue / unpack."""
+    shift = data_shift_for(in_dtype, dot_in_dtype)
+    data = te.placeholder((g.N, g.C, g.H, g.W), in_dtype, name="data")
+    wshape = (OC_BN, IC_DOT) if w_layout == "oc_ic" else (IC_DOT, OC_BN)
+    wpk = te.placeholder((g.OCB, g.ICB4, g.KH, g.KW) + wshape, "int8", name="wpk")
+    O_pad = g.OCB * OC_BN
+    bias = te.placeholder((O_pad,), "int32", name="bias")
+    epi = {k: te.placeholder((O_pad,), v.dtype.name, name=k) for k, v in epilogue_consts(p, g.O, O_pad).items()}
+    pad_val = tirx.const(shift, "int32").astype(dot_in_dtype) if shift else tirx.const(0, dot_in_dtype)
+    sub = g.ic_bn // IC_DOT  # 4-blocks per packed block
+    cbg = g.cpg4 // g.ic_bn  # packed blocks per group
+
+    def pack_fn(n, cb, hp, wp, ci):
+        gi = cb // cbg
+        j = (cb % cbg) * g.ic_bn + ci
+        h = hp - g.pt
+        w = wp - g.pl
+        cond = tirx.all(j < g.cpg, h >= 0, h < g.H, w >= 0, w < g.W) if g.cpg4 != g.cpg else \
+            tirx.all(h >= 0, h < g.H, w >= 0, w < g.W)
+        c = gi * g.cpg + tirx.min(j, g.cpg - 1)
+        v = data[n, c, tirx.max(tirx.min(h, g.H - 1), 0), tirx.max(tirx.min(w, g.W - 1), 0)]
+        if shift:
+            v = (v.astype("int32") + shift).astype(dot_in_dtype)
+        return tirx.if_then_else(cond, v, pad_val)
+
+    pack = te.compute((g.N, g.CB, g.Hp, g.Wp, g.ic_bn), pack_fn, name="pack")
+    icb = te.reduce_axis((0, g.ICB4), name="icb")
+    kh = te.reduce_axis((0, g.KH), name="kh")
+    kw = te.reduce_axis((0, g.KW), name="kw")
+    c4 = te.reduce_axis((0, IC_DOT), name="c4")
+
+    def conv_fn(n, ocb, oh, ow, oc):
+        blk = (ocb // g.OCBg) * g.ICB4 + icb  # 4-channel block index over all groups
+        a = pack[n, blk // sub, oh * g.sh + kh * g.dh, ow * g.sw + kw * g.dw, (blk % sub) * IC_DOT + c4]
+        wv = wpk[ocb, icb, kh, kw, oc, c4] if w_layout == "oc_ic" else wpk[ocb, icb, kh, kw, c4, oc]
+        return te.sum(a.astype("int32") * wv.astype("int32"), axis=[icb, kh, kw, c4])
+
+    conv = te.compute((g.N, g.OCB, g.OH, g.OWp, OC_BN), conv_fn, name="conv")
+    if blocked_out:
+        def epi_fn(n, ocb, oh, ow, oc):
+            o = ocb * OC_BN + oc
+            return requant_expr(conv[n, ocb, oh, ow, oc] + bias[o], o, p, epi)
+
+        out = te.compute((g.N, g.OCB, g.OH, g.OW, OC_BN), epi_fn, name="epilogue")
+        return data, wpk, bias, epi, [out]
+
+    def epi_fn(n, ocb, oh, ow, oc):
+        o = ocb * OC_BN + oc
+        return requant_expr(conv[n, ocb, oh, ow, oc] + bias[o], o, p, epi)
+
+    ep = te.compute((g.N, g.OCB, g.OH, g.OWp, OC_BN), epi_fn, name="epilogue")
+
+    def unpack_fn(n, o, oh, ow):
+        op = (o // g.opg) * g.opgB + o % g.opg if g.groups > 1 else o
+        return ep[n, op // OC_BN, oh, ow, op % OC_BN]
+
+    out = te.compute((g.N, g.O, g.OH, g.OW), unpack_fn, name="unpack")
+    return data, wpk, bias, epi, [out]
+
+
+def padded_bias(bias_folded: np.ndarray, g: ConvGeom) -> np.ndarray:
+    """(O,) -> (OCB*16,) in the padded per-group output-channel order."""
+    b = np.zeros((g.groups, g.opgB), np.int32)
+    b[:, :g.opg] = bias_folded.reshape(g.groups, g.opg)
+    return b.reshape(-1)
+
+
+def padded_per_channel(arr: np.ndarray, g: ConvGeom, fill) -> np.ndarray:
+    b = np.full((g.groups, g.opgB), fill, dtype=arr.dtype)
+    b[:, :g.opg] = arr.reshape(g.groups, g.opg)
+    return b.reshape(-1)
+
+
+def conv_consts(p: QConv2dParams, g: ConvGeom, in_dtype: str, dot_in_dtype: str,
+                w_layout: str = "oc_ic") -> dict[str, np.ndarray]:
+    """All compile-time constants of a conv kernel, in the padded order conv_compute expects."""
+    shift = data_shift_for(in_dtype, dot_in_dtype)
+    out = {"wpk": pack_conv_weight(np.asarray(p.weight, np.int8), g, w_layout),
+           "bias": padded_bias(folded_bias(np.asarray(p.bias, np.int64), np.asarray(p.weight, np.int8), shift), g)}
+    raw = epilogue_consts(p, g.O)
+    fills = {"dq": np.float32(0), "mult": np.int64(0), "rnd": np.int64(0), "shift": np.int64(1)}
+    for k, v in raw.items():
+        out[k] = padded_per_channel(v, g, fills[k])
+    return out
+
+
+def prim_func_attrs(func: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
+    """Mark a hand-scheduled PrimFunc so later passes (dlight, MetaSchedule, FuseOps) leave it alone."""
+    func = func.without_attr("global_symbol")
+    for k, v in (("tirx.is_scheduled", True), ("op_pattern", 8), ("tirx.noalias", True)):
+        func = func.with_attr(k, v)
+    return func
+
+
+def dense_as_conv(p: QDenseParams) -> QConv2dParams:
+    w = np.asarray(p.weight, np.int8)
+    return QConv2dParams(weight=w.reshape(w.shape[0], w.shape[1], 1, 1), bias=p.bias, multiplier=p.multiplier,
+                         shift=p.shift, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1,
+                         out_dtype=p.out_dtype, out_min=p.out_min, out_max=p.out_max,
+                         dequant_scale=p.dequant_scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# hand schedules (shared: x86 VNNI, ARM sdot / NEON, plain vectorised fallback)
+# ----------------------------------------------------------------------------------------------
+
+def _fuse_parallel(sch, loops):
+    f = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    sch.parallel(f)
+    return f
+
+
+def _schedule_pack(sch, name: str = "pack"):
+    blk = sch.get_sblock(name)
+    loops = sch.get_loops(blk)
+    _fuse_parallel(sch, loops[:3])
+    return blk
+
+
+def _schedule_unpack(sch, name: str = "unpack"):
+    blk = sch.get_sblock(name)
+    n, o, oh, ow = sch.get_loops(blk)
+    _fuse_parallel(sch, [n, o, oh])
+    return blk
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """How a conv is scheduled on one target family."""
+    dot_in_dtype: str  # "uint8" (VNNI) or "int8" (sdot / NEON)
+    intrin: Optional[str]  # tensor intrinsic over (intrin_oc, 4); None = vectorise over oc
+    intrin_oc: int = OC_BN  # output channels of one intrinsic call (16 VNNI, 4 ARM)
+    w_layout: str = "oc_ic"
+    ow_tile_max: int = 16
+    name: str = "qconv2d"
+
+
+def schedule_conv(sch, g: ConvGeom, cfg: KernelConfig, blocked_out: bool = False):
+    """Register tile: ow_tile output pixels x 16 output channels, accumulated in a local buffer over
+    (icb, kh, kw, c4); bias/requant/clip on the tile right after; parallel over (n, oc-block, oh)."""
+    conv = sch.get_sblock("conv")
+    n, ocb, oh, ow, oc, icb, kh, kw, c4 = sch.get_loops(conv)
+    ow_o, ow_i = sch.split(ow, [None, g.ow_tile])
+    par = _fuse_parallel(sch, [n, ocb, oh])
+    # intrin is None and w_layout "oc_ic": the intrinsic's loop nest with the (intrin_oc x 4) body left as
+    # plain TIR (portable twin of an ARM kernel). w_layout "ic_oc": vectorise over 16 oc (int32 fallback).
+    portable = cfg.intrin is None and cfg.w_layout == "oc_ic"
+    if (cfg.intrin is not None or portable) and cfg.intrin_oc < OC_BN:
+        oc_o, oc_i = sch.split(oc, [None, cfg.intrin_oc])
+        sch.reorder(ow_o, icb, kh, kw, ow_i, oc_o, oc_i, c4)
+    elif cfg.intrin is not None or portable:
+        oc_o, oc_i = None, oc
+        sch.reorder(ow_o, icb, kh, kw, ow_i, oc, c4)
+    else:
+        oc_o, oc_i = None, oc
+        sch.reorder(ow_o, icb, kh, kw, c4, ow_i, oc)
+    ep = sch.get_sblock("epilogue")
+    sch.reverse_compute_at(ep, ow_o)
+    if cfg.intrin is None and not portable:
+        sch.vectorize(oc)
+        sch.unroll(c4)
+    init = sch.decompose_reduction(conv, icb)
+    if cfg.intrin is not None:
+        sch.tensorize(oc_i, cfg.intrin)
+    elif portable:
+        sch.unroll(oc_i)
+        sch.unroll(c4)
+    if oc_o is not None:
+        sch.unroll(oc_o)
+    sch.set_scope(init, 0, "local")
+    sch.unroll(ow_i)
+    il = sch.get_loops(init)
+    sch.vectorize(il[-1])
+    el = sch.get_loops(ep)
+    sch.vectorize(el[-1])
+    sch.unroll(el[-2])
+    _schedule_pack(sch)
+    if not blocked_out:
+        _schedule_unpack(sch)
+    return sch
+
+
+def build_conv_primfunc(g: ConvGeom, p: QConv2dParams, in_dtype: str, cfg: KernelConfig,
+                        blocked_out: bool = False) -> tirx.PrimFunc:
+    import tvm.s_tir  # noqa: F401
+
+    data, wpk, bias, epi, outs = conv_compute(g, p, in_dtype, cfg.dot_in_dtype, blocked_out, cfg.w_layout)
+    func = te.create_prim_func([data, wpk, bias] + [epi[k] for k in sorted(epi)] + outs)
+    sch = tvm.s_tir.Schedule(func)
+    schedule_conv(sch, g, cfg, blocked_out=blocked_out)
+    return prim_func_attrs(sch.mod["main"], cfg.name)
+
+
+# ----------------------------------------------------------------------------------------------
+# depthwise (groups == C): vectorised int32 over 16-channel blocks, no dot instruction needed
+# ----------------------------------------------------------------------------------------------
+
+def is_depthwise(data_shape, p: QConv2dParams) -> bool:
+    C = int(data_shape[1])
+    return p.groups > 1 and p.groups == C and p.weight.shape[1] == 1
+
+
+def dw_consts(p: QConv2dParams, g: ConvGeom) -> dict[str, np.ndarray]:
+    O_pad = _ceil(g.O, OC_BN)
+    w = np.zeros((O_pad, g.KH, g.KW), np.int16)
+    w[:g.O] = np.asarray(p.weight, np.int16)[:, 0]
+    w = w.reshape(O_pad // OC_BN, OC_BN, g.KH, g.KW).transpose(0, 2, 3, 1)
+    out = {"wpk": np.ascontiguousarray(w)}
+    b = np.zeros((O_pad,), np.int32)
+    b[:g.O] = np.asarray(p.bias, np.int32)
+    out["bias"] = b
+    for k, v in epilogue_consts(p, g.O, O_pad).items():
+        out[k] = v
+    return out
+
+
+def dw_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, blocked_out: bool = False):
+    O_pad = _ceil(g.O, OC_BN)
+    OB = O_pad // OC_BN
+    mult_c = g.O // g.C  # channel multiplier
+    data = te.placeholder((g.N, g.C, g.H, g.W), in_dtype, name="data")
+    wpk = te.placeholder((OB, g.KH, g.KW, OC_BN), "int16", name="wpk")
+    bias = te.placeholder((O_pad,), "int32", name="bias")
+    epi = {k: te.placeholder((O_pad,), v.dtype.name, name=k) for k, v in epilogue_consts(p, g.O, O_pad).items()}
+
+    def pack_fn(n, ob, hp, wp, oc):
+        o = ob * OC_BN + oc
+        c = tirx.min(o // mult_c, g.C - 1)
+        h = hp - g.pt
+        w = wp - g.pl
+        cond = tirx.all(h >= 0, h < g.H, w >= 0, w < g.W)
+        v = data[n, c, tirx.max(tirx.min(h, g.H - 1), 0), tirx.max(tirx.min(w, g.W - 1), 0)].astype("int16")
+        return tirx.if_then_else(cond, v, tirx.const(0, "int16"))
+
+    pack = te.compute((g.N, OB, g.Hp, g.Wp, OC_BN), pack_fn, name="pack")
+    kh = te.reduce_axis((0, g.KH), name="kh")
+    kw = te.reduce_axis((0, g.KW), name="kw")
+    conv = te.compute(
+        (g.N, OB, g.OH, g.OWp, OC_BN),
+        lambda n, ob, oh, ow, oc: te.sum(
+            pack[n, ob, oh * g.sh + kh * g.dh, ow * g.sw + kw * g.dw, oc].astype("int32")
+            * wpk[ob, kh, kw, oc].astype("int32"), axis=[kh, kw]),
+        name="conv")
+    shape = (g.N, OB, g.OH, g.OW if blocked_out else g.OWp, OC_BN)
+    ep = te.compute(shape, lambda n, ob, oh, ow, oc: requant_expr(
+        conv[n, ob, oh, ow, oc] + bias[ob * OC_BN + oc], ob * OC_BN + oc, p, epi), name="epilogue")
+    if blocked_out:
+        return data, wpk, bias, epi, [ep]
+    out = te.compute((g.N, g.O, g.OH, g.OW), lambda n, o, oh, ow: ep[n, o // OC_BN, oh, ow, o % OC_BN],
+                     name="unpack")
+    return data, wpk, bias, epi, [out]
+
+
+def schedule_dw(sch, g: ConvGeom, blocked_out: bool = False):
+    conv = sch.get_sblock("conv")
+    n, ob, oh, ow, oc, kh, kw = sch.get_loops(conv)
+    ow_o, ow_i = sch.split(ow, [None, g.ow_tile])
+    _fuse_parallel(sch, [n, ob, oh])
+    sch.reorder(ow_o, kh, kw, ow_i, oc)
+    ep = sch.get_sblock("epilogue")
+    sch.reverse_compute_at(ep, ow_o)
+    sch.vectorize(oc)
+    init = sch.decompose_reduction(conv, kh)
+    sch.set_scope(init, 0, "local")
+    sch.unroll(ow_i)
+    sch.vectorize(sch.get_loops(init)[-1])
+    el = sch.get_loops(ep)
+    sch.vectorize(el[-1])
+    sch.unroll(el[-2])
+    blk = sch.get_sblock("pack")
+    sch.vectorize(sch.get_loops(blk)[-1])
+    _schedule_pack(sch)
+    if not blocked_out:
+        _schedule_unpack(sch)
+    return sch
+
+
+def build_dw_primfunc(g: ConvGeom, p: QConv2dParams, in_dtype: str, name: str = "qconv2d_dw",
+                      blocked_out: bool = False) -> tirx.PrimFunc:
+    import tvm.s_tir  # noqa: F401
+
+    data, wpk, bias, epi, outs = dw_compute(g, p, in_dtype, blocked_out)
+    func = te.create_prim_func([data, wpk, bias] + [epi[k] for k in sorted(epi)] + outs)
+    sch = tvm.s_tir.Schedule(func)
+    schedule_dw(sch, g, blocked_out)
+    return prim_func_attrs(sch.mod["main"], name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Relax emission
+# ----------------------------------------------------------------------------------------------
+
+def _const(arr: np.ndarray):
+    from tvm import relax
+
+    return relax.const(arr, str(arr.dtype))
+
+
+def expr_shape_dtype(expr):
+    return tuple(int(d) for d in expr.ty.shape), str(expr.ty.dtype)
+
+
+def emit_call(bb, data, func: tirx.PrimFunc, consts: dict, name: str, out_shape, out_dtype):
+    """Add `func` to the module and emit call_tir(func, data, wpk, bias, sorted epilogue constants)."""
+    from tvm import relax
+
+    gv = bb.add_func(func, name)
+    rest = sorted(k for k in consts if k not in ("wpk", "bias"))
+    args = [data, _const(consts["wpk"]), _const(consts["bias"])] + [_const(consts[k]) for k in rest]
+    return bb.emit(relax.call_tir(gv, args, relax.TensorType(tuple(out_shape), out_dtype)))
+
+
+def lower_conv2d_with(bb, data, p: QConv2dParams, cfg: KernelConfig, name: Optional[str] = None):
+    check_out_range(p)
+    shape, in_dtype = expr_shape_dtype(data)
+    if in_dtype not in ("int8", "uint8"):
+        raise ValueError(f"quantized conv needs int8/uint8 data, got {in_dtype}")
+    name = name or cfg.name
+    if is_depthwise(shape, p):
+        g = conv_geom(shape, p, ow_tile_max=cfg.ow_tile_max)
+        func = build_dw_primfunc(g, p, in_dtype, name=name + "_dw")
+        return emit_call(bb, data, func, dw_consts(p, g), name + "_dw", (g.N, g.O, g.OH, g.OW), p.out_dtype)
+    g = conv_geom(shape, p, ow_tile_max=cfg.ow_tile_max)
+    func = build_conv_primfunc(g, p, in_dtype, cfg)
+    consts = conv_consts(p, g, in_dtype, cfg.dot_in_dtype, cfg.w_layout)
+    return emit_call(bb, data, func, consts, name, (g.N, g.O, g.OH, g.OW), p.out_dtype)
+
+
+def lower_dense_with(bb, data, p: QDenseParams, cfg: KernelConfig, name: Optional[str] = None):
+    """(N, K) x (O, K)^T through the conv kernel on (N, K, 1, 1)."""
+    from tvm import relax
+
+    shape, _ = expr_shape_dtype(data)
+    N, K = shape
+    O = p.weight.shape[0]
+    x4 = bb.emit(relax.op.reshape(data, (N, K, 1, 1)))
+    y = lower_conv2d_with(bb, x4, dense_as_conv(p), cfg, name=name or cfg.name.replace("conv2d", "dense"))
+    return bb.emit(relax.op.reshape(y, (N, O)))

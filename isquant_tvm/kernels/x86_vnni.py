@@ -1,0 +1,136 @@
+"""x86 int8 conv/dense kernels: AVX-512 VNNI (vpdpbusd, uint8 x int8) with a fixed tensor intrinsic.
+
+Layout: NCHW in/out at the kernel boundary; inside, data is packed to NCHW[ic_bn]c (+128 shift for
+int8 data, zero padding), weights are pre-packed constants (OCB, ICB4, KH, KW, 16, 4), the conv is
+tensorized with ``dot_16x4_vnni_llvm22`` over 16 output channels x 4 input channels, and bias +
+requantize + clip run in the conv's epilogue on each register tile. Parallel over (n, oc-block, oh).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+from tvm.script import tirx as T
+from tvm.s_tir import TensorIntrin
+
+from . import common
+from .common import OC_BN, IC_DOT, QConv2dParams, QDenseParams
+
+VNNI_INTRIN = "dot_16x4_vnni_llvm22"
+
+
+# ------------------------------------------------------------------------------------------
+# The fixed VNNI intrinsic (the shipped dot_16x4_vnni passes <16 x i32> where LLVM 22 wants <64 x i8>)
+# ------------------------------------------------------------------------------------------
+
+@T.prim_func(s_tir=True)
+def _vnni_desc(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        for i in T.serial(0, 16):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _vnni_impl(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        A_u8x64 = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
+                                dtype="uint8x64")
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            C.vload([0], "int32x16"),
+            A_u8x64,
+            B.vload([0, 0], dtype="int8x64"),
+            dtype="int32x16",
+        )
+
+
+def register_intrinsics() -> str:
+    """Register the fixed VNNI intrinsic (idempotent)."""
+    try:
+        TensorIntrin.get(VNNI_INTRIN)
+    except Exception:  # noqa: BLE001 - not registered yet
+        TensorIntrin.register(VNNI_INTRIN, _vnni_desc, _vnni_impl, override=True)
+    return VNNI_INTRIN
+
+
+register_intrinsics()
+
+
+# ------------------------------------------------------------------------------------------
+# target checks
+# ------------------------------------------------------------------------------------------
+
+def _has(target: tvm.target.Target, feature: str) -> bool:
+    from tvm.target import codegen
+
+    with target:
+        return bool(codegen.llvm_cpu_has_features(feature, target))
+
+
+def has_vnni(target: tvm.target.Target) -> bool:
+    return str(target.kind.name) == "llvm" and _has(target, "avx512vnni") and _has(target, "avx512bw")
+
+
+def is_x86(target: tvm.target.Target) -> bool:
+    triple = str(target.attrs.get("mtriple", "") or "")
+    return str(target.kind.name) == "llvm" and (triple == "" or triple.startswith(("x86_64", "i686", "i386")))
+
+
+def vector_lanes_i32(target: tvm.target.Target) -> int:
+    if _has(target, "avx512f"):
+        return 16
+    if _has(target, "avx2"):
+        return 8
+    return 4
+
+
+# ------------------------------------------------------------------------------------------
+# kernel configs and Relax lowering rules
+# ------------------------------------------------------------------------------------------
+
+VNNI_CONFIG = common.KernelConfig(dot_in_dtype="uint8", intrin=VNNI_INTRIN, intrin_oc=OC_BN, w_layout="oc_ic",
+                                  ow_tile_max=16, name="qconv2d_vnni")
+# no VNNI (AVX2 / AVX-512 without VNNI / generic x86-64): same packing, int32 FMA vectorised over 16 oc
+FALLBACK_CONFIG = common.KernelConfig(dot_in_dtype="uint8", intrin=None, w_layout="ic_oc", ow_tile_max=8,
+                                      name="qconv2d_i32")
+
+
+def config_for(target: tvm.target.Target) -> common.KernelConfig:
+    return VNNI_CONFIG if has_vnni(target) else FALLBACK_CONFIG
+
+
+def build_conv_primfunc(g: common.ConvGeom, p: QConv2dParams, in_dtype: str,
+                        cfg: common.KernelConfig = VNNI_CONFIG, blocked_out: bool = False) -> tirx.PrimFunc:
+    return common.build_conv_primfunc(g, p, in_dtype, cfg, blocked_out)
+
+
+def lower_conv2d(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dParams,
+                 target: tvm.target.Target, name: Optional[str] = None) -> relax.Expr:
+    """Emit a quantized conv (contract in common.py) for an x86 target; returns the NCHW output.
+
+    AVX-512 VNNI targets get the vpdpbusd kernel, others the vectorised int32 fallback; depthwise
+    convs (groups == C) always use the vectorised int32 depthwise kernel."""
+    return common.lower_conv2d_with(bb, data, p, config_for(target), name)
+
+
+def lower_dense(bb: relax.BlockBuilder, data: relax.Expr, p: QDenseParams,
+                target: tvm.target.Target, name: Optional[str] = None) -> relax.Expr:
+    """(N, K) uint8/int8 x (O, K) int8 -> (N, O), same epilogue contract."""
+    return common.lower_dense_with(bb, data, p, config_for(target), name)

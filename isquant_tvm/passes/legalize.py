@@ -1,0 +1,92 @@
+"""Legalize qnn-level ops to plain Relax/TIR through the lowering registry.
+
+REGISTRY maps a qnn op to an ordered list of (name, applies(target, attrs), rule). The first rule
+whose predicate holds lowers the call; the reference rule (the op's function body) always applies,
+so adding a faster kernel is one `register(...)` call and never changes the results."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import tvm
+from tvm import relax
+
+from . import qnn_ops
+
+Predicate = Callable[[Any, Mapping[str, Any]], bool]
+
+
+@dataclass(frozen=True)
+class Lowering:
+    name: str
+    applies: Predicate
+    rule: qnn_ops.Rule
+    priority: int = 0
+
+
+REGISTRY: dict[str, list[Lowering]] = {
+    op: [Lowering("reference", lambda target, attrs: True, rule, priority=-1000)]
+    for op, rule in qnn_ops.REFERENCE_RULES.items()
+}
+
+
+def register(op: str, name: str, applies: Predicate, rule: qnn_ops.Rule, priority: int = 0) -> None:
+    """Add a lowering for `op`; higher priority wins among those that apply."""
+    entries = [e for e in REGISTRY.setdefault(op, []) if e.name != name]
+    entries.append(Lowering(name, applies, rule, priority))
+    REGISTRY[op] = sorted(entries, key=lambda e: -e.priority)
+
+
+def select(op: str, target: Any, attrs: Mapping[str, Any], only_reference: bool = False) -> Lowering:
+    if op not in REGISTRY:
+        raise KeyError(f"no lowering registered for {op}")
+    for entry in REGISTRY[op]:
+        if only_reference and entry.name != "reference":
+            continue
+        if entry.applies(target, attrs):
+            return entry
+    raise KeyError(f"no lowering of {op} applies to this target")
+
+
+@relax.expr_functor.mutator
+class LegalizeMutator(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, target: Any, only_reference: bool) -> None:
+        super().__init__(mod)
+        self.mod_ = mod
+        self.target = target
+        self.only_reference = only_reference
+        self.chosen: dict[str, int] = {}
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = self.visit_expr_post_order(call)
+        op = qnn_ops.qnn_op_of(self.mod_, call)
+        if op is None:
+            return call
+        attrs = qnn_ops.attrs_of(self.mod_[call.op])
+        lowering = select(op, self.target, attrs, self.only_reference)
+        key = f"{op}:{lowering.name}"
+        self.chosen[key] = self.chosen.get(key, 0) + 1
+        return lowering.rule(self.builder_, list(call.args), attrs, self.target)
+
+    def transform(self) -> tvm.IRModule:
+        for gv, func in self.mod_.functions_items():
+            if isinstance(func, relax.Function) and not (func.attrs and "qnn.op" in func.attrs):
+                self.builder_.update_func(gv, self.visit_expr(func))
+        mod = self.builder_.get()
+        # The qnn functions are now unreferenced.
+        return relax.transform.DeadCodeElimination(["main"])(mod)
+
+
+def legalize(mod: tvm.IRModule, target: Any = None, only_reference: bool = False) -> tuple[tvm.IRModule, dict[str, int]]:
+    """Lower every qnn op call in `mod`. Returns the module and which lowering each op used."""
+    mutator = LegalizeMutator(mod, target, only_reference)
+    out = mutator.transform()
+    return out, mutator.chosen
+
+
+def legalize_pass(target: Any = None, only_reference: bool = False) -> tvm.transform.Pass:
+    @tvm.transform.module_pass(opt_level=0, name="LegalizeQnn")
+    def _pass(mod: tvm.IRModule, ctx: Any) -> tvm.IRModule:
+        return legalize(mod, target, only_reference)[0]
+
+    return _pass

@@ -1,0 +1,120 @@
+"""The quantization stage of `compile`: weights (ISQuant/SQuant rounding) -> activation ranges ->
+qnn-level graph (passes/quantize.py) -> legalized integer Relax (passes/legalize.py)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import tvm
+from tqdm.auto import tqdm
+
+from . import isquant, ranges
+from .errors import IsquantError
+from .frontend import ImportedModel
+from .layers import find_layers
+from .passes.legalize import legalize
+from .passes.quantize import quantize_module
+
+log = logging.getLogger(__name__)
+
+ROUNDINGS = ("squant", "squant-e", "squant-k", "squant-c", "rtn")
+
+
+@dataclass
+class QuantizedModel:
+    mod: tvm.IRModule  # legalized integer module, ready to build
+    qnn_mod: tvm.IRModule  # qnn-level module (named qnn ops), for printing and the numpy reference
+    report: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tensor_map: list = field(default_factory=list)
+    float_mod: tvm.IRModule | None = None
+
+
+def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = None, rounding: str = "squant",
+                   granularity: str = "per-tensor", weight_bits: int = 8, activation_ranges: str = "auto",
+                   calibration: str | Sequence[np.ndarray] | None = None, calibration_method: str = "percentile",
+                   synthetic_count: int = 8, sigma_factor: float = 25.0, input_range: float | None = None,
+                   progress: bool = True, only_reference: bool = False) -> QuantizedModel:
+    """Quantize a BN-folded float module to a legalized integer module plus a per-layer report."""
+    if rounding not in ROUNDINGS:
+        raise IsquantError(f"--rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+    if weight_bits != 8:
+        raise IsquantError("the integer graph runs int8 weights: --weight-bits must be 8 for compile"
+                           " (lower widths are available in `quantize` for research)")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    layers = find_layers(float_mod["main"], model.layer_names)
+    if not layers:
+        raise IsquantError(f"{model.source}: no conv2d or dense layer with constant weights to quantize")
+    weights: dict[str, isquant.QuantizedWeight] = {}
+    layer_reports = []
+    for layer in layers:
+        qw = isquant.quantize_weight(layer.weight, bits=weight_bits, granularity=granularity, method=rounding)
+        weights[layer.id] = qw
+        layer_reports.append({"id": layer.id, "name": layer.name, "kind": layer.kind,
+                              "shape": list(layer.weight.shape), "groups": layer.groups,
+                              "weight": isquant.weight_metrics(layer.weight, qw)})
+    timings["weights_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    shapes = [tuple(i.shape) for i in model.inputs]
+    if activation_ranges == "calibration" or calibration is not None:
+        if calibration is None:
+            raise IsquantError("--activation-ranges calibration needs --calibration PATH (images folder or .npz)")
+        from .calibration import load_calibration
+
+        batches = load_calibration(calibration, model.inputs)
+        method = calibration_method
+        pct = 99.99 if method == "percentile" else None
+    else:
+        batches = ranges.synthetic_inputs(shapes, count=synthetic_count)
+        method, pct = "sigma", None
+    bar = tqdm(total=len(batches), desc="activation ranges", unit="batch", disable=not progress or None, leave=False)
+    stats = ranges.collect(float_mod, batches, percentile=pct, progress=bar)
+    bar.close()
+    chosen = ranges.choose(stats, method, sigma_factor)
+    params = list(float_mod["main"].params)
+    if input_range is None and params and params[0] in stats:
+        s = stats[params[0]]
+        input_range = s.percentile if method == "percentile" else s.amax
+    timings["ranges_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    result = quantize_module(float_mod, layers, weights, chosen, input_range=input_range)
+    timings["quantize_pass_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    legal, lowerings = legalize(result.mod, target, only_reference=only_reference)
+    timings["legalize_s"] = time.perf_counter() - start
+
+    by_layer = {t["layer"]: t for t in result.tensors if t["layer"]}
+    for rep in layer_reports:
+        out = by_layer.get(rep["name"])
+        if out:
+            rep["output"] = {k: out[k] for k in ("scale", "dtype", "alpha", "rule")}
+    summary = {
+        "layers": len(layers),
+        "rounding": rounding,
+        "granularity": granularity,
+        "activation_ranges": method,
+        "float_fallback_ops": sum(result.fallbacks.values()),
+    }
+    report = {"summary": summary, "layers": layer_reports, "tensors": result.tensors,
+              "fallbacks": result.fallbacks, "lowerings": lowerings, "timings": timings,
+              "input_range": input_range}
+    metadata = {
+        "scheme": "symmetric, zero point 0, int8 weights, int8/uint8 activations",
+        "rounding": rounding,
+        "granularity": granularity,
+        "weight_bits": weight_bits,
+        "activation_ranges": method,
+        "input": {"dtype": "int8", "scale": float(input_range) / 127 if input_range else None},
+        "layers": [{"id": r["id"], "name": r["name"], "weight_scale": r["weight"]["scale"],
+                    **({"output_scale": r["output"]["scale"], "output_dtype": r["output"]["dtype"]}
+                       if "output" in r else {})} for r in layer_reports],
+        "float_fallback_ops": result.fallbacks,
+    }
+    return QuantizedModel(mod=legal, qnn_mod=result.mod, report=report, metadata=metadata,
+                          tensor_map=result.tensor_map, float_mod=float_mod)

@@ -1,0 +1,159 @@
+"""Bit-exactness of the x86 int8 kernels against the numpy int64 reference, and vpdpbusd in the asm."""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from isquant_tvm.kernels import common, x86_vnni
+from isquant_tvm.kernels.common import QConv2dParams, QDenseParams
+
+ZNVER4 = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}
+AVX2 = {"kind": "llvm", "mcpu": "haswell"}
+
+
+def host_has(feature: str) -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return feature in flags
+
+
+needs_vnni = pytest.mark.skipif(not host_has("avx512_vnni"), reason="host CPU has no AVX-512 VNNI")
+
+
+def out_range(out_dtype: str, relu6: bool = False):
+    if out_dtype == "uint8":
+        return (0, 97) if relu6 else (0, 255)
+    if out_dtype == "int8":
+        return (-128, 127)
+    return (0, 0)
+
+
+def make_params(rng, O, cpg, k, out_dtype, strides=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), groups=1,
+                data=None, relu6=False, kw=None):
+    kh, kw = (k, k) if kw is None else (k, kw)
+    w = rng.integers(-127, 128, (O, cpg, kh, kw)).astype(np.int8)
+    bias = rng.integers(-20000, 20000, O).astype(np.int32)
+    lo, hi = out_range(out_dtype, relu6)
+    p = QConv2dParams(weight=w, bias=bias, multiplier=np.full(O, 2 ** 30, np.int64), shift=np.full(O, 1, np.int64),
+                      strides=strides, padding=padding, dilation=dilation, groups=groups, out_dtype="float32",
+                      out_min=lo, out_max=hi, dequant_scale=np.ones(O, np.float32))
+    # pick shifts so outputs spread over the output range (exercise clipping and rounding both)
+    acc = common.ref_conv2d(data, p).astype(np.float64)
+    std = np.maximum(acc.std(axis=(0, 2, 3)), 1.0)
+    shift = np.clip(np.round(np.log2(std / 40.0)).astype(np.int64) + 31, 1, 62)
+    mult = rng.integers(2 ** 30, 2 ** 31, O).astype(np.int64)
+    dq = (rng.random(O).astype(np.float32) + 0.5) * np.float32(1e-3)
+    return QConv2dParams(weight=w, bias=bias, multiplier=mult, shift=shift, strides=strides, padding=padding,
+                         dilation=dilation, groups=groups, out_dtype=out_dtype, out_min=lo, out_max=hi,
+                         dequant_scale=dq)
+
+
+def rand_data(rng, shape, dtype):
+    lo, hi = (0, 256) if dtype == "uint8" else (-128, 128)
+    return rng.integers(lo, hi, shape).astype(dtype)
+
+
+def build_single(lower, x_shape, x_dtype, p, target, dense=False):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(x_shape, x_dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = lower(bb, x, p, target)
+            o = bb.emit_output(y)
+        bb.emit_func_output(o)
+    return relax.build(bb.get(), target=target)
+
+
+def run(ex, x):
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def assert_exact(out, ref):
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    bad = out != ref
+    assert not bad.any(), f"{bad.sum()} / {bad.size} mismatches, max |diff| {np.abs(out.astype(np.float64) - ref).max()}"
+
+
+# (name, N, C, H, W, O, k, strides, padding, dilation, groups)
+CASES = [
+    ("3x3", 1, 20, 9, 11, 24, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ("3x3_s2_asym_pad", 1, 16, 13, 10, 32, 3, (2, 2), (0, 1, 1, 0), (1, 1), 1),
+    ("1x1", 2, 36, 7, 7, 40, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ("1x1_s2", 1, 64, 14, 14, 128, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),
+    ("grouped", 1, 12, 8, 9, 20, 3, (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    ("depthwise", 1, 24, 10, 9, 24, 3, (1, 1), (1, 1, 1, 1), (1, 1), 24),
+    ("depthwise_s2_mult2", 1, 5, 11, 11, 10, 3, (2, 2), (1, 1, 1, 1), (1, 1), 5),
+    ("stem_3ch", 1, 3, 23, 21, 16, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1),
+    ("dilated", 1, 8, 12, 12, 16, 3, (1, 1), (2, 2, 2, 2), (2, 2), 1),
+    ("wide_ow", 1, 8, 5, 37, 17, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+]
+
+
+@needs_vnni
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("in_dtype,out_dtype", [("uint8", "uint8"), ("int8", "int8"), ("uint8", "float32"),
+                                                ("int8", "uint8")])
+def test_conv_vnni_bit_exact(case, in_dtype, out_dtype):
+    name, N, C, H, W, O, k, s, pad, dil, g = case
+    rng = np.random.default_rng(zlib.crc32(f"{name}{in_dtype}{out_dtype}".encode()))
+    x = rand_data(rng, (N, C, H, W), in_dtype)
+    p = make_params(rng, O, C // g, k, out_dtype, s, pad, dil, g, data=x, relu6=(in_dtype == "int8"))
+    ex = build_single(x86_vnni.lower_conv2d, x.shape, in_dtype, p, tvm.target.Target(ZNVER4))
+    assert_exact(run(ex, x), common.ref_conv2d(x, p))
+
+
+@needs_vnni
+@pytest.mark.parametrize("N,K,O,in_dtype,out_dtype", [(1, 512, 1000, "uint8", "float32"), (3, 37, 21, "int8", "int8"),
+                                                      (2, 64, 16, "uint8", "uint8")])
+def test_dense_vnni_bit_exact(N, K, O, in_dtype, out_dtype):
+    rng = np.random.default_rng(K + O)
+    x = rand_data(rng, (N, K), in_dtype)
+    cp = make_params(rng, O, K, 1, out_dtype, padding=(0, 0, 0, 0), data=x.reshape(N, K, 1, 1))
+    p = QDenseParams(weight=cp.weight[:, :, 0, 0], bias=cp.bias, multiplier=cp.multiplier, shift=cp.shift,
+                     out_dtype=out_dtype, out_min=cp.out_min, out_max=cp.out_max, dequant_scale=cp.dequant_scale)
+    ex = build_single(x86_vnni.lower_dense, x.shape, in_dtype, p, tvm.target.Target(ZNVER4))
+    assert_exact(run(ex, x), common.ref_dense(x, p))
+
+
+@needs_vnni
+def test_vpdpbusd_in_asm():
+    rng = np.random.default_rng(1)
+    x = rand_data(rng, (1, 32, 14, 14), "uint8")
+    p = make_params(rng, 32, 32, 3, "uint8", data=x)
+    ex = build_single(x86_vnni.lower_conv2d, x.shape, "uint8", p, tvm.target.Target(ZNVER4))
+    asm = ex.mod.imports[0].inspect_source("asm")
+    assert asm.count("vpdpbusd") >= 8
+    assert_exact(run(ex, x), common.ref_conv2d(x, p))
+
+
+@pytest.mark.skipif(not host_has("avx2"), reason="host CPU has no AVX2")
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[4], CASES[5], CASES[7]],
+                         ids=[CASES[i][0] for i in (0, 1, 4, 5, 7)])
+def test_conv_fallback_avx2_bit_exact(case):
+    name, N, C, H, W, O, k, s, pad, dil, g = case
+    rng = np.random.default_rng(7)
+    target = tvm.target.Target(AVX2)
+    assert not x86_vnni.has_vnni(target)
+    for in_dtype, out_dtype in (("int8", "int8"), ("uint8", "float32")):
+        x = rand_data(rng, (N, C, H, W), in_dtype)
+        p = make_params(rng, O, C // g, k, out_dtype, s, pad, dil, g, data=x)
+        ex = build_single(x86_vnni.lower_conv2d, x.shape, in_dtype, p, target)
+        asm = ex.mod.imports[0].inspect_source("asm")
+        assert "vpdpbusd" not in asm and "zmm" not in asm
+        assert_exact(run(ex, x), common.ref_conv2d(x, p))
+
+
+def test_bad_params_rejected():
+    rng = np.random.default_rng(0)
+    x = rand_data(rng, (1, 8, 5, 5), "uint8")
+    p = make_params(rng, 8, 8, 3, "uint8", data=x)
+    bad = QConv2dParams(**{**p.__dict__, "out_min": -5})
+    with pytest.raises(ValueError):
+        build_single(x86_vnni.lower_conv2d, x.shape, "uint8", bad, tvm.target.Target(ZNVER4))
