@@ -552,8 +552,7 @@ def start(root: str | Path | None = None, cpu: str = "cortex-a72", key: str | No
         raise BoardError(f"unknown board cpu {cpu!r}: {', '.join(CPUS)}")
     key = key or CPUS[cpu]
     lay = Layout(root, run_dir)
-    if not is_set_up(lay.root):
-        setup(lay.root, host_python=host_python, quiet=quiet)
+    setup(lay.root, host_python=host_python, quiet=quiet if not is_set_up(lay.root) else True)
     stop(lay.root, run_dir=lay.run, quiet=True)
     host_py = host_python or sys.executable
     t0 = time.monotonic()
@@ -810,8 +809,9 @@ def cli_main(argv: Sequence[str] | None = None, prog: str = "board.py") -> int:
                                      " and tracker on 127.0.0.1.")
     parser.add_argument("action", choices=["setup", "start", "stop", "restart", "status", "selftest"])
     parser.add_argument("--root", type=Path, default=None, help="board root (default ./.board or $ISQUANT_BOARD_ROOT)")
-    parser.add_argument("--cpu", choices=list(CPUS), default="cortex-a72",
-                        help="qemu cpu model: cortex-a72 = Pi 4 (default), cortex-a76 = Pi 5")
+    parser.add_argument("--cpu", choices=list(CPUS), default=None,
+                        help="qemu cpu model: cortex-a72 = Pi 4 (default), cortex-a76 = Pi 5 (restart: keep the"
+                             " running one unless given)")
     parser.add_argument("--key", default=None, help="tracker key (default rasp4b for cortex-a72, rasp5 for cortex-a76)")
     parser.add_argument("--tracker-port", type=int, default=9190, help="first tracker port to try (default 9190)")
     parser.add_argument("--server-port", type=int, default=9090, help="first board server port to try (default 9090)")
@@ -822,20 +822,19 @@ def cli_main(argv: Sequence[str] | None = None, prog: str = "board.py") -> int:
         if args.action == "setup":
             setup(args.root, refresh=args.refresh, quiet=args.quiet)
         elif args.action == "start":
-            info = start(args.root, cpu=args.cpu, key=args.key, tracker_port=args.tracker_port,
+            info = start(args.root, cpu=args.cpu or "cortex-a72", key=args.key, tracker_port=args.tracker_port,
                          server_port=args.server_port, quiet=args.quiet)
             print(json.dumps(info))
         elif args.action == "stop":
             stop(args.root, quiet=args.quiet)
         elif args.action == "restart":
-            print(json.dumps(restart_server(args.root, cpu=args.cpu if "--cpu" in (argv or sys.argv) else None,
-                                            quiet=args.quiet)))
+            print(json.dumps(restart_server(args.root, cpu=args.cpu, quiet=args.quiet)))
         elif args.action == "status":
             st = status(args.root)
             print(json.dumps(st, indent=2))
             return 0 if st.get("healthy") else 1
         elif args.action == "selftest":
-            return 0 if selftest(args.root, cpu=args.cpu, key=args.key, tracker_port=args.tracker_port,
+            return 0 if selftest(args.root, cpu=args.cpu or "cortex-a72", key=args.key, tracker_port=args.tracker_port,
                                  server_port=args.server_port, quiet=args.quiet) else 1
     except IsquantError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -124,6 +124,9 @@ def _onnx_inputs(proto: Any, shapes: dict[str, list[int]], source: str) -> list[
             shape = shapes[inp.name]
         else:
             dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
+            if dims and (dims[0] is None or dims[0] <= 0) and all(d and d > 0 for d in dims[1:]):
+                log.info("%s: input %r has a dynamic batch dimension; using batch 1", source, inp.name)
+                dims[0] = 1  # a symbolic batch is the common case: deploy at batch 1 unless told otherwise
             if any(d is None or d <= 0 for d in dims):
                 raise ModelLoadError(
                     f"{source}: input {inp.name!r} has a dynamic shape {dims}; "
@@ -135,7 +138,10 @@ def _onnx_inputs(proto: Any, shapes: dict[str, list[int]], source: str) -> list[
 
 
 def _load_onnx_proto(proto: Any, shapes: dict[str, list[int]], source: str) -> ImportedModel:
+    from .onnx_fold import fold_constants
+
     inputs = _onnx_inputs(proto, shapes, source)
+    proto = fold_constants(_with_static_inputs(proto, inputs))
     try:
         mod = tvm_compat.relax_from_onnx(
             proto, {i.name: list(i.shape) for i in inputs}, {i.name: i.dtype for i in inputs}
@@ -144,6 +150,21 @@ def _load_onnx_proto(proto: Any, shapes: dict[str, list[int]], source: str) -> I
         raise ModelLoadError(f"{source}: TVM's ONNX importer failed: {str(err).strip().splitlines()[-1]}") from err
     layer_names = [n.name or f"{n.op_type}_{i}" for i, n in enumerate(proto.graph.node) if n.op_type in ("Conv", "Gemm", "MatMul")]
     return ImportedModel(mod=mod, inputs=inputs, source=source, layer_names=layer_names, onnx_model=proto)
+
+
+def _with_static_inputs(proto: Any, inputs: list[InputSpec]) -> Any:
+    """Copy of `proto` whose graph inputs carry the resolved static shapes (for constant folding)."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(proto.SerializeToString())
+    by_name = {i.name: i for i in inputs}
+    for inp in model.graph.input:
+        if inp.name in by_name:
+            dims = inp.type.tensor_type.shape.dim
+            for d, v in zip(dims, by_name[inp.name].shape):
+                d.Clear()
+                d.dim_value = int(v)
+    return model
 
 
 def _require_torch() -> Any:

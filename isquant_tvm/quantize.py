@@ -37,6 +37,7 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
                    granularity: str = "per-tensor", weight_bits: int = 8, activation_ranges: str = "auto",
                    calibration: str | Sequence[np.ndarray] | None = None, calibration_method: str = "percentile",
                    synthetic_count: int = 8, sigma_factor: float = 25.0, input_range: float | None = None,
+                   synthetic: str = "smooth", range_rule: str = "mse",
                    progress: bool = True, only_reference: bool = False) -> QuantizedModel:
     """Quantize a BN-folded float module to a legalized integer module plus a per-layer report."""
     if rounding not in ROUNDINGS:
@@ -64,14 +65,14 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
     if activation_ranges == "calibration" or calibration is not None:
         if calibration is None:
             raise IsquantError("--activation-ranges calibration needs --calibration PATH (images folder or .npz)")
-        from .calibration import load_calibration
+        from .datasets import load_calibration
 
         batches = load_calibration(calibration, model.inputs)
         method = calibration_method
         pct = 99.99 if method == "percentile" else None
     else:
-        batches = ranges.synthetic_inputs(shapes, count=synthetic_count)
-        method, pct = "sigma", None
+        batches = ranges.synthetic_inputs(shapes, count=synthetic_count, kind=synthetic)
+        method, pct = range_rule, None
     bar = tqdm(total=len(batches), desc="activation ranges", unit="batch", disable=not progress or None, leave=False)
     stats = ranges.collect(float_mod, batches, percentile=pct, progress=bar)
     bar.close()

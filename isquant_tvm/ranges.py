@@ -27,9 +27,15 @@ class TensorStats:
     all_sq: float = 0.0
     all_n: int = 0
     percentile: float = 0.0  # of |x|, max over batches (calibration only)
+    sample: np.ndarray | None = None  # a fixed-size random subset of the values, for MSE-optimal ranges
+
+    SAMPLE_PER_BATCH = 1 << 14
 
     def update(self, a: np.ndarray, percentile: float | None) -> None:
         a64 = a.astype(np.float64, copy=False).ravel()
+        rng = np.random.default_rng(a64.size)
+        pick = a64 if a64.size <= self.SAMPLE_PER_BATCH else a64[rng.integers(0, a64.size, self.SAMPLE_PER_BATCH)]
+        self.sample = pick.astype(np.float32) if self.sample is None else np.concatenate([self.sample, pick.astype(np.float32)])
         self.minimum = min(self.minimum, float(a64.min()))
         self.maximum = max(self.maximum, float(a64.max()))
         pos = a64[a64 > 0]
@@ -69,16 +75,37 @@ class ActivationRange:
     unsigned: bool = False  # never negative on the samples: uint8
 
 
+def smooth_noise(shape: tuple[int, ...], rng: np.random.Generator, exponent: float = 2.0) -> np.ndarray:
+    """Random images with a 1/f^(exponent/2) amplitude spectrum (natural images are close to 1/f²
+    in power), rescaled to pixel range [0, 1] per image. Still data-free: no image is used."""
+    n, c, h, w = shape
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    radius = np.sqrt(fx * fx + fy * fy)
+    radius[0, 0] = 1.0 / max(h, w)
+    amp = radius ** (-exponent / 2.0)
+    phase = rng.uniform(0, 2 * np.pi, (n, c, h, fx.shape[1]))
+    spectrum = amp * (rng.standard_normal((n, c, h, fx.shape[1])) * np.exp(1j * phase))
+    img = np.fft.irfft2(spectrum, s=(h, w))
+    lo = img.min(axis=(1, 2, 3), keepdims=True)
+    hi = img.max(axis=(1, 2, 3), keepdims=True)
+    return ((img - lo) / np.maximum(hi - lo, 1e-12)).astype(np.float32)
+
+
 def synthetic_inputs(shapes: Sequence[tuple[int, ...]], count: int = 8, seed: int = 0,
-                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> list[list[np.ndarray]]:
-    """Uniform-noise images in pixel space [0, 1], normalized like real inputs (SQuant feeds
-    torch.rand images). One list of input arrays per sample batch."""
+                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                     kind: str = "smooth") -> list[list[np.ndarray]]:
+    """Synthetic images in pixel space [0, 1], normalized like real inputs: 'uniform' noise (what
+    SQuant feeds: torch.rand) or 'smooth' 1/f noise. One list of input arrays per sample batch."""
     rng = np.random.default_rng(seed)
     batches = []
     for _ in range(count):
         arrays = []
         for shape in shapes:
-            x = rng.random(shape, dtype=np.float32)
+            if kind == "smooth" and len(shape) == 4:
+                x = smooth_noise(tuple(shape), rng)
+            else:
+                x = rng.random(shape, dtype=np.float32)
             if len(shape) == 4 and shape[1] == len(mean):
                 x = (x - np.asarray(mean, np.float32)[None, :, None, None]) / np.asarray(std, np.float32)[None, :, None, None]
             arrays.append(x.astype(np.float32))
@@ -102,10 +129,29 @@ def collect(mod: tvm.IRModule, batches: Iterable[Sequence[np.ndarray]], percenti
 
 
 def sigma_rule(s: TensorStats, unsigned: bool, factor: float = 25.0) -> float:
-    """SQuant's data-free rule at 8 bits: α = 25·σ of the positive part (unsigned) or 25·σ/1.25 (signed),
-    never above the largest magnitude seen."""
+    """SQuant's data-free rule at 8 bits: α = 25·σ of the positive part (unsigned) or 25·σ/1.25 (signed).
+    Not capped at the largest value seen: noise images under-run real activations in deep layers."""
     alpha = factor * s.std_pos if unsigned else factor * s.std / 1.25
-    return float(min(alpha, s.maximum if unsigned else s.amax)) if alpha > 0 else float(max(s.amax, 1e-8))
+    return float(alpha) if alpha > 0 else float(max(s.amax, 1e-8))
+
+
+def mse_alpha(sample: np.ndarray, unsigned: bool, grid: int = 100) -> float:
+    """The clipping range minimising the 8-bit quantization MSE of `sample` (rounding + clipping)."""
+    a = np.abs(sample.astype(np.float64)) if not unsigned else np.maximum(sample.astype(np.float64), 0)
+    top = float(a.max())
+    if top <= 0:
+        return 1e-8
+    levels = 255 if unsigned else 127
+    best, best_err = top, np.inf
+    x = sample.astype(np.float64)
+    for alpha in top * np.linspace(0.05, 1.0, grid):
+        s = alpha / levels
+        lo = 0 if unsigned else -levels - 1
+        q = np.clip(np.round(x / s), lo, levels) * s
+        err = float(np.mean((x - q) ** 2))
+        if err < best_err:
+            best, best_err = alpha, err
+    return float(best)
 
 
 def choose(stats: Mapping[Any, TensorStats], method: str, factor: float = 25.0) -> dict[Any, ActivationRange]:
@@ -115,6 +161,9 @@ def choose(stats: Mapping[Any, TensorStats], method: str, factor: float = 25.0) 
         unsigned = s.minimum >= 0
         if method == "sigma":
             out[var] = ActivationRange(max(sigma_rule(s, unsigned, factor), 1e-8), f"synthetic σ×{factor:g}", unsigned)
+        elif method in ("mse", "calibration-mse"):
+            rule = "synthetic MSE-optimal" if method == "mse" else "calibration MSE-optimal"
+            out[var] = ActivationRange(max(mse_alpha(s.sample, unsigned), 1e-8), rule, unsigned)
         elif method == "minmax":
             out[var] = ActivationRange(max(s.maximum if unsigned else s.amax, 1e-8), "calibration min-max", unsigned)
         elif method == "percentile":

@@ -131,8 +131,10 @@ def qnn_max_pool2d(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.n
 
 
 def qnn_global_avg_pool2d(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
-    x, m = args
-    total = x.astype(np.int64).sum(axis=(2, 3), keepdims=bool(attrs["keepdims"]))
+    total = args[0].astype(np.int64).sum(axis=(2, 3), keepdims=bool(attrs["keepdims"]))
+    if str(attrs["out_dtype"]) == "float32":
+        return total.astype(np.float32) * np.float32(attrs["scale"])
+    m = args[1]
     out = fixed_point.requantize(total, m, np.int64(attrs["shift"]), int(attrs["out_min"]), int(attrs["out_max"]))
     return out.astype(str(attrs["out_dtype"]))
 

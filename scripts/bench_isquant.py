@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
@@ -55,17 +56,23 @@ def make_weights(seed: int) -> list[np.ndarray]:
     return out
 
 
-def time_method(iq, weights: list[np.ndarray], method: str, repeat: int) -> list[float]:
-    """Seconds per full pass over all layers; one untimed warm-up pass first."""
+def time_method(iq, weights: list[np.ndarray], method: str,
+                repeat: int) -> tuple[list[float], list[float]]:
+    """Wall and process-CPU seconds per full pass over all layers, after an untimed warm-up.
+
+    CPU time (summed over threads) is reported too because the machine is shared: when other
+    jobs compete for the cores, wall time grows while CPU time mostly does not.
+    """
     for w in weights:
         iq.quantize_weight(w, 8, "per-tensor", method)
-    times = []
+    wall, cpu = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         for w in weights:
             iq.quantize_weight(w, 8, "per-tensor", method)
-        times.append(time.perf_counter() - t0)
-    return times
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,18 +85,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", default="squant",
                     help="SQuant variant to time against RTN (default: squant)")
     ap.add_argument("--seed", type=int, default=0, help="weight RNG seed (default 0)")
+    ap.add_argument("--threads", type=int, metavar="N",
+                    help="worker threads (sets ISQUANT_THREADS; default: its value, else 1)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = ap.parse_args(argv)
     if args.repeat < 5:
         ap.error("--repeat must be at least 5")
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error("--threads must be at least 1")
+        os.environ["ISQUANT_THREADS"] = str(args.threads)
 
     iq = _load_isquant()
     if args.method not in iq.METHODS:
         ap.error(f"--method must be one of {iq.METHODS}")
     weights = make_weights(args.seed)
     n = sum(w.size for w in weights)
-    sq = time_method(iq, weights, args.method, args.repeat)
-    rtn = time_method(iq, weights, "rtn", args.repeat)
+    load_before = os.getloadavg()[0]
+    sq, sq_cpu = time_method(iq, weights, args.method, args.repeat)
+    rtn, rtn_cpu = time_method(iq, weights, "rtn", args.repeat)
     sq_med, rtn_med = statistics.median(sq), statistics.median(rtn)
     res = {
         "model": "resnet18",
@@ -102,18 +116,26 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": sq_med / rtn_med,
         "squant_s_all": sq,
         "rtn_s_all": rtn,
+        "squant_cpu_s_median": statistics.median(sq_cpu),
+        "rtn_cpu_s_median": statistics.median(rtn_cpu),
         "ns_per_weight": sq_med / n * 1e9,
+        "threads": iq._threads(),
+        "cpus": os.cpu_count(),
+        "loadavg_1min": [load_before, os.getloadavg()[0]],
     }
-    print(f"resnet18: {len(weights)} layers, {n:,} weights, {args.repeat} repeats")
-    print(f"  {args.method:9s} median {sq_med * 1e3:8.1f} ms  (min {min(sq) * 1e3:.1f}, "
-          f"{res['ns_per_weight']:.1f} ns/weight)")
-    print(f"  {'rtn':9s} median {rtn_med * 1e3:8.1f} ms  (min {min(rtn) * 1e3:.1f})")
-    print(f"  ratio {args.method}/rtn = {res['ratio']:.2f}")
-    if args.json:
+    if args.json:  # written first, so that a closed stdout cannot lose the numbers
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(res, indent=2) + "\n")
-        print(f"wrote {path}")
+    print(f"resnet18: {len(weights)} layers, {n:,} weights, {args.repeat} repeats, "
+          f"{res['threads']} threads, load average {load_before:.2f} -> {os.getloadavg()[0]:.2f}")
+    print(f"  {args.method:9s} median {sq_med * 1e3:8.1f} ms  (min {min(sq) * 1e3:.1f}, "
+          f"cpu {res['squant_cpu_s_median'] * 1e3:.1f} ms, {res['ns_per_weight']:.1f} ns/weight)")
+    print(f"  {'rtn':9s} median {rtn_med * 1e3:8.1f} ms  (min {min(rtn) * 1e3:.1f}, "
+          f"cpu {res['rtn_cpu_s_median'] * 1e3:.1f} ms)")
+    print(f"  ratio {args.method}/rtn = {res['ratio']:.2f}")
+    if args.json:
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -15,13 +15,90 @@ from typing import Optional
 
 import tvm
 from tvm import relax, tirx
-import tvm.s_tir.tensor_intrin  # noqa: F401  (registers the ARM intrinsics)
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
 
 from . import common
 from .common import QConv2dParams, QDenseParams
 
-SDOT_INTRIN = "dot_4x4_i8i8s32_sdot"
-NEON_INTRIN = "dot_4x4_i8i8s32_neon"
+# Copies of the shipped s_tir/tensor_intrin/arm_cpu.py intrinsics (dot_4x4_i8i8s32_sdot / _neon), registered
+# under our own names: importing tvm.s_tir.tensor_intrin pulls in every backend's intrinsics (CUDA, ...)
+# and takes ~60 s on this machine.
+SDOT_INTRIN = "isq_dot_4x4_i8i8s32_sdot"
+NEON_INTRIN = "isq_dot_4x4_i8i8s32_neon"
+
+
+@T.prim_func(s_tir=True)
+def _dot_4x4_desc(
+    A: T.Buffer((4,), "int8", offset_factor=1),
+    B: T.Buffer((4, 4), "int8", offset_factor=1),
+    C: T.Buffer((4,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        for i in T.serial(0, 4):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _sdot_impl(
+    A: T.Buffer((4,), "int8", offset_factor=1),
+    B: T.Buffer((4, 4), "int8", offset_factor=1),
+    C: T.Buffer((4,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        vec_a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4),
+                              dtype="int8x16")
+        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+            C.vload([0], "int32x4"),
+            vec_a,
+            B.vload([0, 0], dtype="int8x16"),
+            dtype="int32x4",
+        )
+
+
+@T.prim_func(s_tir=True)
+def _neon_impl(
+    A: T.Buffer((4,), "int8", offset_factor=1),
+    B: T.Buffer((4, 4), "int8", offset_factor=1),
+    C: T.Buffer((4,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        vec_a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 2),
+                              dtype="int8x8")
+        vec_b = B.vload([0, 0], dtype="int8x16")
+        lo = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                                    vec_a, T.vectorlow(vec_b, dtype="int8x8"), dtype="int16x8"),
+            dtype="int32x4")
+        hi = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                                    vec_a, T.vectorhigh(vec_b, dtype="int8x8"), dtype="int16x8"),
+            dtype="int32x4")
+        C[T.ramp(T.int32(0), 1, 4)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"), lo, hi, dtype="int32x4")
+
+
+def register_intrinsics() -> None:
+    for name, impl in ((SDOT_INTRIN, _sdot_impl), (NEON_INTRIN, _neon_impl)):
+        try:
+            TensorIntrin.get(name)
+        except Exception:  # noqa: BLE001 - not registered yet
+            TensorIntrin.register(name, _dot_4x4_desc, impl, override=True)
+
+
+register_intrinsics()
 
 SDOT_CONFIG = common.KernelConfig(dot_in_dtype="int8", intrin=SDOT_INTRIN, intrin_oc=4, w_layout="oc_ic",
                                   ow_tile_max=6, name="qconv2d_sdot")
@@ -61,3 +138,22 @@ def lower_conv2d(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dParams, tar
 def lower_dense(bb: relax.BlockBuilder, data: relax.Expr, p: QDenseParams, target: tvm.target.Target,
                 name: Optional[str] = None, cfg: Optional[common.KernelConfig] = None) -> relax.Expr:
     return common.lower_dense_with(bb, data, p, cfg or config_for(target), name)
+
+
+def lower_conv2d_blocked(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dParams, target: tvm.target.Target,
+                         name: Optional[str] = None, blocked_in: bool = True,
+                         cfg: Optional[common.KernelConfig] = None) -> relax.Expr:
+    """Chaining variant: input NCHW16c (N, ceil(C/16), H, W, 16) (or NCHW with blocked_in=False), output
+    NCHW16c (N, ceil(O/16), OH, OW, 16); padded output channels hold requant(0) (0 unless out_min > 0)
+    and padded input channels are ignored. groups == 1 only."""
+    return common.lower_conv2d_blocked_with(bb, data, p, cfg or config_for(target), name, blocked_in)
+
+
+def to_blocked(bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
+    """NCHW -> NCHW16c (channels zero padded to a multiple of 16)."""
+    return common.emit_layout(bb, x, True)
+
+
+def from_blocked(bb: relax.BlockBuilder, x: relax.Expr, channels: int) -> relax.Expr:
+    """NCHW16c -> NCHW with the first `channels` channels."""
+    return common.emit_layout(bb, x, False, channels)

@@ -142,10 +142,21 @@ class ConvGeom:
     ow_tile: int
     Hp: int
     Wp: int
+    prestride: bool = False  # 1x1 conv: the pack stage subsamples (stride applied while packing)
+    blocked_in: bool = False  # data arrives as NCHW16c
+    ic_dot: int = IC_DOT  # input channels per dot lane: 4 (vpdpbusd, sdot), 2 (vpmaddwd)
 
     @property
-    def ICB4(self) -> int:  # 4-channel blocks per group
-        return self.cpg4 // IC_DOT
+    def csh(self) -> int:  # stride the conv stage sees
+        return 1 if self.prestride else self.sh
+
+    @property
+    def csw(self) -> int:
+        return 1 if self.prestride else self.sw
+
+    @property
+    def ICB4(self) -> int:  # ic_dot-channel blocks per group (the dot instruction's reduction chunks)
+        return self.cpg4 // self.ic_dot
 
     @property
     def OCBg(self) -> int:  # 16-channel output blocks per group
@@ -178,8 +189,16 @@ def choose_ow_tile(ow: int, lo: int = 4, hi: int = 16) -> int:
 
 
 def conv_geom(data_shape, p: QConv2dParams, ow_tile: Optional[int] = None, ic_bn: Optional[int] = None,
-              ow_tile_max: int = 16) -> ConvGeom:
-    N, C, H, W = (int(v) for v in data_shape)
+              ow_tile_max: int = 16, blocked_in: bool = False, ic_dot: int = IC_DOT) -> ConvGeom:
+    """data_shape is NCHW, or (N, ceil(C/16), H, W, 16) with blocked_in (C taken from the weight)."""
+    if blocked_in:
+        N, CB, H, W, cb = (int(v) for v in data_shape)
+        C = p.weight.shape[1] * int(p.groups)
+        if int(p.groups) != 1 or cb != OC_BN or CB != -(-C // OC_BN):
+            raise ValueError(f"blocked conv input must be (N, ceil(C/16), H, W, 16) with groups 1, got "
+                             f"{tuple(data_shape)} for C={C}, groups={p.groups}")
+    else:
+        N, C, H, W = (int(v) for v in data_shape)
     O, cpg, KH, KW = p.weight.shape
     g = int(p.groups)
     if C != cpg * g or O % g:
@@ -189,29 +208,35 @@ def conv_geom(data_shape, p: QConv2dParams, ow_tile: Optional[int] = None, ic_bn
     dh, dw = (int(v) for v in p.dilation)
     OH = (H + pt + pb - (KH - 1) * dh - 1) // sh + 1
     OW = (W + pl + pr - (KW - 1) * dw - 1) // sw + 1
-    cpg4 = _ceil(cpg, IC_DOT)
+    cpg4 = _ceil(cpg, OC_BN if blocked_in else IC_DOT)
+    if blocked_in:
+        ic_bn = OC_BN
     if ic_bn is None:
         ic_bn = 16 if cpg4 % 16 == 0 else (8 if cpg4 % 8 == 0 else 4)
     T = ow_tile or choose_ow_tile(OW, hi=ow_tile_max)
     OWp = _ceil(OW, T)
-    Hp = max(H + pt + pb, (OH - 1) * sh + (KH - 1) * dh + 1)
-    Wp = max(W + pl + pr, (OWp - 1) * sw + (KW - 1) * dw + 1)
+    prestride = KH == 1 and KW == 1
+    if prestride:
+        Hp, Wp = OH, OWp
+    else:
+        Hp = max(H + pt + pb, (OH - 1) * sh + (KH - 1) * dh + 1)
+        Wp = max(W + pl + pr, (OWp - 1) * sw + (KW - 1) * dw + 1)
     return ConvGeom(N, C, H, W, O, KH, KW, sh, sw, pt, pl, pb, pr, dh, dw, g, cpg, O // g, cpg4,
-                    _ceil(O // g, OC_BN), ic_bn, OH, OW, OWp, T, Hp, Wp)
+                    _ceil(O // g, OC_BN), ic_bn, OH, OW, OWp, T, Hp, Wp, prestride, blocked_in, ic_dot)
 
 
-def pack_conv_weight(weight: np.ndarray, g: ConvGeom, w_layout: str = "oc_ic") -> np.ndarray:
+def pack_conv_weight(weight: np.ndarray, g: ConvGeom, w_layout: str = "oc_ic", w_dtype: str = "int8") -> np.ndarray:
     """(O, cpg, KH, KW) int8 -> (OCB, ICB4, KH, KW, 16, 4) int8 ("oc_ic") or (..., 4, 16) ("ic_oc"),
     zero padded per group."""
-    w = np.zeros((g.groups, g.opgB, g.cpg4, g.KH, g.KW), np.int8)
+    w = np.zeros((g.groups, g.opgB, g.cpg4, g.KH, g.KW), w_dtype)
     w[:, :g.opg, :g.cpg] = weight.reshape(g.groups, g.opg, g.cpg, g.KH, g.KW)
-    w = w.reshape(g.groups, g.OCBg, OC_BN, g.ICB4, IC_DOT, g.KH, g.KW)
+    w = w.reshape(g.groups, g.OCBg, OC_BN, g.ICB4, g.ic_dot, g.KH, g.KW)
     # -> (groups, OCBg, ICB4, KH, KW, 16, 4)
     if w_layout == "oc_ic":
         w = w.transpose(0, 1, 3, 5, 6, 2, 4)
-        return np.ascontiguousarray(w.reshape(g.OCB, g.ICB4, g.KH, g.KW, OC_BN, IC_DOT))
+        return np.ascontiguousarray(w.reshape(g.OCB, g.ICB4, g.KH, g.KW, OC_BN, g.ic_dot))
     w = w.transpose(0, 1, 3, 5, 6, 4, 2)
-    return np.ascontiguousarray(w.reshape(g.OCB, g.ICB4, g.KH, g.KW, IC_DOT, OC_BN))
+    return np.ascontiguousarray(w.reshape(g.OCB, g.ICB4, g.KH, g.KW, g.ic_dot, OC_BN))
 
 
 def folded_bias(bias: np.ndarray, weight: np.ndarray, data_shift: int) -> np.ndarray:
@@ -249,6 +274,9 @@ def epilogue_consts(p, O: int, O_pad: Optional[int] = None) -> dict[str, np.ndar
     s[:O] = np.asarray(p.shift, np.int64).reshape(-1)
     if (s < 1).any() or (s > 62).any():
         raise ValueError("shift must be in [1, 62]")
+    if np.abs(m).max(initial=0) < 2 ** 31:
+        # int32 storage: sext(acc) * sext(m) lowers to vpmuldq (32x32->64) instead of a 64-bit multiply
+        m = m.astype(np.int32)
     return {"mult": m, "rnd": (np.int64(1) << (s - 1)).astype(np.int64), "shift": s}
 
 
@@ -256,7 +284,7 @@ def requant_expr(acc_i32, o, p, tensors):
     """TE expression of the epilogue for channel index `o` given an int32 accumulator (bias included)."""
     if p.out_dtype == "float32":
         return acc_i32.astype("float32") * tensors["dq"][o]
-    y = (acc_i32.astype("int64") * tensors["mult"][o] + tensors["rnd"][o]) >> tensors["shift"][o]
+    y = (acc_i32.astype("int64") * tensors["mult"][o].astype("int64") + tensors["rnd"][o]) >> tensors["shift"][o]
     y = te.max(te.min(y, tirx.const(int(p.out_max), "int64")), tirx.const(int(p.out_min), "int64"))
     return y.astype(p.out_dtype)
 
@@ -275,29 +303,41 @@ def check_out_range(p) -> None:
 # TE computes shared by the x86 and ARM kernels
 # ----------------------------------------------------------------------------------------------
 
+def direct_nchw(g: ConvGeom) -> bool:
+    return g.groups == 1 and g.O % OC_BN == 0
+
+
 def conv_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, dot_in_dtype: str, blocked_out: bool = False,
-                 w_layout: str = "oc_ic"):
+                 w_layout: str = "oc_ic", w_dtype: str = "int8"):
     """TE tensors: (data, wpk, bias, epi dict, [out]). Stages named pack / conv / epilogue / unpack."""
     shift = data_shift_for(in_dtype, dot_in_dtype)
-    data = te.placeholder((g.N, g.C, g.H, g.W), in_dtype, name="data")
-    wshape = (OC_BN, IC_DOT) if w_layout == "oc_ic" else (IC_DOT, OC_BN)
-    wpk = te.placeholder((g.OCB, g.ICB4, g.KH, g.KW) + wshape, "int8", name="wpk")
+    if g.blocked_in:
+        data = te.placeholder((g.N, g.CB, g.H, g.W, OC_BN), in_dtype, name="data")
+    else:
+        data = te.placeholder((g.N, g.C, g.H, g.W), in_dtype, name="data")
+    wshape = (OC_BN, g.ic_dot) if w_layout == "oc_ic" else (g.ic_dot, OC_BN)
+    wpk = te.placeholder((g.OCB, g.ICB4, g.KH, g.KW) + wshape, w_dtype, name="wpk")
     O_pad = g.OCB * OC_BN
     bias = te.placeholder((O_pad,), "int32", name="bias")
     epi = {k: te.placeholder((O_pad,), v.dtype.name, name=k) for k, v in epilogue_consts(p, g.O, O_pad).items()}
     pad_val = tirx.const(shift, "int32").astype(dot_in_dtype) if shift else tirx.const(0, dot_in_dtype)
-    sub = g.ic_bn // IC_DOT  # 4-blocks per packed block
+    sub = g.ic_bn // g.ic_dot  # dot chunks per packed block
     cbg = g.cpg4 // g.ic_bn  # packed blocks per group
 
     def pack_fn(n, cb, hp, wp, ci):
         gi = cb // cbg
         j = (cb % cbg) * g.ic_bn + ci
-        h = hp - g.pt
-        w = wp - g.pl
-        cond = tirx.all(j < g.cpg, h >= 0, h < g.H, w >= 0, w < g.W) if g.cpg4 != g.cpg else \
-            tirx.all(h >= 0, h < g.H, w >= 0, w < g.W)
-        c = gi * g.cpg + tirx.min(j, g.cpg - 1)
-        v = data[n, c, tirx.max(tirx.min(h, g.H - 1), 0), tirx.max(tirx.min(w, g.W - 1), 0)]
+        h = (hp * g.sh if g.prestride else hp) - g.pt
+        w = (wp * g.sw if g.prestride else wp) - g.pl
+        hc, wc = tirx.max(tirx.min(h, g.H - 1), 0), tirx.max(tirx.min(w, g.W - 1), 0)
+        if g.blocked_in:  # padded channels hold anything: their weights are 0
+            cond = tirx.all(h >= 0, h < g.H, w >= 0, w < g.W)
+            v = data[n, cb, hc, wc, ci]
+        else:
+            cond = tirx.all(j < g.cpg, h >= 0, h < g.H, w >= 0, w < g.W) if g.cpg4 != g.cpg else \
+                tirx.all(h >= 0, h < g.H, w >= 0, w < g.W)
+            c = gi * g.cpg + tirx.min(j, g.cpg - 1)
+            v = data[n, c, hc, wc]
         if shift:
             v = (v.astype("int32") + shift).astype(dot_in_dtype)
         return tirx.if_then_else(cond, v, pad_val)
@@ -306,11 +346,11 @@ def conv_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, dot_in_dtype: str
     icb = te.reduce_axis((0, g.ICB4), name="icb")
     kh = te.reduce_axis((0, g.KH), name="kh")
     kw = te.reduce_axis((0, g.KW), name="kw")
-    c4 = te.reduce_axis((0, IC_DOT), name="c4")
+    c4 = te.reduce_axis((0, g.ic_dot), name="c4")
 
     def conv_fn(n, ocb, oh, ow, oc):
         blk = (ocb // g.OCBg) * g.ICB4 + icb  # 4-channel block index over all groups
-        a = pack[n, blk // sub, oh * g.sh + kh * g.dh, ow * g.sw + kw * g.dw, (blk % sub) * IC_DOT + c4]
+        a = pack[n, blk // sub, oh * g.csh + kh * g.dh, ow * g.csw + kw * g.dw, (blk % sub) * g.ic_dot + c4]
         wv = wpk[ocb, icb, kh, kw, oc, c4] if w_layout == "oc_ic" else wpk[ocb, icb, kh, kw, c4, oc]
         return te.sum(a.astype("int32") * wv.astype("int32"), axis=[icb, kh, kw, c4])
 
@@ -321,6 +361,12 @@ def conv_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, dot_in_dtype: str
             return requant_expr(conv[n, ocb, oh, ow, oc] + bias[o], o, p, epi)
 
         out = te.compute((g.N, g.OCB, g.OH, g.OW, OC_BN), epi_fn, name="epilogue")
+        return data, wpk, bias, epi, [out]
+
+    if direct_nchw(g):
+        # output channels map affinely onto (ocb, oc): requantize straight into NCHW per register tile
+        out = te.compute((g.N, g.O, g.OH, g.OW), lambda n, o, oh, ow: requant_expr(
+            conv[n, o // OC_BN, oh, ow, o % OC_BN] + bias[o], o, p, epi), name="epilogue")
         return data, wpk, bias, epi, [out]
 
     def epi_fn(n, ocb, oh, ow, oc):
@@ -351,15 +397,14 @@ def padded_per_channel(arr: np.ndarray, g: ConvGeom, fill) -> np.ndarray:
 
 
 def conv_consts(p: QConv2dParams, g: ConvGeom, in_dtype: str, dot_in_dtype: str,
-                w_layout: str = "oc_ic") -> dict[str, np.ndarray]:
+                w_layout: str = "oc_ic", w_dtype: str = "int8") -> dict[str, np.ndarray]:
     """All compile-time constants of a conv kernel, in the padded order conv_compute expects."""
     shift = data_shift_for(in_dtype, dot_in_dtype)
-    out = {"wpk": pack_conv_weight(np.asarray(p.weight, np.int8), g, w_layout),
+    out = {"wpk": pack_conv_weight(np.asarray(p.weight, np.int8), g, w_layout, w_dtype),
            "bias": padded_bias(folded_bias(np.asarray(p.bias, np.int64), np.asarray(p.weight, np.int8), shift), g)}
     raw = epilogue_consts(p, g.O)
-    fills = {"dq": np.float32(0), "mult": np.int64(0), "rnd": np.int64(0), "shift": np.int64(1)}
     for k, v in raw.items():
-        out[k] = padded_per_channel(v, g, fills[k])
+        out[k] = padded_per_channel(v, g, 1 if k == "shift" else 0)
     return out
 
 
@@ -412,6 +457,8 @@ class KernelConfig:
     w_layout: str = "oc_ic"
     ow_tile_max: int = 16
     name: str = "qconv2d"
+    ic_dot: int = IC_DOT  # input channels reduced by one intrinsic lane
+    w_dtype: str = "int8"  # packed weight storage (int16 for vpmaddwd)
 
 
 def schedule_conv(sch, g: ConvGeom, cfg: KernelConfig, blocked_out: bool = False):
@@ -451,10 +498,19 @@ def schedule_conv(sch, g: ConvGeom, cfg: KernelConfig, blocked_out: bool = False
     il = sch.get_loops(init)
     sch.vectorize(il[-1])
     el = sch.get_loops(ep)
+    ext = [int(sch.get(lp).extent) if hasattr(sch.get(lp).extent, "value") else -1 for lp in el[-2:]]
+    if not blocked_out and direct_nchw(g) and ext == [OC_BN, g.ow_tile]:
+        # NCHW tile (16 oc x ow_tile): vectorise over oc (accumulators, bias, multipliers contiguous);
+        # the stores are strided bytes, cheaper than gathering accumulators across the tile
+        sch.reorder(el[-1], el[-2])
+        el = sch.get_loops(ep)
     sch.vectorize(el[-1])
-    sch.unroll(el[-2])
+    if len(el) >= 2 and sch.get(el[-2]).kind == tirx.ForKind.SERIAL and g.ow_tile > 1:
+        sch.unroll(el[-2])  # the tile's other (serial) axis
+    if g.blocked_in:
+        sch.vectorize(sch.get_loops(sch.get_sblock("pack"))[-1])
     _schedule_pack(sch)
-    if not blocked_out:
+    if not blocked_out and not direct_nchw(g):
         _schedule_unpack(sch)
     return sch
 
@@ -463,7 +519,8 @@ def build_conv_primfunc(g: ConvGeom, p: QConv2dParams, in_dtype: str, cfg: Kerne
                         blocked_out: bool = False) -> tirx.PrimFunc:
     import tvm.s_tir  # noqa: F401
 
-    data, wpk, bias, epi, outs = conv_compute(g, p, in_dtype, cfg.dot_in_dtype, blocked_out, cfg.w_layout)
+    data, wpk, bias, epi, outs = conv_compute(g, p, in_dtype, cfg.dot_in_dtype, blocked_out, cfg.w_layout,
+                                              cfg.w_dtype)
     func = te.create_prim_func([data, wpk, bias] + [epi[k] for k in sorted(epi)] + outs)
     sch = tvm.s_tir.Schedule(func)
     schedule_conv(sch, g, cfg, blocked_out=blocked_out)
@@ -505,8 +562,8 @@ def dw_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, blocked_out: bool =
     def pack_fn(n, ob, hp, wp, oc):
         o = ob * OC_BN + oc
         c = tirx.min(o // mult_c, g.C - 1)
-        h = hp - g.pt
-        w = wp - g.pl
+        h = (hp * g.sh if g.prestride else hp) - g.pt
+        w = (wp * g.sw if g.prestride else wp) - g.pl
         cond = tirx.all(h >= 0, h < g.H, w >= 0, w < g.W)
         v = data[n, c, tirx.max(tirx.min(h, g.H - 1), 0), tirx.max(tirx.min(w, g.W - 1), 0)].astype("int16")
         return tirx.if_then_else(cond, v, tirx.const(0, "int16"))
@@ -517,7 +574,7 @@ def dw_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, blocked_out: bool =
     conv = te.compute(
         (g.N, OB, g.OH, g.OWp, OC_BN),
         lambda n, ob, oh, ow, oc: te.sum(
-            pack[n, ob, oh * g.sh + kh * g.dh, ow * g.sw + kw * g.dw, oc].astype("int32")
+            pack[n, ob, oh * g.csh + kh * g.dh, ow * g.csw + kw * g.dw, oc].astype("int32")
             * wpk[ob, kh, kw, oc].astype("int32"), axis=[kh, kw]),
         name="conv")
     shape = (g.N, OB, g.OH, g.OW if blocked_out else g.OWp, OC_BN)
@@ -599,10 +656,62 @@ def lower_conv2d_with(bb, data, p: QConv2dParams, cfg: KernelConfig, name: Optio
         g = conv_geom(shape, p, ow_tile_max=cfg.ow_tile_max)
         func = build_dw_primfunc(g, p, in_dtype, name=name + "_dw")
         return emit_call(bb, data, func, dw_consts(p, g), name + "_dw", (g.N, g.O, g.OH, g.OW), p.out_dtype)
-    g = conv_geom(shape, p, ow_tile_max=cfg.ow_tile_max)
+    g = conv_geom(shape, p, ow_tile_max=cfg.ow_tile_max, ic_dot=cfg.ic_dot)
     func = build_conv_primfunc(g, p, in_dtype, cfg)
-    consts = conv_consts(p, g, in_dtype, cfg.dot_in_dtype, cfg.w_layout)
+    consts = conv_consts(p, g, in_dtype, cfg.dot_in_dtype, cfg.w_layout, cfg.w_dtype)
     return emit_call(bb, data, func, consts, name, (g.N, g.O, g.OH, g.OW), p.out_dtype)
+
+
+def blocked_shape(shape, block: int = OC_BN):
+    N, C, H, W = shape
+    return (N, -(-C // block), H, W, block)
+
+
+def lower_conv2d_blocked_with(bb, data, p: QConv2dParams, cfg: KernelConfig, name: Optional[str] = None,
+                              blocked_in: bool = True):
+    """Conv whose output stays blocked: (N, ceil(O/16), OH, OW, 16) (padded channels = requant(0)).
+    Input NCHW16c (N, ceil(C/16), H, W, 16) with blocked_in, else NCHW. groups must be 1."""
+    check_out_range(p)
+    shape, in_dtype = expr_shape_dtype(data)
+    if p.groups != 1:
+        raise NotImplementedError("blocked-layout conv supports groups == 1 only; use the NCHW entry point")
+    name = (name or cfg.name) + "_blk"
+    g = conv_geom(shape, p, ow_tile_max=cfg.ow_tile_max, blocked_in=blocked_in, ic_dot=cfg.ic_dot)
+    func = build_conv_primfunc(g, p, in_dtype, cfg, blocked_out=True)
+    consts = conv_consts(p, g, in_dtype, cfg.dot_in_dtype, cfg.w_layout, cfg.w_dtype)
+    return emit_call(bb, data, func, consts, name, (g.N, g.OCB, g.OH, g.OW, OC_BN), p.out_dtype)
+
+
+def layout_primfunc(shape, dtype: str, to_blocked: bool, channels: Optional[int] = None) -> tirx.PrimFunc:
+    """NCHW <-> NCHW16c transform (zero-filled channel padding), parallel over (n, block, h)."""
+    import tvm.s_tir  # noqa: F401
+
+    if to_blocked:
+        N, C, H, W = shape
+        x = te.placeholder(shape, dtype, name="x")
+        CB = -(-C // OC_BN)
+        y = te.compute((N, CB, H, W, OC_BN), lambda n, cb, h, w, c: tirx.if_then_else(
+            cb * OC_BN + c < C, x[n, tirx.min(cb * OC_BN + c, C - 1), h, w], tirx.const(0, dtype)), name="layout")
+    else:
+        N, CB, H, W, _ = shape
+        C = channels or CB * OC_BN
+        x = te.placeholder(shape, dtype, name="x")
+        y = te.compute((N, C, H, W), lambda n, c, h, w: x[n, c // OC_BN, h, w, c % OC_BN], name="layout")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, y]))
+    blk = sch.get_sblock("layout")
+    loops = sch.get_loops(blk)
+    _fuse_parallel(sch, loops[:3])
+    return prim_func_attrs(sch.mod["main"], "layout")
+
+
+def emit_layout(bb, x, to_blocked: bool, channels: Optional[int] = None):
+    from tvm import relax
+
+    shape, dtype = expr_shape_dtype(x)
+    func = layout_primfunc(shape, dtype, to_blocked, channels)
+    out_shape = blocked_shape(shape) if to_blocked else (shape[0], channels or shape[1] * OC_BN, shape[2], shape[3])
+    gv = bb.add_func(func, "to_nchw16c" if to_blocked else "from_nchw16c")
+    return bb.emit(relax.call_tir(gv, [x], relax.TensorType(out_shape, dtype)))
 
 
 def lower_dense_with(bb, data, p: QDenseParams, cfg: KernelConfig, name: Optional[str] = None):

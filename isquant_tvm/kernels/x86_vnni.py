@@ -61,12 +61,51 @@ def _vnni_impl(
         )
 
 
+AVX2_INTRIN = "isq_dot_16x2_u8i16i32_avx2_pmaddwd"
+
+
+@T.prim_func(s_tir=True)
+def _pmaddwd_desc(
+    A: T.Buffer((2,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 2), "int16", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:2], B[0:16, 0:2])
+        T.writes(C[0:16])
+        for i in T.serial(0, 16):
+            for k in T.serial(0, 2):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _avx2_impl(
+    A: T.Buffer((2,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 2), "int16", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    # Exact AVX2 path (vpmaddubsw saturates int16 and is not exact for u8 x s8): weights pre-widened to
+    # int16 (oc, ic-pair) at compile time; the data pair is widened and broadcast; 2 x vpmaddwd per 16 oc.
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:2], B[0:16, 0:2])
+        T.writes(C[0:16])
+        a_bc = T.reinterpret(T.broadcast(T.reinterpret(T.Cast("int16x2", A.vload([0], "uint8x2")), dtype="int32"), 8),
+                             dtype="int16x16")
+        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_bc, B.vload([0, 0], "int16x16"), dtype="int32x8")
+        C[T.ramp(T.int32(8), 1, 8)] = C.vload([8], "int32x8") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_bc, B.vload([8, 0], "int16x16"), dtype="int32x8")
+
+
 def register_intrinsics() -> str:
-    """Register the fixed VNNI intrinsic (idempotent)."""
-    try:
-        TensorIntrin.get(VNNI_INTRIN)
-    except Exception:  # noqa: BLE001 - not registered yet
-        TensorIntrin.register(VNNI_INTRIN, _vnni_desc, _vnni_impl, override=True)
+    """Register the fixed VNNI intrinsic and the exact AVX2 one (idempotent)."""
+    for name, desc, impl in ((VNNI_INTRIN, _vnni_desc, _vnni_impl), (AVX2_INTRIN, _pmaddwd_desc, _avx2_impl)):
+        try:
+            TensorIntrin.get(name)
+        except Exception:  # noqa: BLE001 - not registered yet
+            TensorIntrin.register(name, desc, impl, override=True)
     return VNNI_INTRIN
 
 
@@ -107,13 +146,20 @@ def vector_lanes_i32(target: tvm.target.Target) -> int:
 
 VNNI_CONFIG = common.KernelConfig(dot_in_dtype="uint8", intrin=VNNI_INTRIN, intrin_oc=OC_BN, w_layout="oc_ic",
                                   ow_tile_max=16, name="qconv2d_vnni")
-# no VNNI (AVX2 / AVX-512 without VNNI / generic x86-64): same packing, int32 FMA vectorised over 16 oc
+# AVX2 without VNNI (Haswell .. Zen 3): same packing and loop nest, exact vpmaddwd-based intrinsic
+AVX2_CONFIG = common.KernelConfig(dot_in_dtype="uint8", intrin=AVX2_INTRIN, intrin_oc=OC_BN, w_layout="oc_ic",
+                                  ow_tile_max=6, name="qconv2d_avx2", ic_dot=2, w_dtype="int16")
+# anything else (generic x86-64, SSE only): same packing, int32 multiply-add vectorised over 16 oc
 FALLBACK_CONFIG = common.KernelConfig(dot_in_dtype="uint8", intrin=None, w_layout="ic_oc", ow_tile_max=8,
                                       name="qconv2d_i32")
 
 
 def config_for(target: tvm.target.Target) -> common.KernelConfig:
-    return VNNI_CONFIG if has_vnni(target) else FALLBACK_CONFIG
+    if has_vnni(target):
+        return VNNI_CONFIG
+    if _has(target, "avx2"):
+        return AVX2_CONFIG
+    return FALLBACK_CONFIG
 
 
 def build_conv_primfunc(g: common.ConvGeom, p: QConv2dParams, in_dtype: str,
@@ -134,3 +180,21 @@ def lower_dense(bb: relax.BlockBuilder, data: relax.Expr, p: QDenseParams,
                 target: tvm.target.Target, name: Optional[str] = None) -> relax.Expr:
     """(N, K) uint8/int8 x (O, K) int8 -> (N, O), same epilogue contract."""
     return common.lower_dense_with(bb, data, p, config_for(target), name)
+
+
+def lower_conv2d_blocked(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dParams, target: tvm.target.Target,
+                         name: Optional[str] = None, blocked_in: bool = True) -> relax.Expr:
+    """Chaining variant: input NCHW16c (N, ceil(C/16), H, W, 16) (or NCHW with blocked_in=False), output
+    NCHW16c (N, ceil(O/16), OH, OW, 16); padded output channels hold requant(0) (0 unless out_min > 0)
+    and padded input channels are ignored. groups == 1 only."""
+    return common.lower_conv2d_blocked_with(bb, data, p, config_for(target), name, blocked_in)
+
+
+def to_blocked(bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
+    """NCHW -> NCHW16c (channels zero padded to a multiple of 16)."""
+    return common.emit_layout(bb, x, True)
+
+
+def from_blocked(bb: relax.BlockBuilder, x: relax.Expr, channels: int) -> relax.Expr:
+    """NCHW16c -> NCHW with the first `channels` channels."""
+    return common.emit_layout(bb, x, False, channels)

@@ -15,6 +15,7 @@ Argument conventions (activations first, then constants):
 - qnn.requantize(x, m int64 ())                      attrs: shift, out_dtype, out_min, out_max
 - qnn.max_pool2d(x)                                  attrs: pool_size, strides, padding, dilation, ceil_mode
 - qnn.global_avg_pool2d(x, m int64 ())               attrs: shift, keepdims, out_dtype, out_min, out_max
+  qnn.global_avg_pool2d(x)                           float output: sum · scale (attrs: keepdims, scale)
 Zero points are 0 everywhere; requantize is `clip((a·m + 2^(n-1)) >> n, lo, hi)` (fixed_point.py)."""
 from __future__ import annotations
 
@@ -106,8 +107,12 @@ def ref_max_pool2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Ma
 
 
 def ref_global_avg_pool2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
-    x, m = args
+    x = args[0]
     total = bb.emit(relax.op.sum(relax.op.astype(x, "int32"), axis=[2, 3], keepdims=bool(attrs["keepdims"])))
+    if str(attrs["out_dtype"]) == "float32":
+        wide = bb.emit(relax.op.astype(total, "float32"))
+        return relax.op.multiply(wide, relax.const(float(attrs["scale"]), "float32"))
+    m = args[1]
     n = relax.const(int(attrs["shift"]), "int64")
     return requantize_expr(bb, total, m, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]))
 
@@ -137,7 +142,8 @@ def make_function(op: str, args: Sequence[relax.Expr], attrs: Mapping[str, Any])
     elif op == "qnn.add":
         names = {1: "rhs", 2: "lhs_multiplier", 3: "rhs_multiplier"}
     for i, name in names.items():
-        params[i] = relax.Var(name, args[i].ty)
+        if i < len(params):
+            params[i] = relax.Var(name, args[i].ty)
     full_attrs = {"qnn.op": op, **attrs}
     with bb.function("qnn_op", params, attrs=full_attrs, private=True):
         with bb.dataflow():

@@ -95,6 +95,27 @@ def _count_uses(func: relax.Function) -> dict[Any, int]:
     return uses
 
 
+def _feeds_output(func: relax.Function) -> set[Any]:
+    """Vars whose value reaches the function output through data movement only."""
+    producers = {b.var: b.value for b in bindings(func)}
+    out: set[Any] = set()
+    frontier = [func.body.body]
+    while frontier:
+        expr = frontier.pop()
+        if isinstance(expr, relax.Tuple):
+            frontier.extend(expr.fields)
+            continue
+        if not isinstance(expr, relax.Var) or expr in out:
+            continue
+        out.add(expr)
+        value = producers.get(expr)
+        if isinstance(value, relax.Var):
+            frontier.append(value)
+        elif _op(value) in DATA_MOVEMENT:
+            frontier.append(value.args[0])
+    return out
+
+
 def _op(call: Any) -> str | None:
     if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op):
         return str(call.op.name)
@@ -129,6 +150,7 @@ class QuantizeMutator(relax.PyExprMutator):
         gv = self.mod_.get_global_var("main")
         func = self.mod_["main"]
         self.uses = _count_uses(func)
+        self.feeds_output = _feeds_output(func)
         new_func = self.visit_expr(func)
         self.builder_.update_func(gv, new_func)
         mod = self.builder_.get()
@@ -342,6 +364,10 @@ class QuantizeMutator(relax.PyExprMutator):
             x = self.quant_of(args[0])
             shape = tvm_compat.expr_shape(args[0])
             keepdims = op == "relax.nn.adaptive_avg_pool2d" or bool(value.attrs.keepdims)
+            if var in self.feeds_output:
+                # Pooled logits leave the graph: dequantize the int32 sum, no 8-bit clipping.
+                attrs = {"keepdims": keepdims, "out_dtype": "float32", "scale": x.scale / (shape[2] * shape[3])}
+                return self.call_qnn("qnn.global_avg_pool2d", [x.expr], attrs, _safe(tvm_compat.var_name(var)))
             scale, dtype, out_min, out_max, rule = self._out_format(var, 0.0 if x.dtype == "uint8" else None, None)
             m, n = fixed_point.quantize_multiplier(x.scale / (shape[2] * shape[3] * scale))
             attrs = {"shift": int(n), "keepdims": keepdims, "out_dtype": dtype, "out_min": out_min, "out_max": out_max,

@@ -240,7 +240,6 @@ class _Session:
                 box["error"] = err
 
         worker = threading.Thread(target=target, name=f"isquant-rpc: {stage}", daemon=True)
-        t0 = time.monotonic()
         worker.start()
         worker.join(limit)
         if worker.is_alive():
@@ -255,10 +254,10 @@ class _Session:
             err = box["error"]
             if isinstance(err, IsquantError):
                 raise err
-            raise self.explain(err, stage, time.monotonic() - t0) from err
+            raise self.explain(err, stage) from err
         return box["value"]
 
-    def explain(self, err: BaseException, stage: str, duration: float) -> RPCError:
+    def explain(self, err: BaseException, stage: str) -> RPCError:
         text = str(err)
         short = _short(err)
         elapsed = time.monotonic() - self.started
@@ -305,9 +304,13 @@ def _shutdown_sockets_to(address: str) -> int:
     count = 0
     for name in os.listdir(fd_dir):
         try:
-            fd = int(name)
-            sock = socket.socket(fileno=os.dup(fd))
+            dup = os.dup(int(name))
         except (OSError, ValueError):
+            continue
+        try:
+            sock = socket.socket(fileno=dup)
+        except OSError:  # not a socket
+            os.close(dup)
             continue
         try:
             peer = sock.getpeername()
@@ -322,8 +325,8 @@ def _shutdown_sockets_to(address: str) -> int:
 
 
 def _is_disconnect(text: str) -> bool:
-    return bool(re.search(r"kShutdown|RPCCode::kReturn|Socket|closed|reset|Broken pipe|EOF|connection|"
-                          r"RPCSessionTimeoutError|recv|send", text, re.I))
+    return bool(re.search(r"kShutdown|RPCCode::k|Socket|connection (?:reset|closed|refused|aborted)|Broken pipe|"
+                          r"closed by|end of file|\bEOF\b|RPCSessionTimeoutError", text, re.I))
 
 
 # ----------------------------------------------------------------------------------------------- versions
@@ -426,7 +429,7 @@ def open_session(rpc: str | None = None, tracker: str | None = None, key: str | 
             raise RPCError(f"no RPC server listening at {address}: start one on the board with"
                            f" python -m tvm.exec.rpc_server --host 0.0.0.0 --port {port}"
                            " (emulated board: python scripts/board.py start)") from err
-        if re.search(r"mismatch", cause, re.I):
+        if re.search(r"mismatch|cannot find server that matches", cause, re.I):
             raise RPCError(f"the RPC server at {address} refused key {conn_key!r}: a server registered at a tracker"
                            " only takes sessions handed out by that tracker (use --rpc-tracker HOST:PORT"
                            " --rpc-key KEY)") from err

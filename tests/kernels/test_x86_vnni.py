@@ -93,6 +93,8 @@ CASES = [
     ("stem_3ch", 1, 3, 23, 21, 16, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1),
     ("dilated", 1, 8, 12, 12, 16, 3, (1, 1), (2, 2, 2, 2), (2, 2), 1),
     ("wide_ow", 1, 8, 5, 37, 17, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ("1x1_s2_padded_dw", 1, 16, 9, 8, 16, 1, (2, 2), (1, 0, 0, 1), (1, 1), 16),
+    ("1x1_s3_padded", 1, 20, 11, 10, 48, 1, (3, 2), (1, 1, 0, 1), (1, 1), 1),
 ]
 
 
@@ -147,7 +149,22 @@ def test_conv_fallback_avx2_bit_exact(case):
         ex = build_single(x86_vnni.lower_conv2d, x.shape, in_dtype, p, target)
         asm = ex.mod.imports[0].inspect_source("asm")
         assert "vpdpbusd" not in asm and "zmm" not in asm
+        if g != C:  # depthwise has its own int32 kernel
+            assert "vpmaddwd" in asm
         assert_exact(run(ex, x), common.ref_conv2d(x, p))
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[7]], ids=[CASES[i][0] for i in (1, 4, 7)])
+def test_conv_generic_x86_64_bit_exact(case):
+    """Plain x86-64 (SSE2 only): the vectorised int32 fallback."""
+    name, N, C, H, W, O, k, s, pad, dil, g = case
+    rng = np.random.default_rng(9)
+    target = tvm.target.Target({"kind": "llvm"})
+    assert x86_vnni.config_for(target) is x86_vnni.FALLBACK_CONFIG
+    x = rand_data(rng, (N, C, H, W), "int8")
+    p = make_params(rng, O, C // g, k, "int8", s, pad, dil, g, data=x)
+    ex = build_single(x86_vnni.lower_conv2d, x.shape, "int8", p, target)
+    assert_exact(run(ex, x), common.ref_conv2d(x, p))
 
 
 def test_bad_params_rejected():
@@ -157,3 +174,27 @@ def test_bad_params_rejected():
     bad = QConv2dParams(**{**p.__dict__, "out_min": -5})
     with pytest.raises(ValueError):
         build_single(x86_vnni.lower_conv2d, x.shape, "uint8", bad, tvm.target.Target(ZNVER4))
+
+
+@needs_vnni
+@pytest.mark.parametrize("in_dtype", ["uint8", "int8"])
+def test_blocked_chain_bit_exact(in_dtype):
+    """NCHW -> NCHW16c -> conv(blocked in/out) -> conv(blocked in/out, 1x1/2) -> NCHW equals two NCHW convs."""
+    rng = np.random.default_rng(5)
+    x = rand_data(rng, (1, 20, 11, 11), in_dtype)
+    p1 = make_params(rng, 24, 20, 3, "uint8", data=x)
+    y1 = common.ref_conv2d(x, p1)
+    p2 = make_params(rng, 40, 24, 1, "int8", strides=(2, 2), padding=(0, 0, 0, 0), data=y1)
+    ref = common.ref_conv2d(y1, p2)
+    target = tvm.target.Target(ZNVER4)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, in_dtype))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            xb = x86_vnni.to_blocked(bb, xv)
+            h = x86_vnni.lower_conv2d_blocked(bb, xb, p1, target)
+            h = x86_vnni.lower_conv2d_blocked(bb, h, p2, target)
+            o = bb.emit_output(x86_vnni.from_blocked(bb, h, 40))
+        bb.emit_func_output(o)
+    ex = relax.build(bb.get(), target=target)
+    assert_exact(run(ex, x), ref)
