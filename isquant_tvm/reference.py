@@ -98,6 +98,8 @@ def _epilogue(acc: np.ndarray, rest: Sequence[np.ndarray], attrs: Mapping[str, A
     out_dtype = str(attrs["out_dtype"])
     if out_dtype == "float32":
         return acc.astype(np.float32) * _per_channel(rest[0].astype(np.float32), acc.ndim)
+    if out_dtype == "int32":
+        return np.clip(acc, int(attrs["out_min"]), int(attrs["out_max"])).astype(np.int32)
     m, n = rest
     return fixed_point.requantize(acc, m, n, int(attrs["out_min"]), int(attrs["out_max"])).astype(out_dtype)
 
@@ -133,7 +135,7 @@ def qnn_max_pool2d(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.n
 def qnn_global_avg_pool2d(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
     total = args[0].astype(np.int64).sum(axis=(2, 3), keepdims=bool(attrs["keepdims"]))
     if str(attrs["out_dtype"]) == "float32":
-        return total.astype(np.float32) * np.float32(attrs["scale"])
+        return total.astype(np.float32) * _per_channel(args[1].astype(np.float32), total.ndim)
     m = args[1]
     out = fixed_point.requantize(total, m, np.int64(attrs["shift"]), int(attrs["out_min"]), int(attrs["out_max"]))
     return out.astype(str(attrs["out_dtype"]))

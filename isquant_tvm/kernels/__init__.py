@@ -36,3 +36,31 @@ def lower_dense(bb, data, p: QDenseParams, target, name: Optional[str] = None):
     from . import x86_vnni
 
     return x86_vnni.lower_dense(bb, data, p, target, name)
+
+
+def lower_conv2d_blocked(bb, data, p: QConv2dParams, target, name: Optional[str] = None, blocked_in: bool = True):
+    """NCHW16c in (or NCHW with blocked_in=False) -> NCHW16c out, groups == 1 (for chaining layers)."""
+    mod = _backend(target)
+    return mod.lower_conv2d_blocked(bb, data, p, target, name, blocked_in)
+
+
+def to_blocked(bb, x):
+    from .common import emit_layout
+
+    return emit_layout(bb, x, True)
+
+
+def from_blocked(bb, x, channels: int):
+    from .common import emit_layout
+
+    return emit_layout(bb, x, False, channels)
+
+
+def _backend(target):
+    if is_aarch64(target):
+        from . import arm_dot
+
+        return arm_dot
+    from . import x86_vnni
+
+    return x86_vnni

@@ -92,10 +92,8 @@ def _neon_impl(
 
 def register_intrinsics() -> None:
     for name, impl in ((SDOT_INTRIN, _sdot_impl), (NEON_INTRIN, _neon_impl)):
-        try:
-            TensorIntrin.get(name)
-        except Exception:  # noqa: BLE001 - not registered yet
-            TensorIntrin.register(name, _dot_4x4_desc, impl, override=True)
+        if TensorIntrin.get(name, allow_missing=True) is None:
+            TensorIntrin.register(name, _dot_4x4_desc, impl)
 
 
 register_intrinsics()

@@ -536,90 +536,109 @@ def is_depthwise(data_shape, p: QConv2dParams) -> bool:
     return p.groups > 1 and p.groups == C and p.weight.shape[1] == 1
 
 
-def dw_consts(p: QConv2dParams, g: ConvGeom) -> dict[str, np.ndarray]:
-    O_pad = _ceil(g.O, OC_BN)
-    w = np.zeros((O_pad, g.KH, g.KW), np.int16)
-    w[:g.O] = np.asarray(p.weight, np.int16)[:, 0]
-    w = w.reshape(O_pad // OC_BN, OC_BN, g.KH, g.KW).transpose(0, 2, 3, 1)
-    out = {"wpk": np.ascontiguousarray(w)}
-    b = np.zeros((O_pad,), np.int32)
-    b[:g.O] = np.asarray(p.bias, np.int32)
-    out["bias"] = b
-    for k, v in epilogue_consts(p, g.O, O_pad).items():
-        out[k] = v
+@dataclass(frozen=True)
+class DwGeom:
+    """Depthwise geometry: NCHW, vectorised along the flattened output plane.
+
+    The input is packed per channel into stride phases over a plane of width WQ,
+    pack[n, c, ph, pw, hq*WQ + wq] = padded[n, c, hq*sh + ph, wq*sw + pw], so tap (kh, kw) of flattened
+    output position i = oh*WQ + ow reads pack[.., i + (kh*dh//sh)*WQ + kw*dw//sw]: a contiguous run for
+    consecutive i, for any stride and any width (columns ow >= OW are computed and dropped)."""
+    base: ConvGeom
+    WQ: int  # plane width (>= OW + (KW-1)*dw//sw)
+    OHp: int  # conv rows computed (>= OH) so that OHp * WQ is a multiple of vt
+    vt: int  # vector tile along the flattened plane (int32 lanes)
+    FL: int  # flattened pack length per phase
+
+    @property
+    def HQ(self) -> int:
+        return self.FL // self.WQ
+
+
+def dw_geom(data_shape, p: QConv2dParams, vt: int = 16) -> DwGeom:
+    g = conv_geom(data_shape, p, ow_tile=1)
+    wq0 = g.OW + ((g.KW - 1) * g.dw) // g.sw
+    best = None
+    for WQ in range(wq0, wq0 + vt + 1):  # smallest padded plane with OHp * WQ % vt == 0
+        OHp = next(r for r in range(g.OH, g.OH + vt + 1) if (r * WQ) % vt == 0)
+        if best is None or OHp * WQ < best[0]:
+            best = (OHp * WQ, WQ, OHp)
+    _, WQ, OHp = best
+    need = OHp * WQ + ((g.KH - 1) * g.dh // g.sh) * WQ + ((g.KW - 1) * g.dw) // g.sw
+    return DwGeom(g, WQ, OHp, vt, _ceil(need, WQ))
+
+
+def dw_consts(p: QConv2dParams, dg: DwGeom) -> dict[str, np.ndarray]:
+    g = dg.base
+    out = {"wpk": np.ascontiguousarray(np.asarray(p.weight, np.int32)[:, 0]),
+           "bias": np.asarray(p.bias, np.int32).reshape(-1).copy()}
+    out.update(epilogue_consts(p, g.O))
     return out
 
 
-def dw_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, blocked_out: bool = False):
-    O_pad = _ceil(g.O, OC_BN)
-    OB = O_pad // OC_BN
+def dw_compute(dg: DwGeom, p: QConv2dParams, in_dtype: str):
+    g = dg.base
     mult_c = g.O // g.C  # channel multiplier
     data = te.placeholder((g.N, g.C, g.H, g.W), in_dtype, name="data")
-    wpk = te.placeholder((OB, g.KH, g.KW, OC_BN), "int16", name="wpk")
-    bias = te.placeholder((O_pad,), "int32", name="bias")
-    epi = {k: te.placeholder((O_pad,), v.dtype.name, name=k) for k, v in epilogue_consts(p, g.O, O_pad).items()}
+    wpk = te.placeholder((g.O, g.KH, g.KW), "int32", name="wpk")
+    bias = te.placeholder((g.O,), "int32", name="bias")
+    epi = {k: te.placeholder((g.O,), v.dtype.name, name=k) for k, v in epilogue_consts(p, g.O).items()}
 
-    def pack_fn(n, ob, hp, wp, oc):
-        o = ob * OC_BN + oc
-        c = tirx.min(o // mult_c, g.C - 1)
-        h = (hp * g.sh if g.prestride else hp) - g.pt
-        w = (wp * g.sw if g.prestride else wp) - g.pl
+    def pack_fn(n, c, ph, pw, j):
+        h = (j // dg.WQ) * g.sh + ph - g.pt
+        w = (j % dg.WQ) * g.sw + pw - g.pl
         cond = tirx.all(h >= 0, h < g.H, w >= 0, w < g.W)
+        # clamped (always in-bounds) load + select: branch-free, so LLVM can vectorize the copy
         v = data[n, c, tirx.max(tirx.min(h, g.H - 1), 0), tirx.max(tirx.min(w, g.W - 1), 0)].astype("int16")
-        return tirx.if_then_else(cond, v, tirx.const(0, "int16"))
+        return tirx.Select(cond, v, tirx.const(0, "int16"))
 
-    pack = te.compute((g.N, OB, g.Hp, g.Wp, OC_BN), pack_fn, name="pack")
+    pack = te.compute((g.N, g.C, g.sh, g.sw, dg.FL), pack_fn, name="pack")
     kh = te.reduce_axis((0, g.KH), name="kh")
     kw = te.reduce_axis((0, g.KW), name="kw")
-    conv = te.compute(
-        (g.N, OB, g.OH, g.OWp, OC_BN),
-        lambda n, ob, oh, ow, oc: te.sum(
-            pack[n, ob, oh * g.csh + kh * g.dh, ow * g.csw + kw * g.dw, oc].astype("int32")
-            * wpk[ob, kh, kw, oc].astype("int32"), axis=[kh, kw]),
-        name="conv")
-    shape = (g.N, OB, g.OH, g.OW if blocked_out else g.OWp, OC_BN)
-    ep = te.compute(shape, lambda n, ob, oh, ow, oc: requant_expr(
-        conv[n, ob, oh, ow, oc] + bias[ob * OC_BN + oc], ob * OC_BN + oc, p, epi), name="epilogue")
-    if blocked_out:
-        return data, wpk, bias, epi, [ep]
-    out = te.compute((g.N, g.O, g.OH, g.OW), lambda n, o, oh, ow: ep[n, o // OC_BN, oh, ow, o % OC_BN],
-                     name="unpack")
+
+    def conv_fn(n, o, oh, wq):
+        a = pack[n, o // mult_c, (kh * g.dh) % g.sh, (kw * g.dw) % g.sw,
+                 (oh + (kh * g.dh) // g.sh) * dg.WQ + wq + (kw * g.dw) // g.sw]
+        return te.sum(a.astype("int32") * wpk[o, kh, kw], axis=[kh, kw])
+
+    conv = te.compute((g.N, g.O, dg.OHp, dg.WQ), conv_fn, name="conv")
+    out = te.compute((g.N, g.O, g.OH, g.OW), lambda n, o, oh, ow: requant_expr(
+        conv[n, o, oh, ow] + bias[o], o, p, epi), name="epilogue")
     return data, wpk, bias, epi, [out]
 
 
-def schedule_dw(sch, g: ConvGeom, blocked_out: bool = False):
+def schedule_dw(sch, dg: DwGeom):
+    g = dg.base
     conv = sch.get_sblock("conv")
-    n, ob, oh, ow, oc, kh, kw = sch.get_loops(conv)
-    ow_o, ow_i = sch.split(ow, [None, g.ow_tile])
-    _fuse_parallel(sch, [n, ob, oh])
-    sch.reorder(ow_o, kh, kw, ow_i, oc)
+    n, o, oh, wq, kh, kw = sch.get_loops(conv)
+    par = _fuse_parallel(sch, [n, o])
+    i_o, i_i = sch.split(sch.fuse(oh, wq), [None, dg.vt])
+    sch.reorder(i_o, kh, kw, i_i)
     ep = sch.get_sblock("epilogue")
-    sch.reverse_compute_at(ep, ow_o)
-    sch.vectorize(oc)
+    sch.reverse_compute_at(ep, par)
+    sch.vectorize(i_i)
     init = sch.decompose_reduction(conv, kh)
-    sch.set_scope(init, 0, "local")
-    sch.unroll(ow_i)
+    sch.unroll(kh)
+    sch.unroll(kw)
     sch.vectorize(sch.get_loops(init)[-1])
     el = sch.get_loops(ep)
-    sch.vectorize(el[-1])
-    sch.unroll(el[-2])
-    blk = sch.get_sblock("pack")
-    sch.vectorize(sch.get_loops(blk)[-1])
-    _schedule_pack(sch)
-    if not blocked_out:
-        _schedule_unpack(sch)
+    if g.OW >= 8:
+        sch.vectorize(el[-1])
+    pk = sch.get_sblock("pack")
+    loops = sch.get_loops(pk)
+    par = _fuse_parallel(sch, loops[:4])
+    sch.split(loops[-1], [dg.HQ, dg.WQ])
     return sch
 
 
-def build_dw_primfunc(g: ConvGeom, p: QConv2dParams, in_dtype: str, name: str = "qconv2d_dw",
-                      blocked_out: bool = False) -> tirx.PrimFunc:
+def build_dw_primfunc(dg: DwGeom, p: QConv2dParams, in_dtype: str) -> tirx.PrimFunc:
     import tvm.s_tir  # noqa: F401
 
-    data, wpk, bias, epi, outs = dw_compute(g, p, in_dtype, blocked_out)
+    data, wpk, bias, epi, outs = dw_compute(dg, p, in_dtype)
     func = te.create_prim_func([data, wpk, bias] + [epi[k] for k in sorted(epi)] + outs)
     sch = tvm.s_tir.Schedule(func)
-    schedule_dw(sch, g, blocked_out)
-    return prim_func_attrs(sch.mod["main"], name)
+    schedule_dw(sch, dg)
+    return prim_func_attrs(sch.mod["main"], "qconv2d_dw")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -653,9 +672,10 @@ def lower_conv2d_with(bb, data, p: QConv2dParams, cfg: KernelConfig, name: Optio
         raise ValueError(f"quantized conv needs int8/uint8 data, got {in_dtype}")
     name = name or cfg.name
     if is_depthwise(shape, p):
-        g = conv_geom(shape, p, ow_tile_max=cfg.ow_tile_max)
-        func = build_dw_primfunc(g, p, in_dtype, name=name + "_dw")
-        return emit_call(bb, data, func, dw_consts(p, g), name + "_dw", (g.N, g.O, g.OH, g.OW), p.out_dtype)
+        dg = dw_geom(shape, p)
+        g = dg.base
+        func = build_dw_primfunc(dg, p, in_dtype)
+        return emit_call(bb, data, func, dw_consts(p, dg), name + "_dw", (g.N, g.O, g.OH, g.OW), p.out_dtype)
     g = conv_geom(shape, p, ow_tile_max=cfg.ow_tile_max, ic_dot=cfg.ic_dot)
     func = build_conv_primfunc(g, p, in_dtype, cfg)
     consts = conv_consts(p, g, in_dtype, cfg.dot_in_dtype, cfg.w_layout, cfg.w_dtype)

@@ -1,9 +1,17 @@
-"""x86 int8 conv/dense kernels: AVX-512 VNNI (vpdpbusd, uint8 x int8) with a fixed tensor intrinsic.
+"""x86 int8 conv/dense kernels.
 
-Layout: NCHW in/out at the kernel boundary; inside, data is packed to NCHW[ic_bn]c (+128 shift for
-int8 data, zero padding), weights are pre-packed constants (OCB, ICB4, KH, KW, 16, 4), the conv is
-tensorized with ``dot_16x4_vnni_llvm22`` over 16 output channels x 4 input channels, and bias +
-requantize + clip run in the conv's epilogue on each register tile. Parallel over (n, oc-block, oh).
+* AVX-512 VNNI (Cascade Lake+, Zen 4): ``vpdpbusd`` (uint8 x int8) through ``dot_16x4_vnni_llvm22``, a fixed
+  copy of the shipped ``dot_16x4_vnni`` (which passes <16 x i32> where LLVM 22 wants <64 x i8>).
+  int8 data is shifted by +128 to uint8 and -128 * sum(w) is folded into the bias (exact).
+* AVX2 without VNNI (Haswell .. Zen 3): exact ``vpmaddwd`` intrinsic over int16-widened weights (2 input
+  channels per lane); ``vpmaddubsw`` is not used because its int16 saturation is not exact.
+* anything else: the same packing with an int32 multiply-add vectorised over 16 output channels.
+
+Layout: NCHW in/out at the kernel boundary; inside, data is packed to NCHW[ic_bn]c (shift, zero padding,
+1x1 stride folded in), weights are pre-packed constants (OCB, ICB, KH, KW, 16, ic_dot), each register tile
+(ow_tile pixels x 16 output channels) is accumulated in registers and bias + requantize + clip run on the
+tile right after its reduction, writing NCHW (or NCHW16c for the chaining variant). Parallel over
+(n, oc-block, oh). Depthwise convs use common.build_dw_primfunc (vectorised int32).
 """
 from __future__ import annotations
 
@@ -102,10 +110,8 @@ def _avx2_impl(
 def register_intrinsics() -> str:
     """Register the fixed VNNI intrinsic and the exact AVX2 one (idempotent)."""
     for name, desc, impl in ((VNNI_INTRIN, _vnni_desc, _vnni_impl), (AVX2_INTRIN, _pmaddwd_desc, _avx2_impl)):
-        try:
-            TensorIntrin.get(name)
-        except Exception:  # noqa: BLE001 - not registered yet
-            TensorIntrin.register(name, desc, impl, override=True)
+        if TensorIntrin.get(name, allow_missing=True) is None:
+            TensorIntrin.register(name, desc, impl)
     return VNNI_INTRIN
 
 

@@ -15,7 +15,8 @@ Argument conventions (activations first, then constants):
 - qnn.requantize(x, m int64 ())                      attrs: shift, out_dtype, out_min, out_max
 - qnn.max_pool2d(x)                                  attrs: pool_size, strides, padding, dilation, ceil_mode
 - qnn.global_avg_pool2d(x, m int64 ())               attrs: shift, keepdims, out_dtype, out_min, out_max
-  qnn.global_avg_pool2d(x)                           float output: sum · scale (attrs: keepdims, scale)
+  qnn.global_avg_pool2d(x, dq float32 (C,))          float output: sum · dq (int32 x: summed in int64)
+- qnn.conv2d / qnn.dense with out_dtype "int32": clip(acc + bias, out_min, out_max), no requantize
 Zero points are 0 everywhere; requantize is `clip((a·m + 2^(n-1)) >> n, lo, hi)` (fixed_point.py)."""
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def _epilogue(bb: relax.BlockBuilder, acc: relax.Expr, rest: Sequence[relax.Expr
     if str(attrs["out_dtype"]) == "float32":
         scale = _channel(bb, rest[0], ndim)
         return relax.op.multiply(bb.emit(relax.op.astype(acc, "float32")), scale)
+    if str(attrs["out_dtype"]) == "int32":
+        return relax.op.clip(acc, tvm_compat.prim_int(attrs["out_min"], "int32"), tvm_compat.prim_int(attrs["out_max"], "int32"))
     m, n = (_channel(bb, v, ndim) for v in rest)
     return requantize_expr(bb, acc, m, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]))
 
@@ -108,10 +111,13 @@ def ref_max_pool2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Ma
 
 def ref_global_avg_pool2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
     x = args[0]
-    total = bb.emit(relax.op.sum(relax.op.astype(x, "int32"), axis=[2, 3], keepdims=bool(attrs["keepdims"])))
     if str(attrs["out_dtype"]) == "float32":
+        # int32 inputs (a classifier's accumulators) are summed in int64 so no spatial size overflows.
+        acc_dtype = "int64" if tvm_compat.expr_dtype(x) == "int32" else "int32"
+        total = bb.emit(relax.op.sum(relax.op.astype(x, acc_dtype), axis=[2, 3], keepdims=bool(attrs["keepdims"])))
         wide = bb.emit(relax.op.astype(total, "float32"))
-        return relax.op.multiply(wide, relax.const(float(attrs["scale"]), "float32"))
+        return relax.op.multiply(wide, _channel(bb, args[1], len(tvm_compat.expr_shape(wide))))
+    total = bb.emit(relax.op.sum(relax.op.astype(x, "int32"), axis=[2, 3], keepdims=bool(attrs["keepdims"])))
     m = args[1]
     n = relax.const(int(attrs["shift"]), "int64")
     return requantize_expr(bb, total, m, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]))

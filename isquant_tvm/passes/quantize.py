@@ -109,10 +109,13 @@ def _feeds_output(func: relax.Function) -> set[Any]:
             continue
         out.add(expr)
         value = producers.get(expr)
+        op = _op(value)
         if isinstance(value, relax.Var):
             frontier.append(value)
-        elif _op(value) in DATA_MOVEMENT:
+        elif op in DATA_MOVEMENT or op in ("relax.nn.relu", "relax.clip", "relax.mean", "relax.nn.adaptive_avg_pool2d"):
             frontier.append(value.args[0])
+        elif op == "relax.add":
+            frontier.extend(a for a in value.args if not tvm_compat.is_const(a))
     return out
 
 
@@ -255,7 +258,7 @@ class QuantizeMutator(relax.PyExprMutator):
         self.values[var] = q
         return q
 
-    def _emit_acc(self, p: PendingAcc, float_out: bool) -> Any:
+    def _emit_acc(self, p: PendingAcc, float_out: bool, int32_out: bool = False) -> Any:
         layer = p.layer
         out_channels = p.q.shape[0]
         s_acc = (p.x.scale * np.broadcast_to(p.w_scale.astype(np.float64), (out_channels,)))
@@ -273,6 +276,11 @@ class QuantizeMutator(relax.PyExprMutator):
             attrs.update({"out_dtype": "float32", "out_min": 0, "out_max": 0})
             args.append(qnn_ops.const(s_acc.astype(np.float32)))
             return self.call_qnn(op, args, attrs, layer.name)
+        if int32_out:
+            lo = -(2**31) if p.lo is None else int(np.ceil(p.lo / s_acc.max() - 1e-9))
+            hi = 2**31 - 1 if p.hi is None else int(np.floor(p.hi / s_acc.max() + 1e-9))
+            attrs.update({"out_dtype": "int32", "out_min": lo, "out_max": hi})
+            return self.call_qnn(op, args, attrs, layer.name), s_acc
         scale, dtype, out_min, out_max, rule = self._out_format(p.var, p.lo, p.hi)
         m, n = fixed_point.quantize_multiplier(s_acc / scale)
         attrs.update({"out_dtype": dtype, "out_min": out_min, "out_max": out_max, "output_scale": scale})
@@ -280,6 +288,17 @@ class QuantizeMutator(relax.PyExprMutator):
         q = QTensor(self.call_qnn(op, args, attrs, layer.name), scale, dtype)
         self._record(p.var, q, rule, layer.name)
         return q
+
+    def _classifier_pool(self, p: PendingAcc, value: Any, op: str, var: Any) -> relax.Expr:
+        """conv (+bias, +ReLU) -> global pool -> output (SqueezeNet's classifier): the accumulator stays
+        int32 (ReLU clamps in accumulator units) and the pool dequantizes the int32 sum. Requantizing
+        class scores to 8 bits with a data-free range would clip exactly the winning class."""
+        acc, s_acc = self._emit_acc(p, float_out=False, int32_out=True)
+        shape = tvm_compat.expr_shape(value.args[0])
+        keepdims = op == "relax.nn.adaptive_avg_pool2d" or bool(value.attrs.keepdims)
+        dq = (s_acc / (shape[2] * shape[3])).astype(np.float32)
+        return self.call_qnn("qnn.global_avg_pool2d", [acc, qnn_ops.const(dq)],
+                             {"keepdims": keepdims, "out_dtype": "float32"}, _safe(tvm_compat.var_name(var)))
 
     def _emit_add(self, p: PendingAdd) -> QTensor:
         scale, dtype, out_min, out_max, rule = self._out_format(p.var, p.lo, p.hi)
@@ -361,13 +380,18 @@ class QuantizeMutator(relax.PyExprMutator):
             return QTensor(self.call_qnn("qnn.max_pool2d", [x.expr], attrs, _safe(tvm_compat.var_name(var))),
                            x.scale, x.dtype)
         if self._is_global_pool(value, op):
+            p = self._pending(args[0])
+            if var in self.feeds_output and isinstance(p, PendingAcc) and p.layer.kind == "conv2d":
+                return self._classifier_pool(p, value, op, var)
             x = self.quant_of(args[0])
             shape = tvm_compat.expr_shape(args[0])
             keepdims = op == "relax.nn.adaptive_avg_pool2d" or bool(value.attrs.keepdims)
             if var in self.feeds_output:
                 # Pooled logits leave the graph: dequantize the int32 sum, no 8-bit clipping.
-                attrs = {"keepdims": keepdims, "out_dtype": "float32", "scale": x.scale / (shape[2] * shape[3])}
-                return self.call_qnn("qnn.global_avg_pool2d", [x.expr], attrs, _safe(tvm_compat.var_name(var)))
+                dq = np.full(shape[1], x.scale / (shape[2] * shape[3]), np.float32)
+                attrs = {"keepdims": keepdims, "out_dtype": "float32"}
+                return self.call_qnn("qnn.global_avg_pool2d", [x.expr, qnn_ops.const(dq)], attrs,
+                                     _safe(tvm_compat.var_name(var)))
             scale, dtype, out_min, out_max, rule = self._out_format(var, 0.0 if x.dtype == "uint8" else None, None)
             m, n = fixed_point.quantize_multiplier(x.scale / (shape[2] * shape[3] * scale))
             attrs = {"shift": int(n), "keepdims": keepdims, "out_dtype": dtype, "out_min": out_min, "out_max": out_max,
