@@ -37,7 +37,7 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
                    granularity: str = "per-tensor", weight_bits: int = 8, activation_ranges: str = "auto",
                    calibration: str | Sequence[np.ndarray] | None = None, calibration_method: str = "percentile",
                    synthetic_count: int = 8, sigma_factor: float = 25.0, input_range: float | None = None,
-                   synthetic: str = "smooth", range_rule: str = "mse",
+                   synthetic: str = "smooth", range_rule: str = "sigma", bn_rule: str = "mse", bn_k: float = 1.0,
                    progress: bool = True, only_reference: bool = False) -> QuantizedModel:
     """Quantize a BN-folded float module to a legalized integer module plus a per-layer report."""
     if rounding not in ROUNDINGS:
@@ -77,6 +77,18 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
     stats = ranges.collect(float_mod, batches, percentile=pct, progress=bar)
     bar.close()
     chosen = ranges.choose(stats, method, sigma_factor)
+    if activation_ranges in ("auto", "bn") and method not in ("minmax", "percentile", "calibration-mse"):
+        from . import bn_ranges
+
+        bn = bn_ranges.conv_batchnorms(model.mod)
+        conv_vars = [layer.var for layer in layers if layer.kind == "conv2d"]
+        if len(bn) == len(conv_vars) and any(s is not None for s in bn):
+            from_bn = bn_ranges.ranges_from_dists(bn_ranges.propagate(float_mod, conv_vars, bn), rule=bn_rule, k=bn_k)
+            chosen.update(from_bn)
+            method = "bn+" + method
+        elif activation_ranges == "bn":
+            raise IsquantError(f"{model.source}: --activation-ranges bn needs BatchNorm layers after the convs"
+                               " (this model has none, or its exporter folded them); use auto")
     params = list(float_mod["main"].params)
     if input_range is None and params and params[0] in stats:
         s = stats[params[0]]

@@ -136,6 +136,8 @@ def qnn_global_avg_pool2d(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) 
     total = args[0].astype(np.int64).sum(axis=(2, 3), keepdims=bool(attrs["keepdims"]))
     if str(attrs["out_dtype"]) == "float32":
         return total.astype(np.float32) * _per_channel(args[1].astype(np.float32), total.ndim)
+    if str(attrs["out_dtype"]) == "int32":
+        return total.astype(np.int32)
     m = args[1]
     out = fixed_point.requantize(total, m, np.int64(attrs["shift"]), int(attrs["out_min"]), int(attrs["out_max"]))
     return out.astype(str(attrs["out_dtype"]))
@@ -215,6 +217,7 @@ OPS: dict[str, Callable[[list[Any], Any, str], np.ndarray]] = {
     "relax.nn.max_pool2d": lambda a, at, dt: max_pool2d(a[0], _ints(at.pool_size), _ints(at.strides),
                                                         _ints(at.padding), _ints(at.dilation), bool(at.ceil_mode)),
     "relax.mean": _mean,
+    "relax.nn.avg_pool2d": lambda a, at, dt: _avg_pool2d(a[0], at).astype(dt),
     "relax.sum": lambda a, at, dt: a[0].sum(axis=tuple(_ints(at.axis)), keepdims=bool(at.keepdims)).astype(dt),
     "relax.reshape": lambda a, at, dt: a[0].reshape(a[1]),
     "relax.flatten": lambda a, at, dt: a[0].reshape(a[0].shape[0], -1),
@@ -225,6 +228,19 @@ OPS: dict[str, Callable[[list[Any], Any, str], np.ndarray]] = {
     "relax.squeeze": lambda a, at, dt: np.squeeze(a[0], axis=tuple(_ints(at.axis)) if at.axis is not None else None),
     "relax.nn.adaptive_avg_pool2d": lambda a, at, dt: a[0].mean(axis=(2, 3), keepdims=True).astype(dt),
 }
+
+
+def _avg_pool2d(x: np.ndarray, at: Any) -> np.ndarray:
+    kh, kw = _ints(at.pool_size)
+    sh, sw = _ints(at.strides)
+    top, left, bottom, right = _ints(at.padding)
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    win = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    if bool(at.count_include_pad) or (top == left == bottom == right == 0):
+        return win.mean(axis=(-2, -1), dtype=np.float32)
+    ones = np.pad(np.ones(x.shape[2:], np.float32), ((top, bottom), (left, right)))
+    counts = sliding_window_view(ones, (kh, kw))[::sh, ::sw].sum(axis=(-2, -1))
+    return win.sum(axis=(-2, -1), dtype=np.float32) / counts
 
 
 def _softmax(x: np.ndarray, axis: int) -> np.ndarray:

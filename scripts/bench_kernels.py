@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Per-layer benchmark of the int8 kernels on ResNet-18's conv shapes (batch 1, 224x224).
+"""Per-layer benchmark of the int8 kernels on ResNet-18's conv shapes (batch 1, 224x224);
+--model mobilenet_v2 for MobileNetV2's (1x1 / depthwise) shapes.
 
     python scripts/bench_kernels.py                      # 1 and 2 threads, table on stdout
     python scripts/bench_kernels.py --threads 1 --json out/bench_kernels.json
@@ -43,6 +44,38 @@ RESNET18 = [
     ("fc 512->1000", 512, 1, 1000, 0, 1, 0, 1),
 ]
 
+
+
+def mobilenet_v2_layers():
+    """Unique (conv) shapes of MobileNetV2 at 224x224 with their counts: (name, C, H, O, k, s, pad, count, groups)."""
+    layers = {}
+
+    def add(name, C, H, O, k, s, groups=1):
+        key = (C, H, O, k, s, groups)
+        if key in layers:
+            layers[key][1] += 1
+        else:
+            layers[key] = [name, 1]
+
+    add("stem 3x3/2", 3, 224, 32, 3, 2)
+    add("dw 3x3", 32, 112, 32, 3, 1, 32)
+    add("pw 1x1", 32, 112, 16, 1, 1)
+    cin, res = 16, 112
+    for t, c, n, s in [(6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]:
+        for i in range(n):
+            st = s if i == 0 else 1
+            hid = cin * t
+            add("expand 1x1", cin, res, hid, 1, 1)
+            add(f"dw 3x3/{st}" if st > 1 else "dw 3x3", hid, res, hid, 3, st, hid)
+            res = (res - 1) // st + 1
+            add("project 1x1", hid, res, c, 1, 1)
+            cin = c
+    add("head 1x1", 320, 7, 1280, 1, 1)
+    out = [(name, C, H, O, k, s, (k - 1) // 2, cnt, g) for (C, H, O, k, s, g), (name, cnt) in layers.items()]
+    out.append(("fc 1280->1000", 1280, 1, 1000, 0, 1, 0, 1, 1))
+    return out
+
+
 PEAK_C = r"""
 #include <immintrin.h>
 #include <stdio.h>
@@ -73,15 +106,15 @@ def measure_peak() -> float:
                    for _ in range(3))
 
 
-def layer_params(rng, C, O, k, stride, pad):
+def layer_params(rng, C, O, k, stride, pad, groups=1):
     from isquant_tvm.kernels import QConv2dParams
 
     kk = max(k, 1)
-    return QConv2dParams(weight=rng.integers(-127, 128, (O, C, kk, kk)).astype(np.int8),
+    return QConv2dParams(weight=rng.integers(-127, 128, (O, C // groups, kk, kk)).astype(np.int8),
                          bias=rng.integers(-1000, 1000, O).astype(np.int32),
                          multiplier=rng.integers(2 ** 30, 2 ** 31, O).astype(np.int64),
                          shift=np.full(O, 40, np.int64), strides=(stride, stride), padding=(pad,) * 4,
-                         dilation=(1, 1), groups=1, out_dtype="uint8", out_min=0, out_max=255)
+                         dilation=(1, 1), groups=groups, out_dtype="uint8", out_min=0, out_max=255)
 
 
 def time_call(fn, args, single_thread: bool):
@@ -111,10 +144,11 @@ def bench_worker(args) -> list[dict]:
     target = tvm.target.Target(json.loads(args.target))
     rng = np.random.default_rng(0)
     rows = []
-    for name, C, H, O, k, stride, pad, count in RESNET18:
+    table = mobilenet_v2_layers() if args.model == "mobilenet_v2" else [r + (1,) for r in RESNET18]
+    for name, C, H, O, k, stride, pad, count, groups in table:
         if args.only and not any(s in name for s in args.only.split(",")):
             continue
-        p = layer_params(rng, C, O, k, stride, pad)
+        p = layer_params(rng, C, O, k, stride, pad, groups)
         dense = k == 0
         x_shape = (1, C) if dense else (1, C, H, H)
         bb = relax.BlockBuilder()
@@ -135,11 +169,12 @@ def bench_worker(args) -> list[dict]:
         ms, cpu_ms = time_call(lambda: vm["main"](xd), args, single_thread=args.threads_now == 1)
         g = common.conv_geom((1, C, max(H, 1), max(H, 1)), p)
         macs = g.macs
-        row = {"layer": name, "shape": f"{C}x{H}x{H}->{O} k{k} s{stride}", "count": count, "macs": macs,
+        shape = f"{C}x{H}x{H}->{O} k{k} s{stride}" + (f" g{groups}" if groups > 1 else "")
+        row = {"layer": name, "shape": shape, "count": count, "macs": macs,
                "wall_ms": ms, "cpu_ms": cpu_ms}
         row["ms"] = cpu_ms if cpu_ms is not None else ms
         row["gops"] = 2 * macs / row["ms"] / 1e6
-        if args.blocked and not dense:
+        if args.blocked and not dense and groups == 1:
             func = x86_vnni.build_conv_primfunc(g, p, "uint8", x86_vnni.config_for(target), blocked_out=True)
             func = func.with_attr("global_symbol", "main")
             lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
@@ -148,7 +183,7 @@ def bench_worker(args) -> list[dict]:
             wall, cpu = time_call(lambda: fn(*targs), args, single_thread=args.threads_now == 1)
             row["blocked_ms"] = cpu if cpu is not None else wall
             row["blocked_gops"] = 2 * macs / row["blocked_ms"] / 1e6
-        if args.ort and not dense:
+        if args.ort and not dense and groups == 1:
             row.update(bench_ort(p, (1, C, H, H), args.threads_now))
         rows.append(row)
     return rows
@@ -157,7 +192,6 @@ def bench_worker(args) -> list[dict]:
 def bench_ort(p, x_shape, threads) -> dict:
     """onnxruntime QLinearConv (u8 act, s8 per-channel weight, u8 out) on the same layer."""
     try:
-        import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper
     except ImportError:
@@ -205,6 +239,7 @@ def main() -> None:
     ap.add_argument("--blocked", action="store_true", help="also time the kernel with blocked (NCHWc) output")
     ap.add_argument("--ort", action="store_true", help="also time onnxruntime QLinearConv")
     ap.add_argument("--only", default="", help="comma list of layer-name substrings")
+    ap.add_argument("--model", default="resnet18", choices=["resnet18", "mobilenet_v2"])
     ap.add_argument("--number", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--json", default="", help="write results here")
@@ -215,11 +250,11 @@ def main() -> None:
         print(json.dumps(bench_worker(args)))
         return
     peak = measure_peak() if args.measure_peak else args.peak
-    results = {"target": json.loads(args.target), "peak_gops_per_core": peak, "runs": {}}
+    results = {"model": args.model, "target": json.loads(args.target), "peak_gops_per_core": peak, "runs": {}}
     for th in [int(t) for t in args.threads.split(",")]:
         env = dict(os.environ, TVM_NUM_THREADS=str(th), OMP_NUM_THREADS=str(th))
         cmd = [sys.executable, __file__, "--worker", str(th), "--target", args.target, "--number", str(args.number),
-               "--repeat", str(args.repeat), "--only", args.only] + (["--blocked"] if args.blocked else []) + \
+               "--repeat", str(args.repeat), "--only", args.only, "--model", args.model] + (["--blocked"] if args.blocked else []) + \
             (["--ort"] if args.ort else [])
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if out.returncode:
@@ -251,7 +286,7 @@ def main() -> None:
         if tot_o:
             summary["ort_total_ms"] = tot_o
         results["runs"][str(th) + "_summary"] = summary
-        print(f"all ResNet-18 convs+fc (with repeats): {tot:.2f} ms, {summary['total_gops']:.0f} GOP/s"
+        print(f"all {args.model} convs+fc (with repeats): {tot:.2f} ms, {summary['total_gops']:.0f} GOP/s"
               + (f"; ORT {tot_o:.2f} ms" if tot_o else ""))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

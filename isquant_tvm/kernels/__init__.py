@@ -3,14 +3,22 @@
     from isquant_tvm.kernels import lower_conv2d, lower_dense, QConv2dParams, QDenseParams
     y = lower_conv2d(bb, x, params, target)   # emits into bb, returns the NCHW output
 
-Dispatch by target: x86 with AVX-512 VNNI -> vpdpbusd kernel (x86_vnni), other x86 -> vectorised int32
-kernel, aarch64 with +dotprod -> sdot kernel, other aarch64 -> NEON smull kernel (arm_dot).
+Dispatch by target: x86 with AVX-512 VNNI -> vpdpbusd kernel, x86 with AVX2 -> exact vpmaddwd kernel,
+other x86 -> vectorised int32 kernel (x86_vnni); aarch64 with +dotprod -> sdot kernel, other aarch64 ->
+NEON smull kernel (arm_dot). Depthwise (groups == C) -> vectorised int32 kernel on every target.
+Every kernel is bit-exact against ref_conv2d / ref_dense (numpy int64).
+
+Chaining variant: lower_conv2d_blocked (NCHW16c in/out, groups == 1) with to_blocked / from_blocked.
+Run with TVM_NUM_THREADS set: TVM 0.27's runtime defaults to 1 thread on this 2-vCPU machine.
 """
 from __future__ import annotations
 
 from typing import Optional
 
-from .common import QConv2dParams, QDenseParams, ref_conv2d, ref_dense  # noqa: F401
+from .common import QConv2dParams, QDenseParams, ref_conv2d, ref_dense
+
+__all__ = ["QConv2dParams", "QDenseParams", "ref_conv2d", "ref_dense", "lower_conv2d", "lower_dense",
+           "lower_conv2d_blocked", "to_blocked", "from_blocked", "is_aarch64"]
 
 
 def is_aarch64(target) -> bool:

@@ -18,7 +18,7 @@ The kernels compute in a channel-blocked layout:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -540,19 +540,22 @@ def is_depthwise(data_shape, p: QConv2dParams) -> bool:
 class DwGeom:
     """Depthwise geometry: NCHW, vectorised along the flattened output plane.
 
-    The input is packed per channel into stride phases over a plane of width WQ,
-    pack[n, c, ph, pw, hq*WQ + wq] = padded[n, c, hq*sh + ph, wq*sw + pw], so tap (kh, kw) of flattened
-    output position i = oh*WQ + ow reads pack[.., i + (kh*dh//sh)*WQ + kw*dw//sw]: a contiguous run for
-    consecutive i, for any stride and any width (columns ow >= OW are computed and dropped)."""
+    The input is split into stride phases, each zero padded into a plane of width WQ:
+    pack_{ph,pw}[n, c, hq, wq] = padded[n, c, hq*sh + ph, wq*sw + pw]. Tap (kh, kw) of output (oh, wq) reads
+    phase ((kh*dh) % sh, (kw*dw) % sw) at (oh + kh*dh//sh, wq + kw*dw//sw); flattened, that is
+    i + const for i = oh*WQ + wq, a contiguous run for any stride and width (columns >= OW are computed
+    and dropped; reads past a row end land in the next row of the same plane)."""
     base: ConvGeom
     WQ: int  # plane width (>= OW + (KW-1)*dw//sw)
     OHp: int  # conv rows computed (>= OH) so that OHp * WQ is a multiple of vt
     vt: int  # vector tile along the flattened plane (int32 lanes)
-    FL: int  # flattened pack length per phase
+    HQ: int  # plane rows
 
-    @property
-    def HQ(self) -> int:
-        return self.FL // self.WQ
+    def taps(self):
+        g = self.base
+        for kh in range(g.KH):
+            for kw in range(g.KW):
+                yield kh, kw, (kh * g.dh) % g.sh, (kw * g.dw) % g.sw, (kh * g.dh) // g.sh, (kw * g.dw) // g.sw
 
 
 def dw_geom(data_shape, p: QConv2dParams, vt: int = 16) -> DwGeom:
@@ -564,8 +567,8 @@ def dw_geom(data_shape, p: QConv2dParams, vt: int = 16) -> DwGeom:
         if best is None or OHp * WQ < best[0]:
             best = (OHp * WQ, WQ, OHp)
     _, WQ, OHp = best
-    need = OHp * WQ + ((g.KH - 1) * g.dh // g.sh) * WQ + ((g.KW - 1) * g.dw) // g.sw
-    return DwGeom(g, WQ, OHp, vt, _ceil(need, WQ))
+    HQ = OHp + ((g.KH - 1) * g.dh) // g.sh + 1  # +1 row: reads that wrap past the last row end
+    return DwGeom(g, WQ, OHp, vt, HQ)
 
 
 def dw_consts(p: QConv2dParams, dg: DwGeom) -> dict[str, np.ndarray]:
@@ -584,60 +587,63 @@ def dw_compute(dg: DwGeom, p: QConv2dParams, in_dtype: str):
     bias = te.placeholder((g.O,), "int32", name="bias")
     epi = {k: te.placeholder((g.O,), v.dtype.name, name=k) for k, v in epilogue_consts(p, g.O).items()}
 
-    def pack_fn(n, c, ph, pw, j):
-        h = (j // dg.WQ) * g.sh + ph - g.pt
-        w = (j % dg.WQ) * g.sw + pw - g.pl
-        cond = tirx.all(h >= 0, h < g.H, w >= 0, w < g.W)
-        # clamped (always in-bounds) load + select: branch-free, so LLVM can vectorize the copy
-        v = data[n, c, tirx.max(tirx.min(h, g.H - 1), 0), tirx.max(tirx.min(w, g.W - 1), 0)].astype("int16")
-        return tirx.Select(cond, v, tirx.const(0, "int16"))
+    def make_pack(ph, pw):
+        def pack_fn(n, c, hq, wq):
+            h = hq * g.sh + (ph - g.pt)
+            w = wq * g.sw + (pw - g.pl)
+            cond = tirx.all(h >= 0, h < g.H, w >= 0, w < g.W)
+            return tirx.if_then_else(cond, data[n, c, h, w].astype("int16"), tirx.const(0, "int16"))
 
-    pack = te.compute((g.N, g.C, g.sh, g.sw, dg.FL), pack_fn, name="pack")
-    kh = te.reduce_axis((0, g.KH), name="kh")
-    kw = te.reduce_axis((0, g.KW), name="kw")
+        return te.compute((g.N, g.C, dg.HQ, dg.WQ), pack_fn, name=f"pack_{ph}_{pw}")
+
+    packs = {}
+    for _, _, ph, pw, _, _ in dg.taps():
+        if (ph, pw) not in packs:
+            packs[(ph, pw)] = make_pack(ph, pw)
 
     def conv_fn(n, o, oh, wq):
-        a = pack[n, o // mult_c, (kh * g.dh) % g.sh, (kw * g.dw) % g.sw,
-                 (oh + (kh * g.dh) // g.sh) * dg.WQ + wq + (kw * g.dw) // g.sw]
-        return te.sum(a.astype("int32") * wpk[o, kh, kw], axis=[kh, kw])
+        c = o // mult_c if mult_c > 1 else o
+        acc = None
+        for kh, kw, ph, pw, qh, qw in dg.taps():
+            t = packs[(ph, pw)][n, c, oh + qh, wq + qw].astype("int32") * wpk[o, kh, kw]
+            acc = t if acc is None else acc + t
+        return acc
 
     conv = te.compute((g.N, g.O, dg.OHp, dg.WQ), conv_fn, name="conv")
     out = te.compute((g.N, g.O, g.OH, g.OW), lambda n, o, oh, ow: requant_expr(
         conv[n, o, oh, ow] + bias[o], o, p, epi), name="epilogue")
-    return data, wpk, bias, epi, [out]
+    return data, wpk, bias, epi, [out], list(packs)
 
 
-def schedule_dw(sch, dg: DwGeom):
+def schedule_dw(sch, dg: DwGeom, phases):
     g = dg.base
     conv = sch.get_sblock("conv")
-    n, o, oh, wq, kh, kw = sch.get_loops(conv)
+    n, o, oh, wq = sch.get_loops(conv)
     par = _fuse_parallel(sch, [n, o])
-    i_o, i_i = sch.split(sch.fuse(oh, wq), [None, dg.vt])
-    sch.reorder(i_o, kh, kw, i_i)
+    _, i_i = sch.split(sch.fuse(oh, wq), [None, dg.vt])
+    sch.vectorize(i_i)
     ep = sch.get_sblock("epilogue")
     sch.reverse_compute_at(ep, par)
-    sch.vectorize(i_i)
-    init = sch.decompose_reduction(conv, kh)
-    sch.unroll(kh)
-    sch.unroll(kw)
-    sch.vectorize(sch.get_loops(init)[-1])
-    el = sch.get_loops(ep)
     if g.OW >= 8:
-        sch.vectorize(el[-1])
-    pk = sch.get_sblock("pack")
-    loops = sch.get_loops(pk)
-    par = _fuse_parallel(sch, loops[:4])
-    sch.split(loops[-1], [dg.HQ, dg.WQ])
+        sch.vectorize(sch.get_loops(ep)[-1])
+    for ph, pw in phases:
+        pk = sch.get_sblock(f"pack_{ph}_{pw}")
+        loops = sch.get_loops(pk)
+        _fuse_parallel(sch, loops[:2])
+        try:  # zero fill + condition-free interior copy (LLVM vectorises both)
+            sch.decompose_padding(pk, loops[2])
+        except Exception:  # noqa: BLE001 - keep the select form
+            pass
     return sch
 
 
 def build_dw_primfunc(dg: DwGeom, p: QConv2dParams, in_dtype: str) -> tirx.PrimFunc:
     import tvm.s_tir  # noqa: F401
 
-    data, wpk, bias, epi, outs = dw_compute(dg, p, in_dtype)
+    data, wpk, bias, epi, outs, phases = dw_compute(dg, p, in_dtype)
     func = te.create_prim_func([data, wpk, bias] + [epi[k] for k in sorted(epi)] + outs)
     sch = tvm.s_tir.Schedule(func)
-    schedule_dw(sch, dg)
+    schedule_dw(sch, dg, phases)
     return prim_func_attrs(sch.mod["main"], "qconv2d_dw")
 
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 import tvm
-from tvm import relax, te, tirx
+from tvm import relax, tirx
 from tvm.script import tirx as T
 from tvm.s_tir import TensorIntrin
 
 from . import common
-from .common import OC_BN, IC_DOT, QConv2dParams, QDenseParams
+from .common import OC_BN, QConv2dParams, QDenseParams
 
 VNNI_INTRIN = "dot_16x4_vnni_llvm22"
 

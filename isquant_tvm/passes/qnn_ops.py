@@ -16,6 +16,8 @@ Argument conventions (activations first, then constants):
 - qnn.max_pool2d(x)                                  attrs: pool_size, strides, padding, dilation, ceil_mode
 - qnn.global_avg_pool2d(x, m int64 ())               attrs: shift, keepdims, out_dtype, out_min, out_max
   qnn.global_avg_pool2d(x, dq float32 (C,))          float output: sum · dq (int32 x: summed in int64)
+  qnn.global_avg_pool2d(x) with out_dtype "int32"    the raw int32 sums (feeding a classifier)
+- qnn.dense with an int32 input: int64 accumulation and bias (pooled features into the classifier)
 - qnn.conv2d / qnn.dense with out_dtype "int32": clip(acc + bias, out_min, out_max), no requantize
 Zero points are 0 everywhere; requantize is `clip((a·m + 2^(n-1)) >> n, lo, hi)` (fixed_point.py)."""
 from __future__ import annotations
@@ -69,6 +71,11 @@ def ref_conv2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mappin
 
 def ref_dense(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
     x, w, bias = args[:3]
+    if tvm_compat.expr_dtype(x) == "int32":  # pooled int32 features: int64 accumulation
+        acc = bb.emit(relax.op.matmul(relax.op.astype(x, "int64"), relax.op.astype(relax.op.permute_dims(w), "int64"),
+                                      out_dtype="int64"))
+        acc = bb.emit(relax.op.add(acc, _channel(bb, bias, 2)))
+        return _epilogue(bb, acc, args[3:], attrs)
     acc = bb.emit(relax.op.matmul(x, relax.op.permute_dims(w), out_dtype="int32"))
     acc = bb.emit(relax.op.add(acc, _channel(bb, bias, 2)))
     return _epilogue(bb, acc, args[3:], attrs)
@@ -118,6 +125,8 @@ def ref_global_avg_pool2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], at
         wide = bb.emit(relax.op.astype(total, "float32"))
         return relax.op.multiply(wide, _channel(bb, args[1], len(tvm_compat.expr_shape(wide))))
     total = bb.emit(relax.op.sum(relax.op.astype(x, "int32"), axis=[2, 3], keepdims=bool(attrs["keepdims"])))
+    if str(attrs["out_dtype"]) == "int32":
+        return total
     m = args[1]
     n = relax.const(int(attrs["shift"]), "int64")
     return requantize_expr(bb, total, m, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]))

@@ -112,11 +112,50 @@ def _feeds_output(func: relax.Function) -> set[Any]:
         op = _op(value)
         if isinstance(value, relax.Var):
             frontier.append(value)
-        elif op in DATA_MOVEMENT or op in ("relax.nn.relu", "relax.clip", "relax.mean", "relax.nn.adaptive_avg_pool2d"):
+        elif op in DATA_MOVEMENT or op in ("relax.nn.relu", "relax.clip", "relax.mean", "relax.nn.adaptive_avg_pool2d",
+                                           "relax.nn.avg_pool2d"):
             frontier.append(value.args[0])
         elif op == "relax.add":
             frontier.extend(a for a in value.args if not tvm_compat.is_const(a))
     return out
+
+
+def _pools_feeding_classifier(func: relax.Function, layer_of: Mapping[Any, Layer], feeds_output: set[Any],
+                              uses: Mapping[Any, int]) -> set[Any]:
+    """Global pools whose only consumer, through data movement, is a dense layer whose result feeds the output."""
+    consumer: dict[Any, Any] = {}
+    values: dict[Any, Any] = {}
+    for b in bindings(func):
+        values[b.var] = b.value
+        if isinstance(b.value, relax.Call):
+            for a in b.value.args:
+                if isinstance(a, relax.Var):
+                    consumer[a] = b.var
+    found = set()
+    for var, value in values.items():
+        if _op(value) not in ("relax.mean", "relax.nn.adaptive_avg_pool2d", "relax.nn.avg_pool2d"):
+            continue
+        cur = var
+        while uses.get(cur, 0) == 1 and cur in consumer:
+            nxt = consumer[cur]
+            if nxt in layer_of and layer_of[nxt].kind == "dense":
+                if _classifier_result(nxt, values, uses, feeds_output):
+                    found.add(var)
+                break
+            if _op(values[nxt]) not in DATA_MOVEMENT:
+                break
+            cur = nxt
+    return found
+
+
+def _classifier_result(dense_var: Any, values: Mapping[Any, Any], uses: Mapping[Any, int], feeds_output: set[Any]) -> bool:
+    """The dense output (optionally + bias) reaches the graph output with no activation in between."""
+    if dense_var in feeds_output and uses.get(dense_var, 0) == 1:
+        return True
+    for var, value in values.items():
+        if _op(value) == "relax.add" and any(a.same_as(dense_var) for a in value.args if isinstance(a, relax.Var)):
+            return var in feeds_output
+    return False
 
 
 def _op(call: Any) -> str | None:
@@ -154,6 +193,7 @@ class QuantizeMutator(relax.PyExprMutator):
         func = self.mod_["main"]
         self.uses = _count_uses(func)
         self.feeds_output = _feeds_output(func)
+        self.pool_to_classifier = _pools_feeding_classifier(func, self.layer_of, self.feeds_output, self.uses)
         new_func = self.visit_expr(func)
         self.builder_.update_func(gv, new_func)
         mod = self.builder_.get()
@@ -263,7 +303,9 @@ class QuantizeMutator(relax.PyExprMutator):
         out_channels = p.q.shape[0]
         s_acc = (p.x.scale * np.broadcast_to(p.w_scale.astype(np.float64), (out_channels,)))
         bias = p.bias if p.bias is not None else np.zeros(out_channels)
-        bias_int = np.clip(np.rint(bias / s_acc), -(2**31), 2**31 - 1).astype(np.int32)
+        wide = p.x.dtype == "int32"  # pooled int32 features: the classifier accumulates in int64
+        bias_int = (np.rint(bias / s_acc).astype(np.int64) if wide
+                    else np.clip(np.rint(bias / s_acc), -(2**31), 2**31 - 1).astype(np.int32))
         if layer.kind == "conv2d":
             op = "qnn.conv2d"
             attrs: dict[str, Any] = {k: layer.attrs[k] for k in ("strides", "padding", "dilation", "groups")}
@@ -295,7 +337,7 @@ class QuantizeMutator(relax.PyExprMutator):
         class scores to 8 bits with a data-free range would clip exactly the winning class."""
         acc, s_acc = self._emit_acc(p, float_out=False, int32_out=True)
         shape = tvm_compat.expr_shape(value.args[0])
-        keepdims = op == "relax.nn.adaptive_avg_pool2d" or bool(value.attrs.keepdims)
+        keepdims = op != "relax.mean" or bool(value.attrs.keepdims)
         dq = (s_acc / (shape[2] * shape[3])).astype(np.float32)
         return self.call_qnn("qnn.global_avg_pool2d", [acc, qnn_ops.const(dq)],
                              {"keepdims": keepdims, "out_dtype": "float32"}, _safe(tvm_compat.var_name(var)))
@@ -385,7 +427,13 @@ class QuantizeMutator(relax.PyExprMutator):
                 return self._classifier_pool(p, value, op, var)
             x = self.quant_of(args[0])
             shape = tvm_compat.expr_shape(args[0])
-            keepdims = op == "relax.nn.adaptive_avg_pool2d" or bool(value.attrs.keepdims)
+            keepdims = op != "relax.mean" or bool(value.attrs.keepdims)
+            if var in self.pool_to_classifier:
+                # Pooled features feeding only the classifier: keep the int32 sums (scale s_x/HW);
+                # the classifier multiplies them in int64. Avoids an 8-bit range nobody can see data-free.
+                attrs = {"keepdims": keepdims, "out_dtype": "int32"}
+                expr = self.call_qnn("qnn.global_avg_pool2d", [x.expr], attrs, _safe(tvm_compat.var_name(var)))
+                return QTensor(expr, x.scale / (shape[2] * shape[3]), "int32")
             if var in self.feeds_output:
                 # Pooled logits leave the graph: dequantize the int32 sum, no 8-bit clipping.
                 dq = np.full(shape[1], x.scale / (shape[2] * shape[3]), np.float32)
@@ -430,6 +478,10 @@ class QuantizeMutator(relax.PyExprMutator):
         if op == "relax.nn.adaptive_avg_pool2d":
             size = value.attrs.output_size
             return size is not None and [int(s) for s in size] in ([1, 1], [1])
+        if op == "relax.nn.avg_pool2d":  # torch's F.avg_pool2d(x, x.size(3)) is a global pool
+            shape = tvm_compat.expr_shape(value.args[0])
+            return ([int(v) for v in value.attrs.pool_size] == list(shape[2:]) and
+                    not any(int(v) for v in value.attrs.padding) and not bool(value.attrs.ceil_mode))
         return False
 
     def _fallback(self, value: Any, op: str | None) -> Any:
@@ -445,6 +497,10 @@ class QuantizeMutator(relax.PyExprMutator):
             return self.builder_.emit(relax.Call(value.op, args, value.attrs, value.ty_args))
         if isinstance(value, relax.Var):
             return self.values.get(value, self.expr_of(value))
+        if isinstance(value, relax.Tuple):  # torch's exported programs return a tuple
+            return self.builder_.emit(relax.Tuple([self.float_of(f) for f in value.fields]))
+        if isinstance(value, relax.TupleGetItem):
+            return self.builder_.emit(relax.TupleGetItem(self.float_of(value.tuple_value), value.index))
         return self.builder_.emit(self.expr_of(value))
 
 
