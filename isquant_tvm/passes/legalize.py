@@ -77,8 +77,23 @@ class LegalizeMutator(relax.PyExprMutator):
         return relax.transform.DeadCodeElimination(["main"])(mod)
 
 
+_FAST_RULES_LOADED = False
+
+
+def _load_fast_rules() -> None:
+    """The kernels package registers its lowerings on first use (it imports TVM's schedule APIs)."""
+    global _FAST_RULES_LOADED
+    if not _FAST_RULES_LOADED:
+        from ..kernels import rules
+
+        rules.register()
+        _FAST_RULES_LOADED = True
+
+
 def legalize(mod: tvm.IRModule, target: Any = None, only_reference: bool = False) -> tuple[tvm.IRModule, dict[str, int]]:
     """Lower every qnn op call in `mod`. Returns the module and which lowering each op used."""
+    if target is not None and not only_reference:
+        _load_fast_rules()
     mutator = LegalizeMutator(mod, target, only_reference)
     out = mutator.transform()
     return out, mutator.chosen

@@ -493,7 +493,8 @@ class QuantizeMutator(relax.PyExprMutator):
                 else:
                     args.append(self.float_of(a))
             name = op.removeprefix("relax.") if op else "call"
-            self.result.fallbacks[name] = self.result.fallbacks.get(name, 0) + 1
+            if op not in DATA_MOVEMENT:  # reshaping a float value is not a lost integer op
+                self.result.fallbacks[name] = self.result.fallbacks.get(name, 0) + 1
             return self.builder_.emit(relax.Call(value.op, args, value.attrs, value.ty_args))
         if isinstance(value, relax.Var):
             return self.values.get(value, self.expr_of(value))
