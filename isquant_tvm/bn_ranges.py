@@ -144,3 +144,4 @@ def ranges_from_dists(dists: Mapping[Any, Dist], samples_per_channel: int = 2048
             alpha = mse_alpha(samples, dist.unsigned) * k
         out[var] = ActivationRange(max(alpha, 1e-8), "BatchNorm statistics", dist.unsigned)
     return out
+

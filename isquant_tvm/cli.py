@@ -121,9 +121,90 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-ir", action="store_true", help="print the Relax module")
     p.add_argument("--no-fold", action="store_true", help="show the graph as imported, before BatchNorm folding")
 
+    p = sub.add_parser("quantize", help="write an ONNX QDQ model with ISQuant int8 weights (for other runtimes)",
+                       description="Fold BatchNorm, round every Conv/Gemm weight with ISQuant/SQuant flips and write"
+                                   " an ONNX model with int8 weights + DequantizeLinear (activations stay float).",
+                       epilog=EPILOG)
+    p.add_argument("model", help="an .onnx file or builtin:NAME")
+    p.add_argument("-o", "--output", required=True, metavar="PATH", help="the .onnx to write (atomically)")
+    p.add_argument("--rounding", choices=["squant", "squant-e", "squant-k", "squant-c", "rtn"], default="squant",
+                   help="weight rounding: squant (SQuant E+K+C flips, default), a single stage, or rtn")
+    p.add_argument("--granularity", choices=["per-tensor", "per-channel"], default="per-tensor",
+                   help="one symmetric scale per tensor (ISQuant, default) or per output channel")
+    p.add_argument("--weight-bits", type=int, default=8, metavar="B", help="weight bit width 2..8 (default 8)")
+    p.add_argument("--report", metavar="PATH", help="write the per-layer weight report (JSON) here")
+
+    p = sub.add_parser("eval", help="accuracy of the int8 build vs the float model on labelled images",
+                       description="Compile the model to int8 (x86) and run it beside the float model on labelled"
+                                   " images: top-1/top-5 of both, drop, agreement, logit cosine, per-layer SQNR.",
+                       epilog=EPILOG)
+    _add_model_args(p)
+    p.add_argument("--data", required=True, metavar="DIR_OR_NPZ",
+                   help="ImageNet-style folder (images/ + labels.txt, center crop) or CIFAR-style .npz (images, labels)")
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate N evenly spaced images (default: all)")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--plot", metavar="PNG", help="write a per-layer SQNR bar chart (default: beside --json)")
+    _add_quant_args(p, default_quantize="isquant")
+
     sub.add_parser("targets", help="list target presets and what each enables",
                    description="List the --target presets, the TVM target each maps to and the ISA features it enables.")
     return parser
+
+
+def _quant_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {"granularity": args.granularity, "weight_bits": args.weight_bits,
+                               "activation_ranges": args.activation_ranges, "calibration": args.calibration,
+                               "calibration_method": args.calibration_method}
+    if args.rounding:
+        options["rounding"] = args.rounding
+    elif getattr(args, "quantize", "isquant") == "rtn":
+        options["rounding"] = "rtn"
+    return options
+
+
+@_command("quantize")
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .api import load
+    from .qdq import export_qdq
+
+    model = load(args.model)
+    report = export_qdq(model.onnx_model, args.output, rounding=args.rounding, granularity=args.granularity,
+                        weight_bits=args.weight_bits, source=model.source)
+    if args.report:
+        from .targets.export import atomic_write_json
+
+        atomic_write_json(Path(args.report), report)
+    summary = report.get("summary", {})
+    print(f"wrote {args.output}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
+    return 0
+
+
+@_command("eval")
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .api import load
+    from .evaluate import evaluate, plot_sqnr
+
+    model = load(args.model, input_shapes=args.input_shapes)
+    result = evaluate(model, args.data, limit=args.limit, quant_options=_quant_options(args))
+    print(f"model {result['model']} on {result['images']} images of {result['data']}")
+    print(f"{'':10}{'top-1':>9}{'top-5':>9}")
+    print(f"{'fp32':10}{result['fp32_top1']:9.2f}{result['fp32_top5']:9.2f}")
+    print(f"{'int8':10}{result['int8_top1']:9.2f}{result['int8_top5']:9.2f}")
+    print(f"top-1 drop {result['top1_drop']:.2f} pt, agreement {result['top1_agreement']:.2f} %, "
+          f"logit cosine mean {result['logit_cosine_mean']:.5f}")
+    rows = result.get("layers_sqnr", [])
+    if rows:
+        worst = min(rows, key=lambda r: r["sqnr_db"])
+        print(f"per-layer SQNR: {len(rows)} tensors, min {worst['sqnr_db']:.1f} dB ({worst['tensor']})")
+    if args.json:
+        from .targets.export import atomic_write_json
+
+        atomic_write_json(Path(args.json), result)
+    plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    if plot and rows:
+        plot_sqnr(rows, plot, f"{Path(result['model']).name}: per-layer SQNR (int8 vs fp32)")
+        print(f"wrote {plot}")
+    return 0
 
 
 @_command("targets")
@@ -160,15 +241,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_compile(args: argparse.Namespace) -> int:
     from .api import compile
 
-    quant_options: dict[str, Any] = {
-        "granularity": args.granularity,
-        "weight_bits": args.weight_bits,
-        "activation_ranges": args.activation_ranges,
-        "calibration": args.calibration,
-        "calibration_method": args.calibration_method,
-    }
-    if args.rounding:
-        quant_options["rounding"] = args.rounding
+    quant_options = _quant_options(args)
     result = compile(args.model, target=args.target, output=args.output, quantize=args.quantize,
                      cross_compiler=args.cross_compiler, input_shapes=args.input_shapes,
                      quant_options=quant_options if args.quantize != "none" else None)

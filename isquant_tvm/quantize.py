@@ -37,7 +37,7 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
                    granularity: str = "per-tensor", weight_bits: int = 8, activation_ranges: str = "auto",
                    calibration: str | Sequence[np.ndarray] | None = None, calibration_method: str = "percentile",
                    synthetic_count: int = 8, sigma_factor: float = 25.0, input_range: float | None = None,
-                   synthetic: str = "smooth", range_rule: str = "sigma", bn_rule: str = "mse", bn_k: float = 1.0,
+                   synthetic: str = "smooth", range_rule: str = "sigma", bn_rule: str = "ksigma", bn_k: float = 6.0,
                    progress: bool = True, only_reference: bool = False) -> QuantizedModel:
     """Quantize a BN-folded float module to a legalized integer module plus a per-layer report."""
     if rounding not in ROUNDINGS:
@@ -73,11 +73,12 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
     else:
         batches = ranges.synthetic_inputs(shapes, count=synthetic_count, kind=synthetic)
         method, pct = range_rule, None
+    calibrated = method in ("minmax", "percentile", "calibration-mse")
     bar = tqdm(total=len(batches), desc="activation ranges", unit="batch", disable=not progress or None, leave=False)
     stats = ranges.collect(float_mod, batches, percentile=pct, progress=bar)
     bar.close()
     chosen = ranges.choose(stats, method, sigma_factor)
-    if activation_ranges in ("auto", "bn") and method not in ("minmax", "percentile", "calibration-mse"):
+    if activation_ranges in ("auto", "bn") and not calibrated:
         from . import bn_ranges
 
         bn = bn_ranges.conv_batchnorms(model.mod)

@@ -114,12 +114,12 @@ def synthetic_inputs(shapes: Sequence[tuple[int, ...]], count: int = 8, seed: in
 
 
 def collect(mod: tvm.IRModule, batches: Iterable[Sequence[np.ndarray]], percentile: float | None = None,
-            progress: Any = None) -> dict[Any, TensorStats]:
+            progress: Any = None, hooks: Mapping[Any, Any] | None = None) -> dict[Any, TensorStats]:
     """Statistics of every float binding (and parameter) of `main` over `batches`."""
     interp = Interpreter(mod)
     stats: dict[Any, TensorStats] = {}
     for batch in batches:
-        _, env = interp.run(batch, capture=True)
+        _, env = interp.run(batch, capture=True, hooks=hooks)
         for var, value in env.items():
             if isinstance(value, np.ndarray) and value.dtype == np.float32 and value.size:
                 stats.setdefault(var, TensorStats()).update(value, percentile)

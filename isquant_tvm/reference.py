@@ -259,12 +259,17 @@ class Interpreter:
         self.mod = mod
         self.main = mod["main"]
 
-    def run(self, inputs: Sequence[np.ndarray], capture: bool = False) -> tuple[list[np.ndarray], Env]:
+    def run(self, inputs: Sequence[np.ndarray], capture: bool = False,
+            hooks: Mapping[Any, Callable[[np.ndarray], np.ndarray]] | None = None) -> tuple[list[np.ndarray], Env]:
+        """`hooks` replace a binding's value by hook(value) before later bindings see it."""
         env: Env = {}
         for param, value in zip(self.main.params, inputs):
             env[param] = np.asarray(value)
         for binding in bindings(self.main):
-            env[binding.var] = self._eval(binding.value, env, binding.var)
+            value = self._eval(binding.value, env, binding.var)
+            if hooks and binding.var in hooks:
+                value = hooks[binding.var](value)
+            env[binding.var] = value
         result = self._eval(self.main.body.body, env, None)
         outputs = list(result) if isinstance(result, (list, tuple)) else [result]
         return outputs, (env if capture else {})
