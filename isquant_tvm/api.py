@@ -60,7 +60,7 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
     model: ImportedModel | str | Path | Any,
     target: str | dict[str, Any] | tvm.target.Target = "x86",
     output: str | Path | None = None,
-    quantize: str = "none",
+    quantize: str = "isquant",
     cross_compiler: str | None = None,
     input_shapes: Mapping[str, Sequence[int]] | str | None = None,
     quant_options: Mapping[str, Any] | None = None,

@@ -87,3 +87,32 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], needle: st
 def test_verbose_shows_traceback(tmp_path: Path) -> None:
     proc = cli("-v", "compile", "missing.onnx", "-o", str(tmp_path / "m.so"))
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_int8_compile_quantize_and_eval(tmp_path: Path) -> None:
+    lib, report = tmp_path / "r20.so", tmp_path / "report.json"
+    proc = cli("compile", "builtin:resnet20-cifar", "-o", str(lib), "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    assert "quantized: layers=20" in proc.stdout
+    rep = json.loads(report.read_text())
+    assert rep["summary"]["float_fallback_ops"] == 0 and len(rep["layers"]) == 20
+    meta = json.loads(Path(str(lib) + ".json").read_text())
+    assert meta["quantization"]["granularity"] == "per-tensor" and meta["quantization"]["layers"]
+
+    qdq = tmp_path / "r20.qdq.onnx"
+    proc = cli("quantize", "builtin:resnet20-cifar", "-o", str(qdq))
+    assert proc.returncode == 0, proc.stderr
+    import onnx
+
+    assert any(n.op_type == "DequantizeLinear" for n in onnx.load(str(qdq)).graph.node)
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "set.npz"
+    np.savez(data, images=rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8), labels=rng.integers(0, 10, 12))
+    out = tmp_path / "eval.json"
+    proc = cli("eval", "builtin:resnet20-cifar", "--data", str(data), "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    for key in ("model", "images", "fp32_top1", "int8_top1", "top1_drop", "top1_agreement"):
+        assert key in result
+    assert result["images"] == 12 and out.with_suffix(".png").stat().st_size > 1000

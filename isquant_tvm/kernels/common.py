@@ -5,6 +5,7 @@ The quantized conv contract (zero points 0, numpy reference in :func:`ref_conv2d
     acc = conv2d(data, weight) in int32 (zero padding) + bias[o]
     int8/uint8 out: y = clip((acc * multiplier[o] + 2^(shift[o]-1)) >> shift[o], out_min, out_max)
     float32 out:    y = float32(acc) * dequant_scale[o]
+    int32 out:      y = clip(acc, out_min, out_max)  (no requantize: a classifier's raw accumulators)
 
 The kernels compute in a channel-blocked layout:
 
@@ -28,7 +29,7 @@ from tvm import te, tirx
 OC_BN = 16  # output-channel block (vpdpbusd lanes; 4 x sdot)
 IC_DOT = 4  # input channels per dot-product lane
 
-OUT_DTYPES = ("int8", "uint8", "float32")
+OUT_DTYPES = ("int8", "uint8", "float32", "int32")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ def _requant_np(acc: np.ndarray, p, axis: int) -> np.ndarray:
     shape[axis] = -1
     if p.out_dtype == "float32":
         return acc.astype(np.int32).astype(np.float32) * np.asarray(p.dequant_scale, np.float32).reshape(shape)
+    if p.out_dtype == "int32":
+        return np.clip(acc.astype(np.int64), p.out_min, p.out_max).astype(np.int32)
     m = np.asarray(p.multiplier, np.int64).reshape(shape)
     s = np.asarray(p.shift, np.int64).reshape(shape)
     y = (acc.astype(np.int64) * m + (np.int64(1) << (s - 1))) >> s
@@ -268,6 +271,8 @@ def epilogue_consts(p, O: int, O_pad: Optional[int] = None) -> dict[str, np.ndar
         dq = np.zeros((O_pad,), np.float32)
         dq[:O] = np.asarray(p.dequant_scale, np.float32).reshape(-1)
         return {"dq": dq}
+    if p.out_dtype == "int32":
+        return {}
     m = np.zeros((O_pad,), np.int64)
     s = np.ones((O_pad,), np.int64)
     m[:O] = np.asarray(p.multiplier, np.int64).reshape(-1)
@@ -284,6 +289,8 @@ def requant_expr(acc_i32, o, p, tensors):
     """TE expression of the epilogue for channel index `o` given an int32 accumulator (bias included)."""
     if p.out_dtype == "float32":
         return acc_i32.astype("float32") * tensors["dq"][o]
+    if p.out_dtype == "int32":
+        return te.max(te.min(acc_i32, tirx.const(int(p.out_max), "int32")), tirx.const(int(p.out_min), "int32"))
     y = (acc_i32.astype("int64") * tensors["mult"][o].astype("int64") + tensors["rnd"][o]) >> tensors["shift"][o]
     y = te.max(te.min(y, tirx.const(int(p.out_max), "int64")), tirx.const(int(p.out_min), "int64"))
     return y.astype(p.out_dtype)

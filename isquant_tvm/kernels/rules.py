@@ -1,18 +1,21 @@
-"""Register the hand-scheduled kernels as lowerings of qnn.conv2d / qnn.dense (legalize registry).
+"""Register the hand-scheduled kernels as lowerings of the qnn ops (legalize registry).
 
-Each rule turns the qnn call's constant arguments back into kernel parameters and emits the
-target's kernel; the predicate keeps the reference lowering for the cases the kernels do not
-cover (int32 outputs of a pooled classifier, int32 / int64 accumulating denses, no target)."""
+qnn.conv2d / qnn.dense (int8/uint8 data): the target's int8 kernel (kernels.common), every out_dtype
+(int8, uint8, float32, int32). qnn.dense with int32 data (pooled int32 features): an int64-accumulating
+vectorised dense (glue.py). qnn.add, qnn.requantize, qnn.quantize, qnn.dequantize, qnn.max_pool2d,
+qnn.global_avg_pool2d: scheduled TE computes (glue.py). Each rule turns the qnn call's constant
+arguments back into kernel parameters; a call whose constants are not Relax constants (or an
+unsupported shape / dtype) falls back to the reference lowering inside the rule."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 from tvm import relax
 
 from .. import tvm_compat
-from ..passes import legalize
-from . import lower_conv2d, lower_dense
+from ..passes import legalize, qnn_ops
+from . import glue, lower_conv2d, lower_dense
 from .common import OUT_DTYPES, QConv2dParams, QDenseParams
 
 _IN_DTYPES = ("int8", "uint8")
@@ -28,6 +31,9 @@ def _epilogue_params(args: Sequence[relax.Expr], attrs: Mapping[str, Any]) -> di
         o = weight.shape[0]
         out.update(multiplier=np.zeros(o, np.int64), shift=np.ones(o, np.int64),
                    dequant_scale=consts[2].astype(np.float32), out_min=0, out_max=0)
+    elif out["out_dtype"] == "int32":
+        o = weight.shape[0]
+        out.update(multiplier=np.zeros(o, np.int64), shift=np.ones(o, np.int64))
     else:
         out.update(multiplier=consts[2].astype(np.int64), shift=consts[3].astype(np.int64))
     return out
@@ -43,9 +49,7 @@ def _conv_applies(target: Any, attrs: Mapping[str, Any]) -> bool:
 
 def conv2d_rule(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any) -> relax.Expr:
     if tvm_compat.expr_dtype(args[0]) not in _IN_DTYPES or not all(tvm_compat.is_const(a) for a in args[1:]):
-        from ..passes.qnn_ops import ref_conv2d
-
-        return ref_conv2d(bb, args, attrs, target)
+        return qnn_ops.ref_conv2d(bb, args, attrs, target)
     p = QConv2dParams(strides=tuple(int(v) for v in attrs["strides"]), padding=tuple(int(v) for v in attrs["padding"]),
                       dilation=tuple(int(v) for v in attrs["dilation"]), groups=int(attrs["groups"]),
                       **_epilogue_params(args, attrs))
@@ -53,13 +57,105 @@ def conv2d_rule(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mappi
 
 
 def dense_rule(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any) -> relax.Expr:
-    if tvm_compat.expr_dtype(args[0]) not in _IN_DTYPES or not all(tvm_compat.is_const(a) for a in args[1:]):
-        from ..passes.qnn_ops import ref_dense
-
-        return ref_dense(bb, args, attrs, target)
+    consts_ok = all(tvm_compat.is_const(a) for a in args[1:])
+    if tvm_compat.expr_dtype(args[0]) == "int32" and consts_ok and len(tvm_compat.expr_shape(args[0])) == 2:
+        vals = [tvm_compat.const_value(a) for a in args[1:]]
+        return glue.lower_dense_i64(bb, args[0], vals[0], vals[1], vals[2:], attrs, target)
+    if tvm_compat.expr_dtype(args[0]) not in _IN_DTYPES or not consts_ok:
+        return qnn_ops.ref_dense(bb, args, attrs, target)
     return lower_dense(bb, args[0], QDenseParams(**_epilogue_params(args, attrs)), target)
+
+
+# ----------------------------------------------------------------------------------------------
+# glue ops
+# ----------------------------------------------------------------------------------------------
+
+def _scalar(expr: relax.Expr) -> Optional[int]:
+    """An int64 scalar Relax constant as a Python int (None when it is not one)."""
+    if not tvm_compat.is_const(expr):
+        return None
+    v = tvm_compat.const_value(expr)
+    return int(v.reshape(())) if v.size == 1 else None
+
+
+def _int_tensor(expr: relax.Expr) -> bool:
+    return tvm_compat.expr_dtype(expr) in glue.ELEMENTWISE_DTYPES
+
+
+def add_rule(bb, args, attrs, target):
+    a, b, ma, mb = args
+    mav, mbv = _scalar(ma), _scalar(mb)
+    if (mav is None or mbv is None or not _int_tensor(a) or not _int_tensor(b)
+            or tvm_compat.expr_shape(a) != tvm_compat.expr_shape(b)):
+        return qnn_ops.ref_add(bb, args, attrs, target)
+    return glue.lower_add(bb, a, b, mav, mbv, attrs, target)
+
+
+def requantize_rule(bb, args, attrs, target):
+    x, m = args
+    mv = _scalar(m)
+    if mv is None or not _int_tensor(x):
+        return qnn_ops.ref_requantize(bb, args, attrs, target)
+    return glue.lower_requantize(bb, x, mv, attrs, target)
+
+
+def quantize_rule(bb, args, attrs, target):
+    if tvm_compat.expr_dtype(args[0]) != "float32":
+        return qnn_ops.ref_quantize(bb, args, attrs, target)
+    return glue.lower_quantize(bb, args[0], attrs, target)
+
+
+def dequantize_rule(bb, args, attrs, target):
+    if not _int_tensor(args[0]):
+        return qnn_ops.ref_dequantize(bb, args, attrs, target)
+    return glue.lower_dequantize(bb, args[0], attrs, target)
+
+
+def max_pool2d_rule(bb, args, attrs, target):
+    x = args[0]
+    if not _int_tensor(x) or len(tvm_compat.expr_shape(x)) != 4:
+        return qnn_ops.ref_max_pool2d(bb, args, attrs, target)
+    return glue.lower_max_pool2d(bb, x, attrs, target)
+
+
+def global_avg_pool2d_rule(bb, args, attrs, target):
+    x = args[0]
+    out_dtype = str(attrs["out_dtype"])
+    if not _int_tensor(x) or len(tvm_compat.expr_shape(x)) != 4:
+        return qnn_ops.ref_global_avg_pool2d(bb, args, attrs, target)
+    if out_dtype == "float32":
+        if len(args) < 2 or not tvm_compat.is_const(args[1]):
+            return qnn_ops.ref_global_avg_pool2d(bb, args, attrs, target)
+        dq = np.asarray(tvm_compat.const_value(args[1]), np.float32).reshape(-1)
+        C = tvm_compat.expr_shape(x)[1]
+        if dq.size not in (1, C):
+            return qnn_ops.ref_global_avg_pool2d(bb, args, attrs, target)
+        dq_const = relax.const(np.ascontiguousarray(np.broadcast_to(dq, (C,))), "float32")
+        return glue.lower_global_avg_pool2d(bb, x, [dq_const], attrs, target)
+    if out_dtype == "int32":
+        return glue.lower_global_avg_pool2d(bb, x, [], attrs, target)
+    m = _scalar(args[1]) if len(args) > 1 else None
+    if m is None:
+        return qnn_ops.ref_global_avg_pool2d(bb, args, attrs, target)
+    return glue.lower_global_avg_pool2d(bb, x, [m], attrs, target)
+
+
+GLUE_RULES = {
+    "qnn.add": add_rule,
+    "qnn.requantize": requantize_rule,
+    "qnn.quantize": quantize_rule,
+    "qnn.dequantize": dequantize_rule,
+    "qnn.max_pool2d": max_pool2d_rule,
+    "qnn.global_avg_pool2d": global_avg_pool2d_rule,
+}
+
+
+def _has_target(target: Any, attrs: Mapping[str, Any]) -> bool:
+    return target is not None
 
 
 def register() -> None:
     legalize.register("qnn.conv2d", "kernels", _conv_applies, conv2d_rule, priority=10)
     legalize.register("qnn.dense", "kernels", _conv_applies, dense_rule, priority=10)
+    for op, rule in GLUE_RULES.items():
+        legalize.register(op, "kernels", _has_target, rule, priority=10)
