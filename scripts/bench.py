@@ -5,7 +5,11 @@
   ort-int8      onnxruntime quantize_static (QOperator, per-tensor, uint8 activations, int8 symmetric
                 weights, MinMax calibration on synthetic images) after quant_pre_process
   tvm-fp32      isquant_tvm.compile(..., quantize="none"): the default (untuned) TVM float build
-  isquant-int8  isquant_tvm.compile(..., quantize="isquant"): the data-free int8 build
+  isquant-int8  isquant_tvm.compile(..., quantize="isquant", target="x86"): the data-free int8 build for
+                this CPU as a user gets it (AMX tiles where the CPU has them, else AVX-512 VNNI / AVX2)
+  isquant-int8-vnni   the same with target x86-avx512 (AVX-512 VNNI kernels, no AMX)
+  isquant-int8-amx    the same with target x86-amx (AMX tdpbusd kernels; needs an AMX CPU)
+  isquant-int8-tuned  target x86 plus --tuning-records DIR (from `python -m isquant_tvm tune`)
 
 Every (model, engine, threads) measurement runs in a fresh worker subprocess: TVM reads
 TVM_NUM_THREADS once, when its per-process thread pool starts, so a thread count can only be set
@@ -36,8 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-ENGINES = ("ort-fp32", "ort-int8", "tvm-fp32", "isquant-int8")
-TVM_ENGINES = {"tvm-fp32": "none", "isquant-int8": "isquant"}
+ENGINES = ("ort-fp32", "ort-int8", "tvm-fp32", "isquant-int8", "isquant-int8-vnni", "isquant-int8-amx",
+           "isquant-int8-tuned")
+DEFAULT_ENGINES = ("ort-fp32", "ort-int8", "tvm-fp32", "isquant-int8")
+# engine -> (quantize mode, target preset)
+TVM_ENGINES = {"tvm-fp32": ("none", "x86"), "isquant-int8": ("isquant", "x86"),
+               "isquant-int8-vnni": ("isquant", "x86-avx512"), "isquant-int8-amx": ("isquant", "x86-amx"),
+               "isquant-int8-tuned": ("isquant", "x86")}
 SLOW_ENGINES = ("tvm-fp32",)
 DEFAULT_MODELS = ("resnet18", "squeezenet1_1", "mobilenet_v2")
 INPUT_SEED = 1234  # the timed input; calibration images use other seeds
@@ -102,7 +111,8 @@ def make_ort_int8(fp32_path: Path, out_path: Path, name: str, shape: tuple[int, 
             "calibration": f"MinMax on {calib_count} synthetic images", "pre_process": "quant_pre_process"}
 
 
-def prepare_model(model: str, engines: list[str], work: Path, calib_count: int, log: Any) -> dict[str, Any]:
+def prepare_model(model: str, engines: list[str], work: Path, calib_count: int, log: Any,
+                  tuning_records: Path | None = None) -> dict[str, Any]:
     """Write what the workers need for `model` into `work`: input .npy, ONNX files, TVM .so files."""
     import onnx
 
@@ -133,16 +143,21 @@ def prepare_model(model: str, engines: list[str], work: Path, calib_count: int, 
         except Exception as err:  # keep benchmarking the other engines
             out["errors"]["ort-int8"] = f"quantize_static failed: {type(err).__name__}: {err}"
         out["prepare_s"]["ort-int8"] = round(time.perf_counter() - t0, 1)
-    for engine, mode in TVM_ENGINES.items():
+    for engine, (mode, target) in TVM_ENGINES.items():
         if engine not in engines:
             continue
         import isquant_tvm as iq
 
         t0 = time.perf_counter()
-        log(f"[{model}] iq.compile(quantize={mode!r}) ...")
+        log(f"[{model}] iq.compile(quantize={mode!r}, target={target!r}) ...")
         try:
             dst = work / f"{model}.{engine}.so"
-            res = iq.compile(f"builtin:{model}", target="x86", quantize=mode, progress=False, output=dst)
+            extra: dict[str, Any] = {}
+            if engine == "isquant-int8-tuned":
+                if tuning_records is None:
+                    raise ValueError("isquant-int8-tuned needs --tuning-records DIR")
+                extra["tuning_records"] = tuning_records / model if (tuning_records / model).is_dir() else tuning_records
+            res = iq.compile(f"builtin:{model}", target=target, quantize=mode, progress=False, output=dst, **extra)
             out["paths"][engine] = str(res.output)
             out["notes"][engine] = {"target": res.metadata.get("target"), "tvm": res.metadata.get("tvm_version")}
         except Exception as err:
@@ -252,15 +267,15 @@ def _fmt(v: float | None, spec: str) -> str:
 def print_table(model: str, rows: list[dict[str, Any]]) -> None:
     shape = rows[0].get("input_shape") if rows else None
     print(f"\n== {model}  (input {shape}, batch 1; median ms; ratio = engine ms / reference ms, < 1 is faster)")
-    head = (f"{'engine':<14}{'threads':>8}{'median ms':>12}{'runs':>6}{'/ort-int8':>11}{'/ort-fp32':>11}"
+    head = (f"{'engine':<20}{'threads':>8}{'median ms':>12}{'runs':>6}{'/ort-int8':>11}{'/ort-fp32':>11}"
             f"{'cos vs ort-fp32':>17}{'load1':>7}")
     print(head)
     print("-" * len(head))
     for r in rows:
         if r.get("error"):
-            print(f"{r['engine']:<14}{r['threads']:>8}  ERROR: {r['error']}")
+            print(f"{r['engine']:<20}{r['threads']:>8}  ERROR: {r['error']}")
             continue
-        print(f"{r['engine']:<14}{r['threads']:>8}{r['median_ms']:>12.2f}{r['repeat']:>6}"
+        print(f"{r['engine']:<20}{r['threads']:>8}{r['median_ms']:>12.2f}{r['repeat']:>6}"
               f"{_fmt(r['ratio_vs_ort_int8'], '.2f'):>11}{_fmt(r['ratio_vs_ort_fp32'], '.2f'):>11}"
               f"{_fmt(r['cos_vs_ort_fp32'], '.4f'):>17}{_fmt((r['loadavg_before'] or [None])[0], '.2f'):>7}")
 
@@ -277,8 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME",
                    help="built-in models (with or without 'builtin:'): resnet18, squeezenet1_1, mobilenet_v2, "
                         f"resnet20-cifar (default: {' '.join(DEFAULT_MODELS)})")
-    p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES, metavar="ENGINE",
-                   help=f"engines to time, a subset of {', '.join(ENGINES)} (default: all four)")
+    p.add_argument("--engines", nargs="+", default=list(DEFAULT_ENGINES), choices=ENGINES, metavar="ENGINE",
+                   help=f"engines to time, a subset of {', '.join(ENGINES)} (default: {' '.join(DEFAULT_ENGINES)})")
+    p.add_argument("--tuning-records", type=Path, metavar="DIR",
+                   help="records from `python -m isquant_tvm tune` for the isquant-int8-tuned engine: DIR, or "
+                        "DIR/<model> when it exists (one tune run per model)")
     p.add_argument("--threads", nargs="+", type=int, default=sorted({1, cores}), metavar="T",
                    help="thread counts: onnxruntime intra_op_num_threads / TVM_NUM_THREADS, each measured in "
                         f"its own process (default: 1 and all {cores} usable cores)")
@@ -332,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="isq-bench-") as tmp:
         work = Path(tmp)
         for model in models:
-            prep = prepare_model(model, engines, work, args.calib_count, log)
+            prep = prepare_model(model, engines, work, args.calib_count, log, args.tuning_records)
             model_rows: list[dict[str, Any]] = []
             for t in threads:
                 for engine in engines:

@@ -1,10 +1,14 @@
 #!/usr/bin/env python
 """Per-layer benchmark of the int8 kernels on ResNet-18's conv shapes (batch 1, 224x224);
 --model mobilenet_v2 for MobileNetV2's (1x1 / depthwise) shapes.
+--amx: the same layers with the target plus mattr +amx-int8,+amx-tile (AMX tdpbusd kernels) vs without.
 
     python scripts/bench_kernels.py                      # 1 and 2 threads, table on stdout
     python scripts/bench_kernels.py --threads 1 --json out/bench_kernels.json
     python scripts/bench_kernels.py --ort                # also onnxruntime QLinearConv per layer
+    python scripts/bench_kernels.py --e2e resnet18,squeezenet1_1 --threads 1,2 [--profile]
+        # whole builtin models: compile time, bit-exactness vs reference.run, latency per thread count,
+        # and (--profile) the time per PrimFunc / VM builtin from a VM instrument
 
 With 1 thread the reported ms is the minimum thread-CPU time per call (robust against other jobs on a
 shared machine), with more threads the minimum wall time. Each layer is timed as the whole Relax call (NCHW uint8 in -> requantized NCHW uint8 out, including the
@@ -117,7 +121,7 @@ def layer_params(rng, C, O, k, stride, pad, groups=1):
                          dilation=(1, 1), groups=groups, out_dtype="uint8", out_min=0, out_max=255)
 
 
-def time_call(fn, args, single_thread: bool):
+def time_call(fn, args, single_thread: bool, stats: dict | None = None):
     """(min wall ms, min thread-CPU ms or None). With one TVM thread the kernel runs on the calling thread,
     so thread CPU time is immune to preemption by other jobs on this shared machine; with more threads
     only the wall-clock minimum is meaningful."""
@@ -126,12 +130,17 @@ def time_call(fn, args, single_thread: bool):
     for _ in range(5):
         fn()
     best_wall = best_cpu = float("inf")
+    walls, cpus = [], []
     for _ in range(args.repeat):
         w0, c0 = time.perf_counter(), time.thread_time()
         for _ in range(args.number):
             fn()
-        best_wall = min(best_wall, (time.perf_counter() - w0) / args.number)
-        best_cpu = min(best_cpu, (time.thread_time() - c0) / args.number)
+        walls.append((time.perf_counter() - w0) / args.number)
+        cpus.append((time.thread_time() - c0) / args.number)
+        best_wall = min(best_wall, walls[-1])
+        best_cpu = min(best_cpu, cpus[-1])
+    if stats is not None:  # medians over the repeats (same clock choice as the minimum)
+        stats["median_ms"] = float(np.median(cpus if single_thread else walls)) * 1e3
     return best_wall * 1e3, (best_cpu * 1e3 if single_thread else None)
 
 
@@ -166,12 +175,13 @@ def bench_worker(args) -> list[dict]:
         ex = relax.build(bb.get(), target=target)
         vm = relax.VirtualMachine(ex, tvm.cpu())
         xd = tvm.runtime.tensor(rng.integers(0, 256, x_shape).astype("uint8"))
-        ms, cpu_ms = time_call(lambda: vm["main"](xd), args, single_thread=args.threads_now == 1)
+        stats: dict = {}
+        ms, cpu_ms = time_call(lambda: vm["main"](xd), args, single_thread=args.threads_now == 1, stats=stats)
         g = common.conv_geom((1, C, max(H, 1), max(H, 1)), p)
         macs = g.macs
         shape = f"{C}x{H}x{H}->{O} k{k} s{stride}" + (f" g{groups}" if groups > 1 else "")
         row = {"layer": name, "shape": shape, "count": count, "macs": macs,
-               "wall_ms": ms, "cpu_ms": cpu_ms}
+               "wall_ms": ms, "cpu_ms": cpu_ms, "median_ms": stats["median_ms"]}
         row["ms"] = cpu_ms if cpu_ms is not None else ms
         row["gops"] = 2 * macs / row["ms"] / 1e6
         if args.blocked and not dense and groups == 1:
@@ -230,10 +240,162 @@ def bench_ort(p, x_shape, threads) -> dict:
     return {"ort_ms": best * 1e3}
 
 
+E2E_INPUT_SEED = 1
+
+
+def e2e_input(shape) -> np.ndarray:
+    return ((np.random.default_rng(E2E_INPUT_SEED).random(shape, dtype=np.float32) - 0.45) / 0.225).astype("float32")
+
+
+def e2e_profile(vm, args, runs: int = 12) -> list[dict]:
+    """Thread-CPU time of every VM call (median over runs), grouped by callee."""
+    import collections
+    import time
+
+    calls: list = []
+    start: dict = {}
+
+    def instrument(func, sym, before, ret, *a):
+        if before:
+            start["t"] = time.thread_time()
+        else:
+            calls.append((sym, time.thread_time() - start["t"]))
+        return 0
+
+    vm.set_instrument(instrument)
+    runs_calls = []
+    for _ in range(runs):
+        calls.clear()
+        vm["main"](*args)
+        runs_calls.append(list(calls))
+    total: dict = collections.defaultdict(float)
+    count: collections.Counter = collections.Counter()
+    for j, (sym, _) in enumerate(runs_calls[0]):
+        total[sym] += float(np.median([r[j][1] for r in runs_calls[1:]]))
+        count[sym] += 1
+    return [{"func": k, "calls": count[k], "ms": v * 1e3} for k, v in sorted(total.items(), key=lambda kv: -kv[1])]
+
+
+def e2e_worker(args) -> dict:
+    """Time an exported library (TVM_NUM_THREADS is set by the parent)."""
+    import time
+
+    import tvm
+    from tvm import relax
+
+    meta = json.loads(Path(args.lib + ".json").read_text())
+    inp = meta["inputs"][0]
+    x = tvm.runtime.tensor(e2e_input(tuple(inp["shape"])))
+    vm = relax.VirtualMachine(tvm.runtime.load_module(args.lib), tvm.cpu())
+    for _ in range(5):
+        vm["main"](x)
+    wall, cpu = [], []
+    for _ in range(args.repeat * 3):
+        w0, c0 = time.perf_counter(), time.thread_time()
+        vm["main"](x)
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.thread_time() - c0)
+    out = {"median_ms": float(np.median(wall)) * 1e3, "min_ms": float(np.min(wall)) * 1e3,
+           "cpu_median_ms": float(np.median(cpu)) * 1e3}
+    if args.profile:
+        out["profile"] = e2e_profile(vm, [x])
+    return out
+
+
+def run_e2e(args) -> dict:
+    """Compile each builtin model (timed), check it bit for bit against reference.run, export it and time
+    it in one subprocess per thread count."""
+    import time
+
+    import isquant_tvm as iq
+    from isquant_tvm import reference
+
+    results = {}
+    tmp = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
+    for name in args.e2e.split(","):
+        t0 = time.perf_counter()
+        model = iq.load(f"builtin:{name}")
+        res = iq.compile(model, quantize="isquant", progress=False, output=tmp / f"{name}.so")
+        compile_s = time.perf_counter() - t0
+        x = e2e_input(model.inputs[0].shape)
+        y = res.runner().run({model.inputs[0].name: x})[0]
+        exact = bool((y == reference.run(res.quantized.qnn_mod, [x])[0]).all())
+        row = {"compile_s": compile_s, "timings": res.report.get("timings", {}), "bit_exact": exact,
+               "lowerings": res.report.get("lowerings", {}), "threads": {}}
+        print(f"\n== {name}: compile {compile_s:.1f} s, bit-exact {exact}")
+        print("   lowerings: " + ", ".join(f"{k}={v}" for k, v in row["lowerings"].items()))
+        for th in [int(t) for t in args.threads.split(",")]:
+            env = dict(os.environ, TVM_NUM_THREADS=str(th), OMP_NUM_THREADS=str(th))
+            cmd = [sys.executable, __file__, "--e2e-worker", str(tmp / f"{name}.so"), "--repeat", str(args.repeat)] + \
+                (["--profile"] if args.profile and th == 1 else [])
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if out.returncode:
+                sys.stderr.write(out.stderr)
+                raise SystemExit(f"e2e worker for {name} with {th} threads failed")
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            row["threads"][str(th)] = r
+            print(f"   {th} thread(s): median {r['median_ms']:.2f} ms (min {r['min_ms']:.2f}, "
+                  f"thread-CPU median {r['cpu_median_ms']:.2f} ms)")
+            if "profile" in r:
+                prof = r["profile"]
+                tot = sum(p["ms"] for p in prof)
+                groups: dict = {}
+                for p in prof:
+                    f = p["func"]
+                    g = "conv/dense kernels" if f.startswith(("qconv2d", "qdense")) else \
+                        "vm builtins" if f.startswith("vm.") else "glue (qnn_*)" if f.startswith("qnn_") else "other Relax ops"
+                    groups[g] = groups.get(g, 0.0) + p["ms"]
+                print(f"   profile (thread CPU, 1 thread): {tot:.2f} ms = " +
+                      ", ".join(f"{g} {v:.2f}" for g, v in sorted(groups.items(), key=lambda kv: -kv[1])))
+                for p in prof[:args.profile_top]:
+                    print(f"      {p['ms']:7.3f} ms {p['calls']:4d}x {p['func']}")
+        results[name] = row
+    return results
+
+
+def amx_target(spec: dict) -> dict:
+    out = dict(spec)
+    out["mattr"] = sorted(set(out.get("mattr", [])) | {"+amx-int8", "+amx-tile"})
+    return out
+
+
+def run_amx_compare(args) -> None:
+    """Per layer: the base target (VNNI) vs the same target with AMX, median ms and GOP/s."""
+    base = json.loads(args.target)
+    results = {"model": args.model, "vnni_target": base, "amx_target": amx_target(base), "runs": {}}
+    for th in [int(t) for t in args.threads.split(",")]:
+        env = dict(os.environ, TVM_NUM_THREADS=str(th), OMP_NUM_THREADS=str(th))
+        rows = {}
+        for kind, tgt in (("vnni", base), ("amx", amx_target(base))):
+            cmd = [sys.executable, __file__, "--worker", str(th), "--target", json.dumps(tgt), "--number",
+                   str(args.number), "--repeat", str(args.repeat), "--only", args.only, "--model", args.model]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if out.returncode:
+                sys.stderr.write(out.stderr)
+                raise SystemExit(f"{kind} worker with {th} threads failed")
+            rows[kind] = json.loads(out.stdout.strip().splitlines()[-1])
+        results["runs"][str(th)] = rows
+        clock = "thread-CPU" if th == 1 else "wall"
+        print(f"\n== {th} thread(s): median {clock} ms per call over {args.repeat} repeats x {args.number} ==")
+        print(f"{'layer':18s} {'shape':26s} {'VNNI ms':>8s} {'GOP/s':>6s} {'AMX ms':>8s} {'GOP/s':>6s} {'AMX/VNNI':>8s}")
+        tv = ta = 0.0
+        for v, a in zip(rows["vnni"], rows["amx"]):
+            gv, ga = 2 * v["macs"] / v["median_ms"] / 1e6, 2 * a["macs"] / a["median_ms"] / 1e6
+            tv += v["median_ms"] * v["count"]
+            ta += a["median_ms"] * a["count"]
+            print(f"{v['layer']:18s} {v['shape']:26s} {v['median_ms']:8.3f} {gv:6.0f} {a['median_ms']:8.3f} {ga:6.0f}"
+                  f" {v['median_ms'] / a['median_ms']:7.2f}x")
+        print(f"all {args.model} convs+fc (with repeats): VNNI {tv:.2f} ms, AMX {ta:.2f} ms ({tv / ta:.2f}x)")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", default="1,2", help="comma list of TVM_NUM_THREADS values")
-    ap.add_argument("--target", default=json.dumps({"kind": "llvm", "mcpu": "znver4", "num-cores": 2}))
+    ap.add_argument("--target", default=json.dumps({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2}))
     ap.add_argument("--peak", type=float, default=466.0, help="VNNI peak GOP/s per core")
     ap.add_argument("--measure-peak", action="store_true")
     ap.add_argument("--blocked", action="store_true", help="also time the kernel with blocked (NCHWc) output")
@@ -244,10 +406,31 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--json", default="", help="write results here")
     ap.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--e2e", default="", help="comma list of builtin models to compile, check and time end to end")
+    ap.add_argument("--profile", action="store_true", help="with --e2e: time per PrimFunc (1 thread)")
+    ap.add_argument("--profile-top", type=int, default=25)
+    ap.add_argument("--e2e-worker", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--amx", action="store_true",
+                    help="also run every layer with --target plus mattr +amx-int8,+amx-tile (Intel AMX tdpbusd "
+                         "kernels where the dispatcher picks them) and print AMX vs VNNI per layer (medians)")
     args = ap.parse_args()
+    if args.e2e_worker:
+        args.lib = args.e2e_worker
+        print(json.dumps(e2e_worker(args)))
+        return
+    if args.e2e:
+        results = run_e2e(args)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(results, indent=2))
+            print(f"wrote {args.json}")
+        return
     if args.worker:
         args.threads_now = args.worker
         print(json.dumps(bench_worker(args)))
+        return
+    if args.amx:
+        run_amx_compare(args)
         return
     peak = measure_peak() if args.measure_peak else args.peak
     results = {"model": args.model, "target": json.loads(args.target), "peak_gops_per_core": peak, "runs": {}}

@@ -4,12 +4,23 @@
     y = lower_conv2d(bb, x, params, target)   # emits into bb, returns the NCHW output
 
 Dispatch by target: x86 with AVX-512 VNNI -> vpdpbusd kernel, x86 with AVX2 -> exact vpmaddwd kernel,
-other x86 -> vectorised int32 kernel (x86_vnni); aarch64 with +dotprod -> sdot kernel, other aarch64 ->
+other x86 -> vectorised int32 kernel (x86_vnni); x86 targets with amx-int8 (e.g. mcpu sapphirerapids,
+or "mattr": ["+amx-int8", "+amx-tile"]) send groups == 1 convs with >= 16 input channels and dense to the
+AMX tdpbusd kernel (x86_amx) and the rest to VNNI; aarch64 with +dotprod -> sdot kernel, other aarch64 ->
 NEON smull kernel (arm_dot). Depthwise (groups == C) -> vectorised int32 kernel on every target.
 Every kernel is bit-exact against ref_conv2d / ref_dense (numpy int64).
 
 Chaining variant: lower_conv2d_blocked (NCHW16c in/out, groups == 1) with to_blocked / from_blocked.
-Run with TVM_NUM_THREADS set: TVM 0.27's runtime defaults to 1 thread on this 2-vCPU machine.
+Every out_dtype of the qnn contract: int8 / uint8 (requantized), float32 (dequantized), int32 (clipped
+accumulator, a classifier conv feeding a pool).
+
+glue.py: scheduled TE lowerings of qnn.add / requantize / quantize / dequantize / max_pool2d /
+global_avg_pool2d and of the int64-accumulating dense over int32 pooled features. rules.py registers all
+of them in the legalize registry (LLVM CPU targets).
+
+Threads: TVM's runtime sizes its pool to hardware_concurrency / 2 on x86 (it assumes SMT), i.e. 1 thread
+on this 2-vCPU machine; set TVM_NUM_THREADS=2. Kernels smaller than ~20 us of single-core work stay
+serial (KernelConfig.parallel_min_macs, glue.PARALLEL_MIN_*): waking the worker costs ~5-10 us.
 """
 from __future__ import annotations
 
@@ -31,8 +42,10 @@ def lower_conv2d(bb, data, p: QConv2dParams, target, name: Optional[str] = None)
         from . import arm_dot
 
         return arm_dot.lower_conv2d(bb, data, p, target, name)
-    from . import x86_vnni
+    from . import x86_amx, x86_vnni
 
+    if x86_amx.has_amx(target) and x86_amx.eligible_conv(_shape(data), p):
+        return x86_amx.lower_conv2d(bb, data, p, target, name)
     return x86_vnni.lower_conv2d(bb, data, p, target, name)
 
 
@@ -41,9 +54,15 @@ def lower_dense(bb, data, p: QDenseParams, target, name: Optional[str] = None):
         from . import arm_dot
 
         return arm_dot.lower_dense(bb, data, p, target, name)
-    from . import x86_vnni
+    from . import x86_amx, x86_vnni
 
+    if x86_amx.has_amx(target) and x86_amx.eligible_dense(_shape(data), p):
+        return x86_amx.lower_dense(bb, data, p, target, name)
     return x86_vnni.lower_dense(bb, data, p, target, name)
+
+
+def _shape(expr):
+    return tuple(int(d) for d in expr.ty.shape)
 
 
 def lower_conv2d_blocked(bb, data, p: QConv2dParams, target, name: Optional[str] = None, blocked_in: bool = True):

@@ -28,66 +28,68 @@ SDOT_INTRIN = "isq_dot_4x4_i8i8s32_sdot"
 NEON_INTRIN = "isq_dot_4x4_i8i8s32_neon"
 
 
-@T.prim_func(s_tir=True)
-def _dot_4x4_desc(
-    A: T.Buffer((4,), "int8", offset_factor=1),
-    B: T.Buffer((4, 4), "int8", offset_factor=1),
-    C: T.Buffer((4,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-        T.writes(C[0:4])
-        for i in T.serial(0, 4):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+# T.prim_func's inspect.stack() is slow with torch/onnx loaded: parse under a cheap stand-in.
+with common.cheap_tvmscript_parsing():
+    @T.prim_func(s_tir=True)
+    def _dot_4x4_desc(
+        A: T.Buffer((4,), "int8", offset_factor=1),
+        B: T.Buffer((4, 4), "int8", offset_factor=1),
+        C: T.Buffer((4,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4])
+            for i in T.serial(0, 4):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
 
-@T.prim_func(s_tir=True)
-def _sdot_impl(
-    A: T.Buffer((4,), "int8", offset_factor=1),
-    B: T.Buffer((4, 4), "int8", offset_factor=1),
-    C: T.Buffer((4,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-        T.writes(C[0:4])
-        vec_a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4),
-                              dtype="int8x16")
-        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-            C.vload([0], "int32x4"),
-            vec_a,
-            B.vload([0, 0], dtype="int8x16"),
-            dtype="int32x4",
-        )
+    @T.prim_func(s_tir=True)
+    def _sdot_impl(
+        A: T.Buffer((4,), "int8", offset_factor=1),
+        B: T.Buffer((4, 4), "int8", offset_factor=1),
+        C: T.Buffer((4,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4])
+            vec_a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4),
+                                  dtype="int8x16")
+            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                C.vload([0], "int32x4"),
+                vec_a,
+                B.vload([0, 0], dtype="int8x16"),
+                dtype="int32x4",
+            )
 
 
-@T.prim_func(s_tir=True)
-def _neon_impl(
-    A: T.Buffer((4,), "int8", offset_factor=1),
-    B: T.Buffer((4, 4), "int8", offset_factor=1),
-    C: T.Buffer((4,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-        T.writes(C[0:4])
-        vec_a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 2),
-                              dtype="int8x8")
-        vec_b = B.vload([0, 0], dtype="int8x16")
-        lo = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
-            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-                                    vec_a, T.vectorlow(vec_b, dtype="int8x8"), dtype="int16x8"),
-            dtype="int32x4")
-        hi = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
-            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
-                                    vec_a, T.vectorhigh(vec_b, dtype="int8x8"), dtype="int16x8"),
-            dtype="int32x4")
-        C[T.ramp(T.int32(0), 1, 4)] += T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"), lo, hi, dtype="int32x4")
+    @T.prim_func(s_tir=True)
+    def _neon_impl(
+        A: T.Buffer((4,), "int8", offset_factor=1),
+        B: T.Buffer((4, 4), "int8", offset_factor=1),
+        C: T.Buffer((4,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4])
+            vec_a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 2),
+                                  dtype="int8x8")
+            vec_b = B.vload([0, 0], dtype="int8x16")
+            lo = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+                T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                                        vec_a, T.vectorlow(vec_b, dtype="int8x8"), dtype="int16x8"),
+                dtype="int32x4")
+            hi = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+                T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                                        vec_a, T.vectorhigh(vec_b, dtype="int8x8"), dtype="int16x8"),
+                dtype="int32x4")
+            C[T.ramp(T.int32(0), 1, 4)] += T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"), lo, hi, dtype="int32x4")
 
 
 def register_intrinsics() -> None:
@@ -99,9 +101,9 @@ def register_intrinsics() -> None:
 register_intrinsics()
 
 SDOT_CONFIG = common.KernelConfig(dot_in_dtype="int8", intrin=SDOT_INTRIN, intrin_oc=4, w_layout="oc_ic",
-                                  ow_tile_max=6, name="qconv2d_sdot")
+                                  ow_tile_max=6, name="qconv2d_sdot", parallel_min_macs=1_000_000)
 NEON_CONFIG = common.KernelConfig(dot_in_dtype="int8", intrin=NEON_INTRIN, intrin_oc=4, w_layout="oc_ic",
-                                  ow_tile_max=4, name="qconv2d_neon")
+                                  ow_tile_max=4, name="qconv2d_neon", parallel_min_macs=500_000)
 
 
 def has_dotprod(target: tvm.target.Target) -> bool:
@@ -119,7 +121,8 @@ def portable_config(cfg: common.KernelConfig) -> common.KernelConfig:
     """The same compute, packing and loop nest with the intrinsic left out: builds for any LLVM target,
     which is how the ARM kernels are checked bit for bit on an x86 host."""
     return common.KernelConfig(dot_in_dtype=cfg.dot_in_dtype, intrin=None, intrin_oc=cfg.intrin_oc,
-                               w_layout=cfg.w_layout, ow_tile_max=cfg.ow_tile_max, name=cfg.name + "_portable")
+                               w_layout=cfg.w_layout, ow_tile_max=cfg.ow_tile_max, name=cfg.name + "_portable",
+                               parallel_min_macs=cfg.parallel_min_macs)
 
 
 def build_conv_primfunc(g: common.ConvGeom, p: QConv2dParams, in_dtype: str,

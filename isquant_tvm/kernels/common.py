@@ -19,12 +19,41 @@ The kernels compute in a channel-blocked layout:
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
+import linecache
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import tvm
 from tvm import te, tirx
+
+@contextlib.contextmanager
+def cheap_tvmscript_parsing():
+    """TVMScript's T.prim_func calls inspect.stack(), which resolves the module and reads the source of
+    every frame (~0.15 s per function once torch/onnx are loaded: 0.6-1.6 s per process for the intrinsic
+    definitions). The parser only uses the frame objects and the caller's source line, so hand it those."""
+    original = inspect.stack
+
+    def stack(context: int = 1):
+        frames = []
+        f = sys._getframe(1)
+        while f is not None:
+            code = f.f_code
+            line = linecache.getline(code.co_filename, f.f_lineno)
+            frames.append(inspect.FrameInfo(f, code.co_filename, f.f_lineno, code.co_name,
+                                            [line] if line else None, 0 if line else None))
+            f = f.f_back
+        return frames
+
+    inspect.stack = stack
+    try:
+        yield
+    finally:
+        inspect.stack = original
+
 
 OC_BN = 16  # output-channel block (vpdpbusd lanes; 4 x sdot)
 IC_DOT = 4  # input channels per dot-product lane
@@ -435,23 +464,30 @@ def dense_as_conv(p: QDenseParams) -> QConv2dParams:
 # hand schedules (shared: x86 VNNI, ARM sdot / NEON, plain vectorised fallback)
 # ----------------------------------------------------------------------------------------------
 
-def _fuse_parallel(sch, loops):
+# Kernels below this much work stay single-threaded: waking TVM's worker threads for a parallel loop costs
+# ~5-10 us after a gap, more than a ~20 us kernel gains from a second core (resnet20-cifar's 2.4 M-MAC convs
+# ran 0.022 -> 0.028 ms with TVM_NUM_THREADS=2; 6.4 M-MAC ones still scale 1.8x).
+DW_PARALLEL_MIN_MACS = 300_000  # depthwise: vectorised int32, ~15 GMAC/s per core
+
+
+def _fuse_parallel(sch, loops, parallel: bool = True):
     f = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    sch.parallel(f)
+    if parallel:
+        sch.parallel(f)
     return f
 
 
-def _schedule_pack(sch, name: str = "pack"):
+def _schedule_pack(sch, name: str = "pack", parallel: bool = True):
     blk = sch.get_sblock(name)
     loops = sch.get_loops(blk)
-    _fuse_parallel(sch, loops[:3])
+    _fuse_parallel(sch, loops[:3], parallel)
     return blk
 
 
-def _schedule_unpack(sch, name: str = "unpack"):
+def _schedule_unpack(sch, name: str = "unpack", parallel: bool = True):
     blk = sch.get_sblock(name)
     n, o, oh, ow = sch.get_loops(blk)
-    _fuse_parallel(sch, [n, o, oh])
+    _fuse_parallel(sch, [n, o, oh], parallel)
     return blk
 
 
@@ -466,6 +502,7 @@ class KernelConfig:
     name: str = "qconv2d"
     ic_dot: int = IC_DOT  # input channels reduced by one intrinsic lane
     w_dtype: str = "int8"  # packed weight storage (int16 for vpmaddwd)
+    parallel_min_macs: int = 4_000_000  # smaller convs run single-threaded (~20 us on one core)
 
 
 def schedule_conv(sch, g: ConvGeom, cfg: KernelConfig, blocked_out: bool = False):
@@ -474,7 +511,8 @@ def schedule_conv(sch, g: ConvGeom, cfg: KernelConfig, blocked_out: bool = False
     conv = sch.get_sblock("conv")
     n, ocb, oh, ow, oc, icb, kh, kw, c4 = sch.get_loops(conv)
     ow_o, ow_i = sch.split(ow, [None, g.ow_tile])
-    par = _fuse_parallel(sch, [n, ocb, oh])
+    parallel = g.macs >= cfg.parallel_min_macs
+    par = _fuse_parallel(sch, [n, ocb, oh], parallel)
     # intrin is None and w_layout "oc_ic": the intrinsic's loop nest with the (intrin_oc x 4) body left as
     # plain TIR (portable twin of an ARM kernel). w_layout "ic_oc": vectorise over 16 oc (int32 fallback).
     portable = cfg.intrin is None and cfg.w_layout == "oc_ic"
@@ -516,9 +554,9 @@ def schedule_conv(sch, g: ConvGeom, cfg: KernelConfig, blocked_out: bool = False
         sch.unroll(el[-2])  # the tile's other (serial) axis
     if g.blocked_in:
         sch.vectorize(sch.get_loops(sch.get_sblock("pack"))[-1])
-    _schedule_pack(sch)
+    _schedule_pack(sch, parallel=parallel)
     if not blocked_out and not direct_nchw(g):
-        _schedule_unpack(sch)
+        _schedule_unpack(sch, parallel=parallel)
     return sch
 
 
@@ -624,9 +662,10 @@ def dw_compute(dg: DwGeom, p: QConv2dParams, in_dtype: str):
 
 def schedule_dw(sch, dg: DwGeom, phases):
     g = dg.base
+    parallel = g.macs >= DW_PARALLEL_MIN_MACS
     conv = sch.get_sblock("conv")
     n, o, oh, wq = sch.get_loops(conv)
-    par = _fuse_parallel(sch, [n, o])
+    par = _fuse_parallel(sch, [n, o], parallel)
     _, i_i = sch.split(sch.fuse(oh, wq), [None, dg.vt])
     sch.vectorize(i_i)
     ep = sch.get_sblock("epilogue")
@@ -636,7 +675,7 @@ def schedule_dw(sch, dg: DwGeom, phases):
     for ph, pw in phases:
         pk = sch.get_sblock(f"pack_{ph}_{pw}")
         loops = sch.get_loops(pk)
-        _fuse_parallel(sch, loops[:2])
+        _fuse_parallel(sch, loops[:2], parallel)
         try:  # zero fill + condition-free interior copy (LLVM vectorises both)
             sch.decompose_padding(pk, loops[2])
         except Exception:  # noqa: BLE001 - keep the select form

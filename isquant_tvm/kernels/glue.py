@@ -22,6 +22,12 @@ from .common import prim_func_attrs
 
 ELEMENTWISE_DTYPES = ("int8", "uint8", "int32")
 
+# Below these sizes a kernel runs single-threaded (~20 us on one core): waking TVM's worker threads costs
+# ~5-10 us after a gap (see common.DW_PARALLEL_MIN_MACS).
+PARALLEL_MIN_ELEMS = 1 << 17  # elementwise ops (int64 arithmetic per element)
+PARALLEL_MIN_WINDOW_READS = 1 << 18  # pools: outputs x window size
+PARALLEL_MIN_DENSE_MACS = 1 << 18  # int64 dense
+
 
 # ----------------------------------------------------------------------------------------------
 # helpers
@@ -94,13 +100,15 @@ def _schedule_flat(sch, block: str, vec: int) -> None:
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     total = int(sch.get(fused).extent)
     v = _largest_divisor(total, vec)
+    parallel = total >= PARALLEL_MIN_ELEMS
     if v > 1 and total > v:
         outer, inner = sch.split(fused, [None, v])
-        sch.parallel(outer)
+        if parallel:
+            sch.parallel(outer)
         sch.vectorize(inner)
     elif v > 1:
         sch.vectorize(fused)
-    else:
+    elif parallel:
         sch.parallel(fused)
 
 
@@ -255,7 +263,8 @@ def max_pool2d_primfunc(shape, dtype: str, pool, strides, padding, dilation, cei
     blk = sch.get_sblock("pool")
     n, c, oh, ow = sch.get_loops(blk)
     par = sch.fuse(n, c)
-    sch.parallel(par)
+    if N * C * OH * OW * kh * kw >= PARALLEL_MIN_WINDOW_READS:
+        sch.parallel(par)
     sch.vectorize(ow)
     for name in reversed(stages):
         st = sch.get_sblock(name)
@@ -314,7 +323,8 @@ def global_avg_pool2d_primfunc(shape, in_dtype: str, out_dtype: str, keepdims: b
     blk = sch.get_sblock("total")
     n, c, rh_l, rw_l = sch.get_loops(blk)
     par = sch.fuse(n, c)
-    sch.parallel(par)
+    if N * C * H * W >= PARALLEL_MIN_ELEMS:
+        sch.parallel(par)
     sch.fuse(rh_l, rw_l)
     ep = sch.get_sblock("epilogue")
     sch.reverse_compute_at(ep, par)
@@ -383,7 +393,8 @@ def dense_i64_primfunc(N: int, K: int, O: int, out_dtype: str, lo: int = 0, hi: 
     oo, oi = sch.split(o, [None, ob])
     sch.reorder(n, oo, kl, oi)
     par = sch.fuse(n, oo)
-    sch.parallel(par)
+    if N * K * Op >= PARALLEL_MIN_DENSE_MACS:
+        sch.parallel(par)
     ep = sch.get_sblock("epilogue")
     sch.reverse_compute_at(ep, par)
     sch.vectorize(oi)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+import tvm
 from tvm import relax
 
 from .. import tvm_compat
@@ -39,12 +40,13 @@ def _epilogue_params(args: Sequence[relax.Expr], attrs: Mapping[str, Any]) -> di
     return out
 
 
-def _applies(target: Any, args_dtype: str, attrs: Mapping[str, Any]) -> bool:
-    return target is not None and args_dtype in _IN_DTYPES and str(attrs["out_dtype"]) in OUT_DTYPES
+def _is_cpu(target: Any) -> bool:
+    """The kernels are LLVM CPU code (x86 / aarch64): a tvm Target of kind llvm."""
+    return isinstance(target, tvm.target.Target) and str(target.kind.name) == "llvm"
 
 
 def _conv_applies(target: Any, attrs: Mapping[str, Any]) -> bool:
-    return target is not None and str(attrs["out_dtype"]) in OUT_DTYPES
+    return _is_cpu(target) and str(attrs["out_dtype"]) in OUT_DTYPES
 
 
 def conv2d_rule(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any) -> relax.Expr:
@@ -150,12 +152,12 @@ GLUE_RULES = {
 }
 
 
-def _has_target(target: Any, attrs: Mapping[str, Any]) -> bool:
-    return target is not None
+def _glue_applies(target: Any, attrs: Mapping[str, Any]) -> bool:
+    return _is_cpu(target)
 
 
 def register() -> None:
     legalize.register("qnn.conv2d", "kernels", _conv_applies, conv2d_rule, priority=10)
     legalize.register("qnn.dense", "kernels", _conv_applies, dense_rule, priority=10)
     for op, rule in GLUE_RULES.items():
-        legalize.register(op, "kernels", _has_target, rule, priority=10)
+        legalize.register(op, "kernels", _glue_applies, rule, priority=10)

@@ -32,78 +32,79 @@ VNNI_INTRIN = "dot_16x4_vnni_llvm22"
 # The fixed VNNI intrinsic (the shipped dot_16x4_vnni passes <16 x i32> where LLVM 22 wants <64 x i8>)
 # ------------------------------------------------------------------------------------------
 
-@T.prim_func(s_tir=True)
-def _vnni_desc(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-
-@T.prim_func(s_tir=True)
-def _vnni_impl(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        A_u8x64 = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
-                                dtype="uint8x64")
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-            C.vload([0], "int32x16"),
-            A_u8x64,
-            B.vload([0, 0], dtype="int8x64"),
-            dtype="int32x16",
-        )
-
-
 AVX2_INTRIN = "isq_dot_16x2_u8i16i32_avx2_pmaddwd"
 
+# T.prim_func's inspect.stack() is slow with torch/onnx loaded: parse under a cheap stand-in.
+with common.cheap_tvmscript_parsing():
+    @T.prim_func(s_tir=True)
+    def _vnni_desc(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
-@T.prim_func(s_tir=True)
-def _pmaddwd_desc(
-    A: T.Buffer((2,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 2), "int16", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:2], B[0:16, 0:2])
-        T.writes(C[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def _vnni_impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            A_u8x64 = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
+                                    dtype="uint8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], "int32x16"),
+                A_u8x64,
+                B.vload([0, 0], dtype="int8x64"),
+                dtype="int32x16",
+            )
 
 
-@T.prim_func(s_tir=True)
-def _avx2_impl(
-    A: T.Buffer((2,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 2), "int16", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1),
-) -> None:
-    # Exact AVX2 path (vpmaddubsw saturates int16 and is not exact for u8 x s8): weights pre-widened to
-    # int16 (oc, ic-pair) at compile time; the data pair is widened and broadcast; 2 x vpmaddwd per 16 oc.
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:2], B[0:16, 0:2])
-        T.writes(C[0:16])
-        a_bc = T.reinterpret(T.broadcast(T.reinterpret(T.Cast("int16x2", A.vload([0], "uint8x2")), dtype="int32"), 8),
-                             dtype="int16x16")
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_bc, B.vload([0, 0], "int16x16"), dtype="int32x8")
-        C[T.ramp(T.int32(8), 1, 8)] = C.vload([8], "int32x8") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_bc, B.vload([8, 0], "int16x16"), dtype="int32x8")
+    @T.prim_func(s_tir=True)
+    def _pmaddwd_desc(
+        A: T.Buffer((2,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 2), "int16", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:2], B[0:16, 0:2])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+    @T.prim_func(s_tir=True)
+    def _avx2_impl(
+        A: T.Buffer((2,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 2), "int16", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        # Exact AVX2 path (vpmaddubsw saturates int16 and is not exact for u8 x s8): weights pre-widened to
+        # int16 (oc, ic-pair) at compile time; the data pair is widened and broadcast; 2 x vpmaddwd per 16 oc.
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:2], B[0:16, 0:2])
+            T.writes(C[0:16])
+            a_bc = T.reinterpret(T.broadcast(T.reinterpret(T.Cast("int16x2", A.vload([0], "uint8x2")), dtype="int32"), 8),
+                                 dtype="int16x16")
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_bc, B.vload([0, 0], "int16x16"), dtype="int32x8")
+            C[T.ramp(T.int32(8), 1, 8)] = C.vload([8], "int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a_bc, B.vload([8, 0], "int16x16"), dtype="int32x8")
 
 
 def register_intrinsics() -> str:
@@ -153,10 +154,11 @@ VNNI_CONFIG = common.KernelConfig(dot_in_dtype="uint8", intrin=VNNI_INTRIN, intr
                                   ow_tile_max=16, name="qconv2d_vnni")
 # AVX2 without VNNI (Haswell .. Zen 3): same packing and loop nest, exact vpmaddwd-based intrinsic
 AVX2_CONFIG = common.KernelConfig(dot_in_dtype="uint8", intrin=AVX2_INTRIN, intrin_oc=OC_BN, w_layout="oc_ic",
-                                  ow_tile_max=6, name="qconv2d_avx2", ic_dot=2, w_dtype="int16")
+                                  ow_tile_max=6, name="qconv2d_avx2", ic_dot=2, w_dtype="int16",
+                                  parallel_min_macs=1_500_000)
 # anything else (generic x86-64, SSE only): same packing, int32 multiply-add vectorised over 16 oc
 FALLBACK_CONFIG = common.KernelConfig(dot_in_dtype="uint8", intrin=None, w_layout="ic_oc", ow_tile_max=8,
-                                      name="qconv2d_i32")
+                                      name="qconv2d_i32", parallel_min_macs=500_000)
 
 
 def config_for(target: tvm.target.Target) -> common.KernelConfig:

@@ -77,6 +77,8 @@ class VMRunner:
     def __init__(self, lib: Any, device: Any, metadata: Mapping[str, Any] | None = None) -> None:
         self.device = device
         self.metadata = dict(metadata or {})
+        if getattr(device, "device_type", None) == 1:  # local CPU (RPC devices carry a session mask)
+            _amx_permission(self.metadata)
         self.vm = tvm_compat.virtual_machine(lib, device)
 
     @property
@@ -101,6 +103,20 @@ class VMRunner:
         return Timing.from_seconds(list(timer(*args).results), number)
 
 
+def _amx_permission(metadata: Mapping[str, Any]) -> None:
+    """Linux needs a per-process permission before the first AMX tile instruction (else SIGILL). The AMX
+    kernels also ask for it themselves; this is the early, clearly worded check. A refusal only matters
+    when the library was built for an AMX target."""
+    from .amx import host_has_amx, request_amx_permission, target_uses_amx
+
+    if host_has_amx():
+        try:
+            request_amx_permission()
+        except IsquantError:
+            if target_uses_amx(metadata.get("target") or {}):
+                raise
+
+
 def _flatten_outputs(out: Any) -> list[np.ndarray]:
     if hasattr(out, "numpy"):
         return [out.numpy()]
@@ -121,6 +137,10 @@ def load_local(library: str | Path, num_threads: int | None = None) -> VMRunner:
     if triple and not triple.startswith(platform.machine()):
         raise IsquantError(f"{path}: built for {triple}, this machine is {platform.machine()}; run it on the board"
                            " with --rpc HOST:PORT or --rpc-tracker HOST:PORT --rpc-key KEY")
+    # TVM sizes its pool to half the logical CPUs on x86 (it assumes SMT): 1 thread on a 2-vCPU machine.
+    # The documented default is every core, so say so explicitly unless the user already chose.
+    if num_threads is None and "TVM_NUM_THREADS" not in os.environ:
+        num_threads = os.cpu_count() or 1
     if num_threads:
         os.environ["TVM_NUM_THREADS"] = str(num_threads)
     try:

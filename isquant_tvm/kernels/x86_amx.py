@@ -1,0 +1,442 @@
+"""Intel AMX int8 conv2d / dense (Sapphire Rapids+): uint8 x int8 -> int32 with ``tdpbusd``.
+
+Same contract and fused epilogue as the VNNI kernels (common.py): int8 data is shifted by +128 to uint8
+and -128 * sum(w) is folded into the bias (exact), bias + requantize + clip run on each output tile right
+after its reduction, every out_dtype of the contract.
+
+Implicit GEMM over "phase planes" (the depthwise kernel's trick, common.DwGeom):
+
+* the (shifted, zero-padded) input is packed per stride phase (ph, pw) into
+  ``plane[n, icb, phase, hq, wq, kc] = padded[n, icb*kc + c, hq*sh + ph, wq*sw + pw]``
+  (kc = input channels per tile row, <= 64 bytes). Tap (kh, kw) of output pixel (oh, ow) then reads
+  phase ((kh*dh) % sh, (kw*dw) % sw) at flat position ``i + off`` with ``i = oh*WQ + ow`` and
+  ``off = (kh*dh // sh)*WQ + kw*dw // sw``: for ANY stride / dilation, 16 consecutive output positions
+  of one tap are 16 rows of kc bytes at a constant stride (kc) - exactly one AMX A tile (tileloadd).
+  Columns ow >= OW of the flattened plane are computed and dropped.
+* weights are pre-packed constants ``wpk[ocb16, icb, tap, kc/4, 16, 4]``: one B tile (kc/4 rows x 64
+  bytes, VNNI-4 interleaved) per (16 output channels, chunk, tap).
+* register (tile) blocking: MT x NT C tiles of 16 pixels x 16 channels (2 x 2: tmm0-3), MT A tiles
+  (tmm4-5), NT B tiles (tmm6-7); the whole reduction (chunks x taps) accumulates in tile registers,
+  then tilestored to a 4 KB stack buffer and requantized straight into NCHW (or (N, O) for dense).
+* remainders: output channels padded to 16*NT (zero weights, epilogue skips them), input channels to a
+  multiple of kc (zero weights and zero-shift data), pixels to a multiple of 16*MT (extra zero plane
+  rows); M < 16 (dense at small batch) uses tiles with M rows.
+* ldtilecfg once per parallel task (the tile config is per thread), tilerelease at its end.
+
+Linux needs a per-process permission before the first tile instruction (targets/amx.py). The kernel asks
+for it itself once per call (one arch_prctl syscall, ~0.3 us; a no-op once granted) and fails with a
+TVM error instead of SIGILL when refused.
+
+Used only where it pays (measured, scripts/bench_kernels.py --amx): groups == 1 convs with at least
+AMX_MIN_CIN input channels per group (the 3-channel stem and depthwise convs stay on VNNI) and dense.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+
+from . import common
+from .common import OC_BN, QConv2dParams, QDenseParams
+
+AMX_MIN_CIN = 16  # fewer input channels per group: a tile row would be mostly padding -> VNNI
+AMX_MIN_MACS = 0  # below this the ~1 us fixed cost (syscall + ldtilecfg) is not worth it (set from bench)
+PARALLEL_MIN_MACS = 4_000_000
+PAR_TASKS = 8  # aim for at least this many parallel tasks (load balance over 2 threads)
+_DEBUG_SKIP: set = set()  # profiling only: {"pack", "gemm", "epi"}
+
+# Linux arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
+_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
+
+
+def has_amx(target: tvm.target.Target) -> bool:
+    from .. import tvm_compat
+
+    return str(target.kind.name) == "llvm" and tvm_compat.has_feature(target, "amx-int8") \
+        and tvm_compat.has_feature(target, "amx-tile")
+
+
+# ------------------------------------------------------------------------------------------
+# geometry
+# ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AmxGeom:
+    N: int  # images (1 for dense)
+    C: int
+    H: int
+    W: int
+    O: int
+    KH: int
+    KW: int
+    sh: int
+    sw: int
+    pt: int
+    pl: int
+    dh: int
+    dw: int
+    OH: int
+    OW: int
+    kc: int  # input channels (bytes) per weight-tile row, multiple of 4, <= 64
+    ICB: int  # chunks of kc
+    phases: tuple  # used stride phases (ph, pw)
+    taps: tuple  # (tap index kh*KW+kw, phase index, flat offset)
+    WQ: int
+    HQ: int
+    pw: int  # pixels per tile (16, or M when M < 16)
+    MO: int  # weight (output-channel) tiles per block
+    MP: int  # pixel tiles per block
+    PB: int  # pixel blocks per image
+    OB: int  # output-channel blocks
+    dense: bool = False
+
+    @property
+    def M(self) -> int:
+        return self.OH * self.WQ
+
+    @property
+    def Mpad(self) -> int:
+        return self.PB * self.MP * self.pw
+
+    @property
+    def KQ(self) -> int:
+        return self.kc // 4
+
+    @property
+    def plane(self) -> int:
+        return self.HQ * self.WQ
+
+    @property
+    def OCB(self) -> int:  # 16-channel blocks incl. padding
+        return self.OB * self.MO
+
+    @property
+    def O_pad(self) -> int:
+        return self.OCB * OC_BN
+
+    @property
+    def macs(self) -> int:
+        return self.N * self.O * self.OH * self.OW * self.C * self.KH * self.KW
+
+    @property
+    def tiles_used(self) -> int:
+        return self.MO * self.MP + self.MO + self.MP
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b) * b
+
+
+def choose_kc(cpg: int) -> int:
+    """Bytes per tile row: 64 (padding the channels), or the whole (4-padded) channel count if smaller."""
+    return 64 if cpg >= 64 else _ceil(cpg, 4)
+
+
+def amx_geom(data_shape, p: QConv2dParams, dense: bool = False) -> AmxGeom:
+    N, C, H, W = (int(v) for v in data_shape)
+    O, cpg, KH, KW = p.weight.shape
+    if int(p.groups) != 1 or cpg != C:
+        raise ValueError("AMX conv supports groups == 1 only")
+    pt, pl, pb, pr = (int(v) for v in p.padding)
+    sh, sw = (int(v) for v in p.strides)
+    dh, dw = (int(v) for v in p.dilation)
+    OH = (H + pt + pb - (KH - 1) * dh - 1) // sh + 1
+    OW = (W + pl + pr - (KW - 1) * dw - 1) // sw + 1
+    kc = choose_kc(C)
+    ICB = _ceil(C, kc) // kc
+    phases, taps = [], []
+    qw_max = qh_max = 0
+    for kh in range(KH):
+        for kw in range(KW):
+            ph, pw_ = (kh * dh) % sh, (kw * dw) % sw
+            if (ph, pw_) not in phases:
+                phases.append((ph, pw_))
+            qh_max, qw_max = max(qh_max, kh * dh // sh), max(qw_max, kw * dw // sw)
+    WQ = OW + qw_max
+    for kh in range(KH):
+        for kw in range(KW):
+            ph, pw_ = (kh * dh) % sh, (kw * dw) % sw
+            taps.append((kh * KW + kw, phases.index((ph, pw_)), (kh * dh // sh) * WQ + kw * dw // sw))
+    M = OH * WQ
+    pw = min(16, M)
+    NPT = -(-M // pw)
+    OCB16 = -(-O // OC_BN)
+    # 2 x 2 C tiles (+ 2 weight + 2 data tiles); one pixel tile (dense at small batch): 3 x 1 (+ 3 + 1).
+    # (Tried: 1 weight tile x up to 6 pixel tiles with the data tile reloaded, streaming each weight tile
+    # once for 7x7 planes: 15-20% slower than 2 x 2 on resnet18's layer4 - the reloads serialise.)
+    MO, MP = (min(3, OCB16), 1) if NPT == 1 else (min(2, OCB16), 2)
+    PB = -(-NPT // MP)
+    OB = -(-OCB16 // MO)
+    max_off = max(t[2] for t in taps)
+    HQ = max(-(-(PB * MP * pw + max_off) // WQ), OH + qh_max)
+    return AmxGeom(N, C, H, W, O, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, kc, ICB, tuple(phases), tuple(taps),
+                   WQ, HQ, pw, MO, MP, PB, OB, dense)
+
+
+def pack_weight(weight: np.ndarray, g: AmxGeom) -> np.ndarray:
+    """(O, C, KH, KW) int8 -> (OCB, ICB, KH*KW, 16, kc) int8 (one A tile: 16 channels x kc), zero padded."""
+    w = np.zeros((g.O_pad, g.ICB * g.kc, g.KH, g.KW), np.int8)
+    w[:g.O, :g.C] = weight
+    w = w.reshape(g.OCB, OC_BN, g.ICB, g.kc, g.KH * g.KW)
+    return np.ascontiguousarray(w.transpose(0, 2, 4, 1, 3))
+
+
+def amx_consts(p: QConv2dParams, g: AmxGeom, in_dtype: str) -> dict[str, np.ndarray]:
+    w = np.asarray(p.weight, np.int8)
+    out = {"wpk": pack_weight(w, g), "bias": np.asarray(p.bias, np.int32).reshape(-1)}
+    for k, v in common.epilogue_consts(p, g.O).items():
+        out[k] = v  # (O,): the epilogue never reads padded channels
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# the PrimFunc (built with the TIR IRBuilder: the tap loop and tile numbering are unrolled in Python)
+# ------------------------------------------------------------------------------------------
+
+def _intrin(name: str, *args):
+    from tvm.script.ir_builder import tirx as T
+
+    T.evaluate(T.call_llvm_intrin("void", "llvm.x86." + name, *args))
+
+
+class _nullctx:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+def build_amx_primfunc(g: AmxGeom, p, in_dtype: str, request_perm: bool = True) -> tirx.PrimFunc:
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as T
+
+    epi_np = common.epilogue_consts(p, g.O)
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("qconv2d_amx")
+            if g.dense:
+                data = T.arg("data", T.Buffer((g.H, g.C), in_dtype))
+            else:
+                data = T.arg("data", T.Buffer((g.N, g.C, g.H, g.W), in_dtype))
+            wpk = T.arg("wpk", T.Buffer((g.OCB, g.ICB, g.KH * g.KW, OC_BN, g.kc), "int8"))
+            bias = T.arg("bias", T.Buffer((g.O,), "int32"))
+            epi = {k: T.arg(k, T.Buffer((g.O,), str(epi_np[k].dtype))) for k in sorted(epi_np)}
+            if g.dense:
+                out = T.arg("out", T.Buffer((g.H, g.O), p.out_dtype))
+            else:
+                out = T.arg("out", T.Buffer((g.N, g.O, g.OH, g.OW), p.out_dtype))
+            T.func_attr({"tirx.noalias": True})
+            if request_perm:
+                rc = T.call_extern("int64", "syscall", T.int64(_SYS_ARCH_PRCTL), T.int64(_ARCH_REQ_XCOMP_PERM),
+                                   T.int64(_XFEATURE_XTILEDATA))
+                with T.Assert(rc == T.int64(0), "AMX: Linux refused tile-data permission "
+                              "(arch_prctl ARCH_REQ_XCOMP_PERM); rebuild for a target without amx-int8"):
+                    _body(g, p, T, data, wpk, bias, epi, out)
+            else:
+                _body(g, p, T, data, wpk, bias, epi, out)
+    return common.prim_func_attrs(ib.get(), "qconv2d_amx")
+
+
+def _body(g: AmxGeom, p, T, data, wpk, bias, epi, out):
+    in_dtype = str(data.dtype)
+    pad_val = tirx.const(0, in_dtype)
+    P, KQ, plane, kc = len(g.phases), g.KQ, g.plane, g.kc
+    parallel = g.macs >= PARALLEL_MIN_MACS
+    pack = T.alloc_buffer((g.N * g.ICB * P * KQ * plane * 4,), in_dtype)
+
+    # ---- pack: shifted, zero-padded phase planes, 4 input channels interleaved per pixel (NC4HW4-like) ----
+    nrows = g.N * g.ICB * P * KQ * g.HQ
+    loop = T.parallel if (parallel and nrows > 1) else T.serial
+    with loop(0, 1 if "pack" in _DEBUG_SKIP else nrows) as r:
+        hq = r % g.HQ
+        k4 = (r // g.HQ) % KQ
+        ph_i = (r // (g.HQ * KQ)) % P
+        icb = (r // (g.HQ * KQ * P)) % g.ICB
+        n = r // (g.HQ * KQ * P * g.ICB)
+        if len(g.phases) == 1:
+            ph, pw = g.phases[0]
+        else:
+            ph, pw = T.int32(0), T.int32(0)
+            for i, (a, b) in enumerate(g.phases):
+                ph = T.Select(ph_i == i, T.int32(a), ph)
+                pw = T.Select(ph_i == i, T.int32(b), pw)
+        h = hq * g.sh + ph - g.pt
+        hc = T.max(T.min(h, g.H - 1), 0)
+        with T.serial(0, g.WQ) as wq:
+            with T.unroll(0, 4) as c4:
+                w = wq * g.sw + pw - g.pl
+                ch = icb * kc + k4 * 4 + c4
+                conds = [h >= 0, h < g.H, w >= 0, w < g.W]
+                if g.ICB * kc != g.C:
+                    conds.append(ch < g.C)
+                wc = T.max(T.min(w, g.W - 1), 0)
+                cc = T.min(ch, g.C - 1) if g.ICB * kc != g.C else ch
+                v = data[hc, cc] if g.dense else data[n, cc, hc, wc]
+                cond = conds[0]
+                for cnd in conds[1:]:
+                    cond = T.And(cond, cnd)
+                T.buffer_store(pack, T.if_then_else(cond, v, pad_val), [(r * g.WQ + wq) * 4 + c4])
+
+    # ---- AMX GEMM (C = W x D^T: 16 channels x 16 pixels per tile) + epilogue ----
+    direct = g.dense or g.WQ == g.OW  # output pixels are the flat plane positions: store straight to out
+    if direct:
+        dst = out if g.dense else T.decl_buffer((g.N * g.O * g.OH * g.OW,), p.out_dtype, data=out.data)
+    else:
+        dst = T.alloc_buffer((g.N * g.O * g.Mpad,), p.out_dtype)
+    items_base = g.N * g.OB
+    split = min(g.PB, max(1, -(-PAR_TASKS // items_base))) if parallel else 1
+    pb_per = -(-g.PB // split)
+    loop = T.parallel if (parallel and items_base * split > 1) else T.serial
+    with loop(0, items_base * split) as it:
+        pbo = it % split
+        ob = (it // split) % g.OB
+        n = it // (split * g.OB)
+        cfg = T.alloc_buffer((64,), "uint8", scope="local")
+        ctile = T.alloc_buffer((g.MO * g.MP * OC_BN * 16,), "int32", scope="local")
+        with T.serial(0, 64) as i:
+            T.buffer_store(cfg, T.uint8(0), [i])
+        T.buffer_store(cfg, T.uint8(1), [0])
+
+        def set_tile(t, nrows, colsb):
+            T.buffer_store(cfg, T.uint8(colsb & 0xFF), [16 + 2 * t])
+            T.buffer_store(cfg, T.uint8(colsb >> 8), [17 + 2 * t])
+            T.buffer_store(cfg, T.uint8(nrows), [48 + t])
+
+        nC = g.MO * g.MP
+        for t in range(nC):
+            set_tile(t, OC_BN, 4 * g.pw)
+        for t in range(g.MO):
+            set_tile(nC + t, OC_BN, kc)
+        for t in range(g.MP):
+            set_tile(nC + g.MO + t, KQ, 4 * g.pw)
+        _intrin("ldtilecfg", T.address_of(cfg[0]))
+        with T.serial(0, pb_per) as pbi:
+            pb = pbo * pb_per + pbi
+            guard = split * pb_per != g.PB
+            with T.If(pb < g.PB) if guard else _nullctx():
+                with T.Then() if guard else _nullctx():
+                    _gemm_block(g, p, T, n, ob, pb, pack, wpk, bias, epi, dst, ctile, direct)
+        _intrin("tilerelease")
+
+    if not direct:  # wide (N, O, Mpad) plane rows -> NCHW
+        nrows = g.N * g.O * g.OH
+        loop = T.parallel if (parallel and nrows > 1) else T.serial
+        outf = T.decl_buffer((g.N * g.O * g.OH * g.OW,), p.out_dtype, data=out.data)
+        with loop(0, nrows) as r:
+            oh = r % g.OH
+            no = r // g.OH
+            with T.vectorized(0, g.OW) as ow:
+                T.buffer_store(outf, dst[no * g.Mpad + oh * g.WQ + ow], [r * g.OW + ow])
+
+
+def _gemm_block(g: AmxGeom, p, T, n, ob, pb, pack, wpk, bias, epi, dst, ctile, direct):
+    P, KQ, plane, kc = len(g.phases), g.KQ, g.plane, g.kc
+    MO, MP, nC = g.MO, g.MP, g.MO * g.MP
+    tA, tB = nC, nC + MO
+    # A = weights (signed), B = data: signed x unsigned (tdpbsud) for uint8 data, signed x signed (tdpbssd)
+    # for int8 data - no +128 shift and no bias fold needed
+    dot = "tdpbssd" if str(pack.dtype) == "int8" else "tdpbsud"
+    for t in range(nC):
+        _intrin("tilezero", T.int8(t))
+    with T.serial(0, 0 if "gemm" in _DEBUG_SKIP else g.ICB) as icb:
+        for tap, ph_i, off in g.taps:
+            base = ((n * g.ICB + icb) * P + ph_i) * KQ * plane + off  # pixel units of 4 bytes
+            for mo in range(MO):
+                _intrin("tileloadd64", T.int8(tA + mo), T.address_of(wpk[ob * MO + mo, icb, tap, 0, 0]),
+                        T.int64(kc))
+            for mp in range(MP):
+                m0 = (pb * MP + mp) * g.pw
+                _intrin("tileloadd64", T.int8(tB + mp), T.address_of(pack[(base + m0) * 4]), T.int64(plane * 4))
+            for mo in range(MO):
+                for mp in range(MP):
+                    _intrin(dot, T.int8(mo * MP + mp), T.int8(tA + mo), T.int8(tB + mp))
+    for t in range(nC):
+        _intrin("tilestored64", T.int8(t), T.address_of(ctile[t * OC_BN * 16]), T.int64(64))
+    # ---- epilogue: per output channel (tile row), bias + requantize vectorised over the tile's pixels ----
+    pw = g.pw
+    for mo in range(MO):
+        for mp in range(MP):
+            t = mo * MP + mp
+            i0 = (pb * MP + mp) * pw
+            with T.serial(0, 0 if "epi" in _DEBUG_SKIP else OC_BN) as j:
+                o = (ob * MO + mo) * OC_BN + j
+
+                def store(px, o=o, t=t, i0=i0, j=j):
+                    acc = ctile[(t * OC_BN + j) * 16 + px] + bias[o]
+                    y = common.requant_expr(acc, o, p, epi)
+                    i = i0 + px
+                    if g.dense:
+                        T.buffer_store(dst, y, [i, o])
+                    elif direct:
+                        T.buffer_store(dst, y, [(n * g.O + o) * g.M + i])
+                    else:
+                        T.buffer_store(dst, y, [(n * g.O + o) * g.Mpad + i])
+
+                with (T.If(o < g.O) if g.O_pad != g.O else _nullctx()):
+                    with (T.Then() if g.O_pad != g.O else _nullctx()):
+                        if direct and g.Mpad != g.M:  # last pixel tile may run past the plane
+                            with T.If(i0 + pw <= g.M):
+                                with T.Then():
+                                    with T.vectorized(0, pw) as px:
+                                        store(px)
+                                with T.Else():
+                                    with T.serial(0, pw) as px:
+                                        with T.If(i0 + px < g.M):
+                                            with T.Then():
+                                                store(px)
+                        else:
+                            with T.vectorized(0, pw) as px:
+                                store(px)
+
+
+# ------------------------------------------------------------------------------------------
+# Relax lowering
+# ------------------------------------------------------------------------------------------
+
+def eligible_conv(data_shape, p: QConv2dParams) -> bool:
+    """Where AMX pays (measured): groups == 1 and enough input channels to fill a tile row."""
+    if int(p.groups) != 1 or common.is_depthwise(data_shape, p):
+        return False
+    if p.weight.shape[1] < AMX_MIN_CIN:
+        return False
+    g = amx_geom(data_shape, p)
+    return g.macs >= AMX_MIN_MACS
+
+
+def eligible_dense(data_shape, p: QDenseParams) -> bool:
+    return int(p.weight.shape[1]) >= AMX_MIN_CIN
+
+
+def lower_conv2d(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dParams, target: tvm.target.Target,
+                 name: Optional[str] = None) -> relax.Expr:
+    """AMX conv (groups == 1); callers check eligible_conv (the dispatcher sends the rest to VNNI)."""
+    common.check_out_range(p)
+    shape, in_dtype = common.expr_shape_dtype(data)
+    if in_dtype not in ("int8", "uint8"):
+        raise ValueError(f"quantized conv needs int8/uint8 data, got {in_dtype}")
+    g = amx_geom(shape, p)
+    func = build_amx_primfunc(g, p, in_dtype)
+    consts = amx_consts(p, g, in_dtype)
+    return common.emit_call(bb, data, func, consts, name or "qconv2d_amx", (g.N, g.O, g.OH, g.OW), p.out_dtype)
+
+
+def dense_geom(data_shape, p: QDenseParams) -> AmxGeom:
+    N, K = (int(v) for v in data_shape)
+    g = amx_geom((1, K, N, 1), common.dense_as_conv(p))
+    return AmxGeom(**{**g.__dict__, "dense": True})
+
+
+def lower_dense(bb: relax.BlockBuilder, data: relax.Expr, p: QDenseParams, target: tvm.target.Target,
+                name: Optional[str] = None) -> relax.Expr:
+    """(N, K) x (O, K)^T: rows of the data are the GEMM's M (no reshape / transpose needed)."""
+    common.check_out_range(p)
+    shape, in_dtype = common.expr_shape_dtype(data)
+    pc = common.dense_as_conv(p)
+    g = dense_geom(shape, p)
+    func = build_amx_primfunc(g, pc, in_dtype)
+    consts = amx_consts(pc, g, in_dtype)
+    return common.emit_call(bb, data, func, consts, name or "qdense_amx", (shape[0], g.O), p.out_dtype)

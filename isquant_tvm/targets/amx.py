@@ -1,0 +1,85 @@
+"""Intel AMX on Linux: the per-process tile-data permission.
+
+Linux keeps the AMX tile data state (8 KiB per thread) off until a process asks for it with
+``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``; the first tile instruction of a process that did
+not ask dies with SIGILL. The permission is per process and covers threads created before and after the
+call, so asking once before running an AMX library is enough (the kernels' own ldtilecfg is per call).
+
+    from isquant_tvm.targets.amx import host_has_amx, request_amx_permission
+    if host_has_amx():
+        request_amx_permission()   # True, or IsquantError with the reason
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import platform
+
+from ..errors import IsquantError
+
+SYS_ARCH_PRCTL = 158  # x86-64
+ARCH_GET_XCOMP_PERM = 0x1022
+ARCH_REQ_XCOMP_PERM = 0x1023
+XFEATURE_XTILEDATA = 18
+
+_granted: bool = False
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def host_has_amx() -> bool:
+    """x86-64 Linux host whose CPU (and kernel) report AMX tiles with int8 dot products."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    flags = _cpu_flags()
+    return "amx_tile" in flags and "amx_int8" in flags
+
+
+def request_amx_permission() -> bool:
+    """Ask Linux for AMX tile-data permission for this process (idempotent, cheap).
+
+    Returns True when granted (now or earlier), False on hosts without AMX (nothing to do). Raises
+    IsquantError when the host has AMX but the kernel refuses (e.g. a kernel older than 5.16, or a
+    seccomp/sandbox policy blocking arch_prctl)."""
+    global _granted
+    if _granted:
+        return True
+    if not host_has_amx():
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    rc = libc.syscall(ctypes.c_long(SYS_ARCH_PRCTL), ctypes.c_long(ARCH_REQ_XCOMP_PERM),
+                      ctypes.c_long(XFEATURE_XTILEDATA))
+    if rc != 0:
+        err = ctypes.get_errno()
+        import os
+
+        raise IsquantError(
+            f"the CPU has AMX but Linux refused AMX tile-data permission (arch_prctl(ARCH_REQ_XCOMP_PERM, "
+            f"XFEATURE_XTILEDATA) failed: {os.strerror(err) if err else 'rc=' + str(rc)}); AMX needs Linux >= 5.16 "
+            "and no sandbox blocking arch_prctl. Rebuild for a target without AMX (e.g. mcpu rocketlake / "
+            "cascadelake) to use the AVX-512 VNNI kernels instead")
+    _granted = True
+    return True
+
+
+def target_uses_amx(target) -> bool:
+    """Whether an LLVM target (tvm Target or its JSON dict) enables amx-int8."""
+    try:
+        import tvm
+
+        from .. import tvm_compat
+
+        t = target if isinstance(target, tvm.target.Target) else tvm_compat.make_target(target)
+        return str(t.kind.name) == "llvm" and tvm_compat.has_feature(t, "amx-int8")
+    except Exception:  # noqa: BLE001 - a foreign/unknown target: not AMX
+        return False

@@ -1,0 +1,43 @@
+"""Whole built-in models through iq.compile on this host: every qnn op takes a scheduled kernel lowering
+(no naive reference Relax op left in main) and the output equals reference.run bit for bit."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+import isquant_tvm as iq
+from isquant_tvm import reference
+
+MODELS = ["resnet18", "resnet20-cifar", "squeezenet1_1", "mobilenet_v2"]
+
+# Relax ops the reference lowerings emit; none may survive legalization when every kernel rule applies.
+REFERENCE_OPS = {"relax.nn.conv2d", "relax.matmul", "relax.nn.max_pool2d", "relax.sum", "relax.quantize",
+                 "relax.right_shift", "relax.multiply", "relax.clip"}
+
+
+def _inputs(shape, seed: int) -> list[np.ndarray]:
+    x = ((np.random.default_rng(seed).random(shape, dtype=np.float32) - 0.45) / 0.225).astype(np.float32)
+    return [x, (x * np.float32(4.0)).astype(np.float32)]  # the second one saturates: exercises every clip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_builtin_bit_exact_with_kernels(name: str) -> None:
+    model = iq.load(f"builtin:{name}")
+    # two synthetic range batches instead of eight: the ranges are not under test, the lowerings are
+    result = iq.compile(model, quantize="isquant", progress=False, quant_options={"synthetic_count": 2})
+    lowerings = result.report["lowerings"]
+    assert lowerings and all(k.endswith(":kernels") for k in lowerings), lowerings
+    ops: set[str] = set()
+    relax.analysis.post_order_visit(result.mod["main"], lambda e: ops.add(e.op.name) if isinstance(e, relax.Call)
+                                    and isinstance(e.op, tvm.ir.Op) else None)
+    assert not ops & REFERENCE_OPS, ops & REFERENCE_OPS
+    runner = result.runner()
+    for x in _inputs(model.inputs[0].shape, seed=1):
+        y = runner.run({model.inputs[0].name: x})[0]
+        ref = reference.run(result.quantized.qnn_mod, [x])[0]
+        assert y.dtype == ref.dtype and y.shape == ref.shape
+        bad = y != ref
+        assert not bad.any(), f"{name}: {bad.sum()} / {bad.size} outputs differ"
