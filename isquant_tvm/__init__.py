@@ -6,11 +6,12 @@ Python API mirroring the CLI::
     model = iq.load("model.onnx")                       # or "builtin:resnet18", a torch.nn.Module, a .pt2
     result = iq.compile(model, target="arm", output="model.so")
     outputs, timing = iq.run("model.so", repeat=10)
+    iq.tune(model, target="x86-avx512", out_dir="records/")   # then iq.compile(..., tuning_records="records/")
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import CompileResult, compile, inspect, load, run  # noqa: E402
+from .api import CompileResult, compile, inspect, load, run, tune  # noqa: E402
 
-__all__ = ["__version__", "load", "compile", "run", "inspect", "CompileResult"]
+__all__ = ["__version__", "load", "compile", "run", "inspect", "tune", "CompileResult"]

@@ -21,7 +21,7 @@ from .frontend import ImportedModel
 from .frontend import load as _load
 from .passes.fold_bn import fold_batchnorm
 from .targets import export as _export
-from .targets.build import build
+from .targets.build import apply_tuning_records, build
 from .targets.presets import describe, resolve_target
 from .targets.runner import Timing, VMRunner, fill_inputs, load_local
 
@@ -65,9 +65,13 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
     input_shapes: Mapping[str, Sequence[int]] | str | None = None,
     quant_options: Mapping[str, Any] | None = None,
     progress: bool = True,
+    tuning_records: str | Path | None = None,
 ) -> CompileResult:
     """Import (if needed), fold BN, optionally quantize to an integer graph, build for `target` and,
-    with `output`, export a .so plus `<output>.json`."""
+    with `output`, export a .so plus `<output>.json`.
+
+    tuning_records: a folder written by `tune` (or its summary.json); the kernels whose tuned schedule
+    measured faster than the hand schedule are swapped in (see targets/tune.py)."""
     if quantize not in QUANTIZE_MODES:
         raise IsquantError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
     tgt = resolve_target(target)
@@ -96,6 +100,12 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
             mod, report, quant_meta = qres.mod, qres.report, qres.metadata
         bar.update()
         bar.set_postfix_str("build")
+        tuning: dict[str, Any] | None = None
+        if tuning_records is not None:
+            if quantize == "none":
+                raise IsquantError("--tuning-records applies to the int8 kernels: it needs --quantize isquant or rtn")
+            mod, applied = apply_tuning_records(mod, tgt, tuning_records)
+            tuning = {"records": str(tuning_records), "applied": applied}
         executable = build(mod, tgt)
         bar.update()
         metadata = {
@@ -108,6 +118,8 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
             "inputs": [i.to_json() for i in imported.inputs],
             "quantization": quant_meta,
         }
+        if tuning is not None:
+            metadata["tuning"] = tuning
         result = CompileResult(mod=mod, target=tgt, executable=executable, metadata=metadata, report=report,
                                quantized=qres)
         if output is not None:
@@ -117,6 +129,25 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
     finally:
         bar.close()
     return result
+
+
+def tune(
+    model: ImportedModel | str | Path | Any,
+    target: str | dict[str, Any] | tvm.target.Target = "x86",
+    out_dir: str | Path = "records",
+    quantize: str = "isquant",
+    input_shapes: Mapping[str, Sequence[int]] | str | None = None,
+    quant_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Any:
+    """MetaSchedule-tune the model's int8 conv/dense kernels into `out_dir` (MetaSchedule JSON database +
+    summary.json); returns a targets.tune.TuneReport. options: trials, trials_per_task, timeout, number,
+    repeat, rpc_tracker, rpc_key, cross_compiler, max_tasks, task_names, min_speedup, seed, progress.
+    Use the records with compile(..., tuning_records=out_dir)."""
+    from .targets.tune import tune as _tune
+
+    return _tune(model, target, out_dir, quantize=quantize, input_shapes=input_shapes, quant_options=quant_options,
+                 **options)
 
 
 def run(library: str | Path | CompileResult, inputs: Mapping[str, np.ndarray] | str | Path | None = None,

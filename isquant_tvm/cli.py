@@ -105,7 +105,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target_args(p)
     p.add_argument("-o", "--output", required=True, metavar="PATH", help="the .so to write (atomically)")
     _add_quant_args(p, default_quantize="isquant")
+    p.add_argument("--tuning-records", metavar="DIR",
+                   help="a folder written by `tune` for this model and target: swap in the tuned kernels whose"
+                        " schedule measured faster than the hand-written one (the others stay as they are)")
     p.add_argument("--print-ir", action="store_true", help="print the final Relax module before building")
+
+    p = sub.add_parser("tune", help="MetaSchedule-tune the int8 conv/dense kernels into a records folder",
+                       description="Quantize the model like `compile`, then tune each distinct int8 conv/dense kernel"
+                                   " with MetaSchedule (AVX-512 VNNI targets: on the vpdpbusd intrinsic), time the"
+                                   " hand schedule and the best tuned one with the same runner, and write the"
+                                   " MetaSchedule database plus summary.json to --output. `compile --tuning-records"
+                                   " DIR` then uses a tuned kernel only where it measured faster.",
+                       epilog=EPILOG)
+    _add_model_args(p)
+    _add_target_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="records folder (created; an existing database there is extended)")
+    _add_quant_args(p, default_quantize="isquant")
+    g = p.add_argument_group("tuning budget and measurement")
+    g.add_argument("--trials", type=int, metavar="N",
+                   help="total trial budget over all tasks, heaviest (calls x MACs) first"
+                        " (default: --trials-per-task x number of tasks)")
+    g.add_argument("--trials-per-task", type=int, default=16, metavar="N",
+                   help="at most N measured candidates per task (default 16; about 5-10 s each on 2 cores)")
+    g.add_argument("--max-tasks", type=int, metavar="K", help="tune only the K heaviest tasks")
+    g.add_argument("--tasks", metavar="NAMES", help="tune only these kernels (comma-separated function names)")
+    g.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="seconds allowed for one candidate's build and for one run (default 120)")
+    g.add_argument("--number", type=int, default=3, metavar="M", help="runs averaged per measurement (default 3)")
+    g.add_argument("--repeat", type=int, default=5, metavar="N", help="measurements per candidate (default 5)")
+    g.add_argument("--min-speedup", type=float, default=1.02, metavar="X",
+                   help="keep a tuned kernel only if it measured at least X times faster than the hand"
+                        " schedule (default 1.02: noise does not flip a tie)")
+    g.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
+    g = p.add_argument_group("remote board (TVM RPC)")
+    g.add_argument("--rpc-tracker", metavar="HOST[:PORT]",
+                   help="measure candidates on a board from this tracker (port default 9190)")
+    g.add_argument("--rpc-key", metavar="KEY", help="the board's key at the tracker (e.g. rasp4b)")
 
     p = sub.add_parser("run", help="run a compiled .so locally or on a board",
                        description="Run a library built by `compile` once, optionally timed, like `tvmc run`.")
@@ -244,7 +280,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     quant_options = _quant_options(args)
     result = compile(args.model, target=args.target, output=args.output, quantize=args.quantize,
                      cross_compiler=args.cross_compiler, input_shapes=args.input_shapes,
-                     quant_options=quant_options if args.quantize != "none" else None)
+                     quant_options=quant_options if args.quantize != "none" else None,
+                     tuning_records=args.tuning_records)
     if args.print_ir:
         print(result.mod.script(show_meta=False))
     if args.report and result.report:
@@ -254,7 +291,33 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     summary = result.report.get("summary") if result.report else None
     if summary:
         print(summary_line(summary))
+    tuning = result.metadata.get("tuning")
+    if tuning is not None:
+        applied = tuning["applied"]
+        print(f"tuning records {tuning['records']}: {len(applied)} tuned kernels used"
+              + (f" ({', '.join(applied)})" if applied else ""))
     print(f"wrote {result.output} ({result.output.stat().st_size / 1e6:.1f} MB) and {result.output}.json")
+    return 0
+
+
+@_command("tune")
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .api import tune
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    report = tune(args.model, target=args.target, out_dir=args.output, quantize=args.quantize,
+                  input_shapes=args.input_shapes, quant_options=_quant_options(args), trials=args.trials,
+                  trials_per_task=args.trials_per_task, timeout=args.timeout, number=args.number,
+                  repeat=args.repeat, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
+                  cross_compiler=args.cross_compiler, max_tasks=args.max_tasks, task_names=tasks,
+                  min_speedup=args.min_speedup, seed=args.seed)
+    if args.report and report.quant_report:
+        from .targets.export import atomic_write_json
+
+        atomic_write_json(Path(args.report), report.quant_report)
+    print(report.table())
+    print(f"wrote {report.out_dir}/summary.json and the MetaSchedule database; use it with"
+          f" `compile --tuning-records {report.out_dir}`")
     return 0
 
 

@@ -9,7 +9,8 @@
                 this CPU as a user gets it (AMX tiles where the CPU has them, else AVX-512 VNNI / AVX2)
   isquant-int8-vnni   the same with target x86-avx512 (AVX-512 VNNI kernels, no AMX)
   isquant-int8-amx    the same with target x86-amx (AMX tdpbusd kernels; needs an AMX CPU)
-  isquant-int8-tuned  target x86 plus --tuning-records DIR (from `python -m isquant_tvm tune`)
+  isquant-int8-tuned  target x86-avx512 plus --tuning-records DIR (`python -m isquant_tvm tune ... --target
+                      x86-avx512`): compare with isquant-int8-vnni
 
 Every (model, engine, threads) measurement runs in a fresh worker subprocess: TVM reads
 TVM_NUM_THREADS once, when its per-process thread pool starts, so a thread count can only be set
@@ -46,7 +47,8 @@ DEFAULT_ENGINES = ("ort-fp32", "ort-int8", "tvm-fp32", "isquant-int8")
 # engine -> (quantize mode, target preset)
 TVM_ENGINES = {"tvm-fp32": ("none", "x86"), "isquant-int8": ("isquant", "x86"),
                "isquant-int8-vnni": ("isquant", "x86-avx512"), "isquant-int8-amx": ("isquant", "x86-amx"),
-               "isquant-int8-tuned": ("isquant", "x86")}
+               # MetaSchedule tunes the VNNI kernels (AMX kernels are hand-written IRBuilder code, not tunable)
+               "isquant-int8-tuned": ("isquant", "x86-avx512")}
 SLOW_ENGINES = ("tvm-fp32",)
 DEFAULT_MODELS = ("resnet18", "squeezenet1_1", "mobilenet_v2")
 INPUT_SEED = 1234  # the timed input; calibration images use other seeds

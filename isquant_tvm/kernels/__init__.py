@@ -5,8 +5,10 @@
 
 Dispatch by target: x86 with AVX-512 VNNI -> vpdpbusd kernel, x86 with AVX2 -> exact vpmaddwd kernel,
 other x86 -> vectorised int32 kernel (x86_vnni); x86 targets with amx-int8 (e.g. mcpu sapphirerapids,
-or "mattr": ["+amx-int8", "+amx-tile"]) send groups == 1 convs with >= 16 input channels and dense to the
-AMX tdpbusd kernel (x86_amx) and the rest to VNNI; aarch64 with +dotprod -> sdot kernel, other aarch64 ->
+or "mattr": ["+amx-int8", "+amx-tile"]) send groups == 1 convs (>= 16 input channels, or fewer with a
+kernel wider than 1: columns folded into the reduction, e.g. the RGB stem) and dense with
+batch >= 2 or K >= 1024 to the
+AMX tdpbsud/tdpbssd kernel (x86_amx) and the rest to VNNI; aarch64 with +dotprod -> sdot kernel, other aarch64 ->
 NEON smull kernel (arm_dot). Depthwise (groups == C) -> vectorised int32 kernel on every target.
 Every kernel is bit-exact against ref_conv2d / ref_dense (numpy int64).
 

@@ -1,34 +1,41 @@
-"""Intel AMX int8 conv2d / dense (Sapphire Rapids+): uint8 x int8 -> int32 with ``tdpbusd``.
+"""Intel AMX int8 conv2d / dense (Sapphire Rapids+): int8 weights x uint8/int8 data -> int32 tiles.
 
-Same contract and fused epilogue as the VNNI kernels (common.py): int8 data is shifted by +128 to uint8
-and -128 * sum(w) is folded into the bias (exact), bias + requantize + clip run on each output tile right
-after its reduction, every out_dtype of the contract.
+Same contract and fused epilogue as the VNNI kernels (common.py): bias + requantize + clip (every
+out_dtype of the contract) run on each output tile right after its reduction. Bit-exact vs ref_conv2d.
+
+The GEMM is computed transposed, C[16 channels x 16 pixels] += W[16 x kc] * D[kc x 16 pixels]:
+the weights are the A operand (signed) and the data the B operand, so the dot instruction is
+``tdpbsud`` (signed x unsigned) for uint8 data and ``tdpbssd`` (signed x signed) for int8 data - no +128
+data shift and no bias fold (the VNNI kernel's vpdpbusd needs both). Each C tile row is one output
+channel over 16 consecutive pixels, so the epilogue is vectorised over pixels with per-channel scalar
+constants and stores 16 contiguous outputs.
 
 Implicit GEMM over "phase planes" (the depthwise kernel's trick, common.DwGeom):
 
-* the (shifted, zero-padded) input is packed per stride phase (ph, pw) into
-  ``plane[n, icb, phase, hq, wq, kc] = padded[n, icb*kc + c, hq*sh + ph, wq*sw + pw]``
-  (kc = input channels per tile row, <= 64 bytes). Tap (kh, kw) of output pixel (oh, ow) then reads
-  phase ((kh*dh) % sh, (kw*dw) % sw) at flat position ``i + off`` with ``i = oh*WQ + ow`` and
-  ``off = (kh*dh // sh)*WQ + kw*dw // sw``: for ANY stride / dilation, 16 consecutive output positions
-  of one tap are 16 rows of kc bytes at a constant stride (kc) - exactly one AMX A tile (tileloadd).
+* the zero-padded input is packed per stride phase (ph, pw), 4 channels interleaved per pixel (the
+  VNNI-4 layout a B tile wants): ``pack[n, icb, phase, k4, hq*WQ + wq, 4] =
+  padded[n, icb*kc + 4*k4 + c, hq*sh + ph, wq*sw + pw]``. Tap (kh, kw) of output pixel (oh, ow) reads
+  phase ((kh*dh) % sh, (kw*dw) % sw) at flat position ``i + off``, ``i = oh*WQ + ow``,
+  ``off = (kh*dh // sh)*WQ + kw*dw // sw``: for ANY stride / dilation the data of 16 consecutive flat
+  positions x kc channels is one B tile (kc/4 rows of 64 bytes, row stride = one plane).
   Columns ow >= OW of the flattened plane are computed and dropped.
-* weights are pre-packed constants ``wpk[ocb16, icb, tap, kc/4, 16, 4]``: one B tile (kc/4 rows x 64
-  bytes, VNNI-4 interleaved) per (16 output channels, chunk, tap).
-* register (tile) blocking: MT x NT C tiles of 16 pixels x 16 channels (2 x 2: tmm0-3), MT A tiles
-  (tmm4-5), NT B tiles (tmm6-7); the whole reduction (chunks x taps) accumulates in tile registers,
-  then tilestored to a 4 KB stack buffer and requantized straight into NCHW (or (N, O) for dense).
-* remainders: output channels padded to 16*NT (zero weights, epilogue skips them), input channels to a
-  multiple of kc (zero weights and zero-shift data), pixels to a multiple of 16*MT (extra zero plane
-  rows); M < 16 (dense at small batch) uses tiles with M rows.
+* weights are pre-packed constants ``wpk[ocb16, icb, tap, 16, kc]``: one A tile per (16 output channels,
+  chunk of kc <= 64 input channels, tap).
+* tile blocking: 2 x 2 C tiles (tmm0-3) + 2 weight tiles (tmm4-5) + 2 data tiles (tmm6-7); 3 x 1 when
+  there is a single pixel tile (dense at small batch). The whole reduction (chunks x taps) accumulates in
+  tile registers, then tilestored to a 4 KB stack buffer for the epilogue.
+* remainders: output channels padded to whole blocks (zero weights; the epilogue skips them), input
+  channels to a multiple of kc (zero weights and data), pixels to whole blocks (extra zero plane rows);
+  fewer than 16 pixels (dense at small batch) use narrower tiles. When the flat plane is wider than the
+  output (WQ > OW) the epilogue writes a (N, O, Mpad) buffer and a vectorised copy drops the extra columns.
 * ldtilecfg once per parallel task (the tile config is per thread), tilerelease at its end.
 
 Linux needs a per-process permission before the first tile instruction (targets/amx.py). The kernel asks
-for it itself once per call (one arch_prctl syscall, ~0.3 us; a no-op once granted) and fails with a
-TVM error instead of SIGILL when refused.
+for it itself once per call (one arch_prctl syscall, well under a microsecond; a no-op once granted) and
+fails with a TVM error instead of SIGILL when refused.
 
-Used only where it pays (measured, scripts/bench_kernels.py --amx): groups == 1 convs with at least
-AMX_MIN_CIN input channels per group (the 3-channel stem and depthwise convs stay on VNNI) and dense.
+Used where it pays (scripts/bench_kernels.py --amx): groups == 1 convs with at least AMX_MIN_CIN input
+channels (the 3-channel stem, grouped and depthwise convs stay on VNNI) and dense.
 """
 from __future__ import annotations
 
@@ -42,11 +49,10 @@ from tvm import relax, tirx
 from . import common
 from .common import OC_BN, QConv2dParams, QDenseParams
 
-AMX_MIN_CIN = 16  # fewer input channels per group: a tile row would be mostly padding -> VNNI
-AMX_MIN_MACS = 0  # below this the ~1 us fixed cost (syscall + ldtilecfg) is not worth it (set from bench)
+AMX_MIN_CIN = 16  # fewer input channels (and a 1-wide kernel): a tile row would be mostly padding -> VNNI
+FOLD_MAX_CIN = 16  # fewer input channels: kernel columns folded into the reduction (stem: 3 x 7 -> 21)
 PARALLEL_MIN_MACS = 4_000_000
 PAR_TASKS = 8  # aim for at least this many parallel tasks (load balance over 2 threads)
-_DEBUG_SKIP: set = set()  # profiling only: {"pack", "gemm", "epi"}
 
 # Linux arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
 _SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
@@ -92,6 +98,15 @@ class AmxGeom:
     PB: int  # pixel blocks per image
     OB: int  # output-channel blocks
     dense: bool = False
+    fold: int = 1  # KW when the kernel columns are folded into the reduction (few input channels)
+
+    @property
+    def CK(self) -> int:  # reduction channels per tap: C, or C*KW when folded
+        return self.C * self.fold
+
+    @property
+    def KT(self) -> int:  # taps of the packed weights
+        return self.KH * (1 if self.fold > 1 else self.KW)
 
     @property
     def M(self) -> int:
@@ -145,21 +160,26 @@ def amx_geom(data_shape, p: QConv2dParams, dense: bool = False) -> AmxGeom:
     dh, dw = (int(v) for v in p.dilation)
     OH = (H + pt + pb - (KH - 1) * dh - 1) // sh + 1
     OW = (W + pl + pr - (KW - 1) * dw - 1) // sw + 1
-    kc = choose_kc(C)
-    ICB = _ceil(C, kc) // kc
+    # Few input channels (the RGB stem): fold the kernel columns into the reduction - the pack writes
+    # (c, kw) pairs as channels with the column stride applied, leaving KH taps of C*KW channels.
+    fold = KW if (C < FOLD_MAX_CIN and KW > 1 and not dense) else 1
+    kc = choose_kc(C * fold)
+    ICB = _ceil(C * fold, kc) // kc
+    kws = range(KW) if fold == 1 else [0]
     phases, taps = [], []
     qw_max = qh_max = 0
     for kh in range(KH):
-        for kw in range(KW):
-            ph, pw_ = (kh * dh) % sh, (kw * dw) % sw
+        for kw in kws:
+            ph, pw_ = (kh * dh) % sh, (kw * dw) % sw if fold == 1 else 0
             if (ph, pw_) not in phases:
                 phases.append((ph, pw_))
-            qh_max, qw_max = max(qh_max, kh * dh // sh), max(qw_max, kw * dw // sw)
+            qh_max, qw_max = max(qh_max, kh * dh // sh), max(qw_max, kw * dw // sw if fold == 1 else 0)
     WQ = OW + qw_max
     for kh in range(KH):
-        for kw in range(KW):
-            ph, pw_ = (kh * dh) % sh, (kw * dw) % sw
-            taps.append((kh * KW + kw, phases.index((ph, pw_)), (kh * dh // sh) * WQ + kw * dw // sw))
+        for kw in kws:
+            ph, pw_ = (kh * dh) % sh, (kw * dw) % sw if fold == 1 else 0
+            off = (kh * dh // sh) * WQ + (kw * dw // sw if fold == 1 else 0)
+            taps.append((kh * len(kws) + kw, phases.index((ph, pw_)), off))
     M = OH * WQ
     pw = min(16, M)
     NPT = -(-M // pw)
@@ -173,14 +193,17 @@ def amx_geom(data_shape, p: QConv2dParams, dense: bool = False) -> AmxGeom:
     max_off = max(t[2] for t in taps)
     HQ = max(-(-(PB * MP * pw + max_off) // WQ), OH + qh_max)
     return AmxGeom(N, C, H, W, O, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, kc, ICB, tuple(phases), tuple(taps),
-                   WQ, HQ, pw, MO, MP, PB, OB, dense)
+                   WQ, HQ, pw, MO, MP, PB, OB, dense, fold)
 
 
 def pack_weight(weight: np.ndarray, g: AmxGeom) -> np.ndarray:
-    """(O, C, KH, KW) int8 -> (OCB, ICB, KH*KW, 16, kc) int8 (one A tile: 16 channels x kc), zero padded."""
-    w = np.zeros((g.O_pad, g.ICB * g.kc, g.KH, g.KW), np.int8)
-    w[:g.O, :g.C] = weight
-    w = w.reshape(g.OCB, OC_BN, g.ICB, g.kc, g.KH * g.KW)
+    """(O, C, KH, KW) int8 -> (OCB, ICB, taps, 16, kc) int8 (one A tile: 16 channels x kc), zero padded.
+    Folded: reduction channel j = c*KW + kw, taps = KH."""
+    if g.fold > 1:  # (O, C, KH, KW) -> (O, C*KW, KH, 1)
+        weight = weight.transpose(0, 1, 3, 2).reshape(weight.shape[0], g.CK, g.KH, 1)
+    w = np.zeros((g.O_pad, g.ICB * g.kc, g.KH, g.KT // g.KH), np.int8)
+    w[:g.O, :g.CK] = weight
+    w = w.reshape(g.OCB, OC_BN, g.ICB, g.kc, g.KT)
     return np.ascontiguousarray(w.transpose(0, 2, 4, 1, 3))
 
 
@@ -222,7 +245,7 @@ def build_amx_primfunc(g: AmxGeom, p, in_dtype: str, request_perm: bool = True) 
                 data = T.arg("data", T.Buffer((g.H, g.C), in_dtype))
             else:
                 data = T.arg("data", T.Buffer((g.N, g.C, g.H, g.W), in_dtype))
-            wpk = T.arg("wpk", T.Buffer((g.OCB, g.ICB, g.KH * g.KW, OC_BN, g.kc), "int8"))
+            wpk = T.arg("wpk", T.Buffer((g.OCB, g.ICB, g.KT, OC_BN, g.kc), "int8"))
             bias = T.arg("bias", T.Buffer((g.O,), "int32"))
             epi = {k: T.arg(k, T.Buffer((g.O,), str(epi_np[k].dtype))) for k in sorted(epi_np)}
             if g.dense:
@@ -248,40 +271,97 @@ def _body(g: AmxGeom, p, T, data, wpk, bias, epi, out):
     parallel = g.macs >= PARALLEL_MIN_MACS
     pack = T.alloc_buffer((g.N * g.ICB * P * KQ * plane * 4,), in_dtype)
 
-    # ---- pack: shifted, zero-padded phase planes, 4 input channels interleaved per pixel (NC4HW4-like) ----
-    nrows = g.N * g.ICB * P * KQ * g.HQ
+    # ---- pack: zero-padded phase planes, 4 input channels interleaved per pixel (NC4HW4-like) ----
+    # Per (row, phase): rows outside the image are zero-filled, inside ones split into a zero head, a
+    # condition-free copy (LLVM vectorises it) and a zero tail; the column bounds are compile-time constants.
+    cpad = g.ICB * kc != g.CK  # channel padding inside the last chunk
+    if g.fold > 1 and g.ICB == 1:
+        _pack_folded(g, T, data, pack, pad_val, parallel)
+        return _gemm_stage(g, p, T, pack, wpk, bias, epi, out, parallel)
+    nrows = g.N * g.ICB * KQ * g.HQ
     loop = T.parallel if (parallel and nrows > 1) else T.serial
-    with loop(0, 1 if "pack" in _DEBUG_SKIP else nrows) as r:
+    with loop(0, nrows) as r:
         hq = r % g.HQ
         k4 = (r // g.HQ) % KQ
-        ph_i = (r // (g.HQ * KQ)) % P
-        icb = (r // (g.HQ * KQ * P)) % g.ICB
-        n = r // (g.HQ * KQ * P * g.ICB)
-        if len(g.phases) == 1:
-            ph, pw = g.phases[0]
-        else:
-            ph, pw = T.int32(0), T.int32(0)
-            for i, (a, b) in enumerate(g.phases):
-                ph = T.Select(ph_i == i, T.int32(a), ph)
-                pw = T.Select(ph_i == i, T.int32(b), pw)
-        h = hq * g.sh + ph - g.pt
-        hc = T.max(T.min(h, g.H - 1), 0)
-        with T.serial(0, g.WQ) as wq:
-            with T.unroll(0, 4) as c4:
-                w = wq * g.sw + pw - g.pl
-                ch = icb * kc + k4 * 4 + c4
-                conds = [h >= 0, h < g.H, w >= 0, w < g.W]
-                if g.ICB * kc != g.C:
-                    conds.append(ch < g.C)
-                wc = T.max(T.min(w, g.W - 1), 0)
-                cc = T.min(ch, g.C - 1) if g.ICB * kc != g.C else ch
-                v = data[hc, cc] if g.dense else data[n, cc, hc, wc]
-                cond = conds[0]
-                for cnd in conds[1:]:
-                    cond = T.And(cond, cnd)
-                T.buffer_store(pack, T.if_then_else(cond, v, pad_val), [(r * g.WQ + wq) * 4 + c4])
+        icb = (r // (g.HQ * KQ)) % g.ICB
+        n = r // (g.HQ * KQ * g.ICB)
+        for ph_i, (ph, pw) in enumerate(g.phases):
+            row = ((((n * g.ICB + icb) * P + ph_i) * KQ + k4) * g.HQ + hq) * g.WQ
+            h = hq * g.sh + (ph - g.pt)
+            # valid columns: 0 <= wq*sw + pw - pl < W
+            lo = min(max(0, -(-(g.pl - pw) // g.sw)), g.WQ)
+            hi = min(max(lo, -(-(g.W + g.pl - pw) // g.sw)), g.WQ)
 
+            def zeros(a, b, row=row):
+                if b > a:
+                    with T.serial(0, (b - a) * 4) as z:
+                        T.buffer_store(pack, pad_val, [(row + a) * 4 + z])
+
+            # no If/Else frames: TVM 0.27's CSE hoisted a zero-fill index out of the parallel loop
+            h_ok = T.And(h >= 0, h < g.H)  # loop invariant: LLVM unswitches it
+            hc = T.max(T.min(h, g.H - 1), 0)
+            if g.fold > 1:  # several chunks of folded (c, kw) channels: per-element column test
+                with T.serial(0, g.WQ) as wq:
+                    with T.unroll(0, 4) as c4:
+                        j = icb * kc + k4 * 4 + c4
+                        c, kw = j // g.fold, j % g.fold
+                        w = wq * g.sw + kw * g.dw - g.pl
+                        cond = T.And(h_ok, T.And(w >= 0, w < g.W))
+                        if cpad:
+                            cond = T.And(cond, j < g.CK)
+                        v = data[n, T.min(c, g.C - 1), hc, T.max(T.min(w, g.W - 1), 0)]
+                        T.buffer_store(pack, T.if_then_else(cond, v, pad_val), [(row + wq) * 4 + c4])
+                continue
+            zeros(0, lo)
+            if hi > lo:
+                with T.serial(0, hi - lo) as wi:
+                    with T.unroll(0, 4) as c4:
+                        wq = wi + lo
+                        w = wq * g.sw + (pw - g.pl)
+                        ch = icb * kc + k4 * 4 + c4
+                        cc = T.min(ch, g.C - 1) if cpad else ch
+                        v = data[hc, cc] if g.dense else data[n, cc, hc, w]
+                        ok = T.And(h_ok, ch < g.C) if cpad else h_ok
+                        T.buffer_store(pack, T.if_then_else(ok, v, pad_val), [(row + wq) * 4 + c4])
+            zeros(hi, g.WQ)
+
+    _gemm_stage(g, p, T, pack, wpk, bias, epi, out, parallel)
+
+
+def _pack_folded(g: AmxGeom, T, data, pack, pad_val, parallel):
+    """Folded columns, one chunk (the RGB stem): every packed channel j = (c, kw) is static, so each
+    (row, phase, j) is a zero head, a condition-free strided copy and a zero tail."""
+    P, KQ, kc = len(g.phases), g.KQ, g.kc
+    nrows = g.N * g.HQ
+    loop = T.parallel if (parallel and nrows > 1) else T.serial
+    with loop(0, nrows) as r:
+        hq = r % g.HQ
+        n = r // g.HQ
+        for ph_i, (ph, _) in enumerate(g.phases):
+            h = hq * g.sh + (ph - g.pt)
+            h_ok = T.And(h >= 0, h < g.H)  # loop invariant (LLVM unswitches it); no If/Else frames here:
+            hc = T.max(T.min(h, g.H - 1), 0)  # TVM 0.27's CSE hoisted a zero-fill index out of the parallel loop
+            for k4 in range(KQ):
+                row = (((n * P + ph_i) * KQ + k4) * g.HQ + hq) * g.WQ
+                for c4 in range(4):
+                    j = k4 * 4 + c4
+                    c, kw = j // g.fold, j % g.fold
+                    off = kw * g.dw - g.pl  # w = wq*sw + off
+                    lo = min(max(0, -(-(-off) // g.sw)), g.WQ) if j < g.CK else g.WQ
+                    hi = min(max(lo, -(-(g.W - off) // g.sw)), g.WQ) if j < g.CK else g.WQ
+                    for a, b in ((0, lo), (hi, g.WQ)):
+                        if b > a:
+                            with T.serial(a, b) as wq:
+                                T.buffer_store(pack, pad_val, [(row + wq) * 4 + c4])
+                    if hi > lo:
+                        with T.serial(lo, hi) as wq:
+                            v = T.if_then_else(h_ok, data[n, c, hc, wq * g.sw + off], pad_val)
+                            T.buffer_store(pack, v, [(row + wq) * 4 + c4])
+
+
+def _gemm_stage(g: AmxGeom, p, T, pack, wpk, bias, epi, out, parallel):
     # ---- AMX GEMM (C = W x D^T: 16 channels x 16 pixels per tile) + epilogue ----
+    KQ, kc = g.KQ, g.kc
     direct = g.dense or g.WQ == g.OW  # output pixels are the flat plane positions: store straight to out
     if direct:
         dst = out if g.dense else T.decl_buffer((g.N * g.O * g.OH * g.OW,), p.out_dtype, data=out.data)
@@ -342,7 +422,7 @@ def _gemm_block(g: AmxGeom, p, T, n, ob, pb, pack, wpk, bias, epi, dst, ctile, d
     dot = "tdpbssd" if str(pack.dtype) == "int8" else "tdpbsud"
     for t in range(nC):
         _intrin("tilezero", T.int8(t))
-    with T.serial(0, 0 if "gemm" in _DEBUG_SKIP else g.ICB) as icb:
+    with T.serial(0, g.ICB) as icb:
         for tap, ph_i, off in g.taps:
             base = ((n * g.ICB + icb) * P + ph_i) * KQ * plane + off  # pixel units of 4 bytes
             for mo in range(MO):
@@ -362,7 +442,7 @@ def _gemm_block(g: AmxGeom, p, T, n, ob, pb, pack, wpk, bias, epi, dst, ctile, d
         for mp in range(MP):
             t = mo * MP + mp
             i0 = (pb * MP + mp) * pw
-            with T.serial(0, 0 if "epi" in _DEBUG_SKIP else OC_BN) as j:
+            with T.serial(0, OC_BN) as j:
                 o = (ob * MO + mo) * OC_BN + j
 
                 def store(px, o=o, t=t, i0=i0, j=j):
@@ -379,14 +459,18 @@ def _gemm_block(g: AmxGeom, p, T, n, ob, pb, pack, wpk, bias, epi, dst, ctile, d
                 with (T.If(o < g.O) if g.O_pad != g.O else _nullctx()):
                     with (T.Then() if g.O_pad != g.O else _nullctx()):
                         if direct and g.Mpad != g.M:  # last pixel tile may run past the plane
+                            # the only partial tile is the plane's last one (tiles past it store nothing):
+                            # a constant-count loop (LLVM 22 mis-vectorised the per-pixel `if` form here,
+                            # writing past the tile's valid pixels into the next channel)
+                            last = g.M - (-(-g.M // pw) - 1) * pw
                             with T.If(i0 + pw <= g.M):
                                 with T.Then():
                                     with T.vectorized(0, pw) as px:
                                         store(px)
                                 with T.Else():
-                                    with T.serial(0, pw) as px:
-                                        with T.If(i0 + px < g.M):
-                                            with T.Then():
+                                    with T.If(i0 < g.M):
+                                        with T.Then():
+                                            with T.serial(0, last) as px:
                                                 store(px)
                         else:
                             with T.vectorized(0, pw) as px:
@@ -401,14 +485,14 @@ def eligible_conv(data_shape, p: QConv2dParams) -> bool:
     """Where AMX pays (measured): groups == 1 and enough input channels to fill a tile row."""
     if int(p.groups) != 1 or common.is_depthwise(data_shape, p):
         return False
-    if p.weight.shape[1] < AMX_MIN_CIN:
-        return False
-    g = amx_geom(data_shape, p)
-    return g.macs >= AMX_MIN_MACS
+    return p.weight.shape[1] >= AMX_MIN_CIN or p.weight.shape[3] > 1  # few channels: folded columns
 
 
 def eligible_dense(data_shape, p: QDenseParams) -> bool:
-    return int(p.weight.shape[1]) >= AMX_MIN_CIN
+    """Batch >= 2 (512->1000: AMX 0.015 vs VNNI 0.042 ms at N=4, 0.032 vs 0.27 at N=16) or long rows
+    (1280->1000 at N=1: 0.034 vs 0.038); a single 512-wide row is a tie (0.012 ms) and stays on VNNI."""
+    N, K = (int(v) for v in data_shape)
+    return K >= AMX_MIN_CIN and (N >= 2 or K >= 1024)
 
 
 def lower_conv2d(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dParams, target: tvm.target.Target,
@@ -432,7 +516,7 @@ def dense_geom(data_shape, p: QDenseParams) -> AmxGeom:
 
 def lower_dense(bb: relax.BlockBuilder, data: relax.Expr, p: QDenseParams, target: tvm.target.Target,
                 name: Optional[str] = None) -> relax.Expr:
-    """(N, K) x (O, K)^T: rows of the data are the GEMM's M (no reshape / transpose needed)."""
+    """(N, K) x (O, K)^T: the rows of the data are the pixels of a 1x1 conv (no reshape / transpose)."""
     common.check_out_range(p)
     shape, in_dtype = common.expr_shape_dtype(data)
     pc = common.dense_as_conv(p)

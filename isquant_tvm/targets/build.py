@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import tvm
@@ -12,11 +13,24 @@ from .. import tvm_compat
 log = logging.getLogger(__name__)
 
 
-def build(mod: tvm.IRModule, target: tvm.target.Target) -> Any:
+def apply_tuning_records(mod: tvm.IRModule, target: tvm.target.Target,
+                         records: str | Path | None) -> tuple[tvm.IRModule, list[str]]:
+    """Swap in the tuned schedule of every kernel whose task `records` (a `tune -o` folder) kept, i.e. whose
+    tuned schedule measured faster than our hand schedule; returns the module and the replaced functions."""
+    if records is None:
+        return mod, []
+    from .tune import apply_records
+
+    return apply_records(mod, target, records)
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target, tuning_records: str | Path | None = None) -> Any:
     """tvm.compile with the default Relax pipeline (LegalizeOps + VM codegen).
 
     Integer ops arrive here already legalized by our own pass (passes/legalize.py), so the default
-    pipeline only has the float remainder and glue to lower."""
+    pipeline only has the float remainder and glue to lower. With `tuning_records`, the kept tuned
+    kernels replace our hand-scheduled ones first (apply_tuning_records)."""
+    mod, _ = apply_tuning_records(mod, target, tuning_records)
     start = time.perf_counter()
     executable = tvm_compat.build(mod, target)
     log.info("built for %s in %.1f s", target.attrs.get("mcpu", target.kind.name), time.perf_counter() - start)

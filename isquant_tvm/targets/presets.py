@@ -27,7 +27,14 @@ class Preset:
 
 def _host_spec() -> dict[str, Any]:
     # mcpu=native is rejected by TVM 0.27's LLVM; name the detected CPU instead.
-    return {"kind": "llvm", "mcpu": tvm_compat.system_cpu(), "num-cores": os.cpu_count() or 1}
+    spec: dict[str, Any] = {"kind": "llvm", "mcpu": tvm_compat.system_cpu(), "num-cores": os.cpu_count() or 1}
+    # Virtualised Xeons can report a CPU model LLVM maps to a client core without AMX (this machine's
+    # Sapphire-Rapids-class vCPU is 'rocketlake'): trust the kernel's flags and switch the tiles on.
+    from .amx import host_has_amx
+
+    if host_has_amx() and not tvm_compat.has_feature(tvm_compat.make_target(spec), "amx-int8"):
+        spec["mattr"] = ["+amx-tile", "+amx-int8"]
+    return spec
 
 
 def presets() -> dict[str, Preset]:
@@ -35,8 +42,8 @@ def presets() -> dict[str, Preset]:
     return {
         p.name: p
         for p in [
-            Preset("x86", f"this machine's CPU ({host['mcpu']}), every ISA extension it has", host,
-                   ("host ISA",)),
+            Preset("x86", f"this machine's CPU ({host['mcpu']}{' + AMX' if host.get('mattr') else ''}), "
+                   "every ISA extension it has (AMX int8 tiles where the CPU has them)", host, ("host ISA",)),
             Preset("x86-avx2", "any x86-64 with AVX2/FMA (Haswell and newer, Zen)",
                    {"kind": "llvm", "mcpu": "haswell"}, ("avx2", "fma")),
             Preset("x86-avx512", "x86-64 with AVX-512 VNNI (Cascade Lake and newer, Zen 4)",

@@ -77,7 +77,7 @@ class VMRunner:
     def __init__(self, lib: Any, device: Any, metadata: Mapping[str, Any] | None = None) -> None:
         self.device = device
         self.metadata = dict(metadata or {})
-        if getattr(device, "device_type", None) == 1:  # local CPU (RPC devices carry a session mask)
+        if _device_type(device) == 1:  # local CPU (kDLCPU; RPC devices carry a session mask)
             _amx_permission(self.metadata)
         self.vm = tvm_compat.virtual_machine(lib, device)
 
@@ -101,6 +101,13 @@ class VMRunner:
             self.vm["main"](*args)
         timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
         return Timing.from_seconds(list(timer(*args).results), number)
+
+
+def _device_type(device: Any) -> Any:
+    try:
+        return int(device.dlpack_device_type())  # tvm 0.27 Device
+    except Exception:  # noqa: BLE001 - older Device objects / stand-ins
+        return getattr(device, "device_type", None)
 
 
 def _amx_permission(metadata: Mapping[str, Any]) -> None:

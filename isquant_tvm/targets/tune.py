@@ -200,8 +200,9 @@ def space_for(intrin: str | None) -> Any:
         AddRFactor(max_jobs_per_core=16, max_innermost_factor=64),
         tiling,
         ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64,
-                                   unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
+                                   unroll_max_steps=[0, 16, 64], unroll_explicit=True),
     ]
+    # unroll 512 is left out: on a 2-core machine its builds took minutes per batch, for no measured gain
     return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs="from-target", mutator_probs="from-target")
 
 
@@ -214,13 +215,33 @@ def _export_so(rt_mod: Any, cc: str) -> str:
     return path
 
 
+def _build_kernel(mod: tvm.IRModule, target: tvm.target.Target, _params: Any) -> Any:
+    """MetaSchedule's default_build without its `import tvm.s_tir.tensor_intrin`: that import parses every
+    shipped intrinsic (30-50 s per fresh builder process here, and LocalBuilder starts fresh processes for
+    every batch). A tensorized candidate already holds the intrinsic's body, so nothing is lost."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def _import_tensor_intrin() -> None:
+    """TuneContext imports tvm.s_tir.tensor_intrin; do it first under the kernels' cheap TVMScript parsing
+    (~5 s instead of ~35 s)."""
+    from ..kernels.common import cheap_tvmscript_parsing
+
+    with cheap_tvmscript_parsing():
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
 def make_builder(target: tvm.target.Target, timeout: float, cross_compiler: str | None = None,
                  max_workers: int | None = None) -> Any:
     ms = _ms()
     from .export import resolve_cross_compiler
 
     compiler = resolve_cross_compiler(target, cross_compiler)
-    kwargs: dict[str, Any] = {"timeout_sec": timeout}
+    kwargs: dict[str, Any] = {"timeout_sec": timeout, "f_build": _build_kernel}
     if max_workers:
         kwargs["max_workers"] = max_workers
     if compiler:
@@ -232,6 +253,47 @@ def parse_tracker(tracker: str) -> tuple[str, int]:
     from .rpc import DEFAULT_TRACKER_PORT, parse_address
 
     return parse_address(tracker, DEFAULT_TRACKER_PORT, "--rpc-tracker")
+
+
+def check_board(rpc_tracker: str | None, rpc_key: str | None, timeout: float = 10.0) -> None:
+    """Fail fast (TVM's tracker session retries a dead tracker for minutes per candidate): the tracker must
+    answer and know `rpc_key`."""
+    if not (rpc_tracker or rpc_key):
+        return
+    if not (rpc_tracker and rpc_key):
+        raise IsquantError("tuning on a board needs both --rpc-tracker HOST[:PORT] and --rpc-key KEY")
+    from ..errors import RPCError
+    from .rpc import _registered_keys, tracker_summary
+
+    host, port = parse_tracker(rpc_tracker)
+    keys = _registered_keys(tracker_summary(host, port, timeout))
+    if rpc_key not in keys:
+        raise RPCError(f"the tracker at {host}:{port} has no server with key {rpc_key!r}"
+                       f" (registered: {', '.join(keys) or 'none'}); start one with python -m tvm.exec.rpc_server"
+                       f" --tracker {host}:{port} --key {rpc_key}")
+
+
+def _random_array(rng: np.random.Generator, shape: Sequence[int], dtype: str) -> np.ndarray:
+    if dtype.startswith(("int", "uint")):
+        info = np.iinfo(dtype)
+        return rng.integers(max(info.min, -128), min(info.max, 127) + 1, size=list(shape)).astype(dtype)
+    return rng.standard_normal(list(shape)).astype(dtype)
+
+
+def _alloc_argument_numpy(session: Any, device: Any, args_info: Any, alloc_repeat: int) -> list[list[Any]]:
+    """RPCRunner argument allocation filled from numpy on the host: MetaSchedule's default calls
+    tvm.contrib.random.random_fill_for_measure on the board, which a runtime-only TVM (a board's) lacks."""
+    rng = np.random.default_rng(0)
+    repeated = []
+    for _ in range(alloc_repeat):
+        args = []
+        for info in args_info:
+            kind, dtype, shape = info[0], str(info[1]), [int(d) for d in info[2]]
+            if kind != "TENSOR":
+                raise NotImplementedError(f"argument kind {kind}")
+            args.append(tvm.runtime.tensor(_random_array(rng, shape, dtype), device))
+        repeated.append(args)
+    return repeated
 
 
 def make_runner(timeout: float, number: int, repeat: int, rpc_tracker: str | None = None,
@@ -246,14 +308,62 @@ def make_runner(timeout: float, number: int, repeat: int, rpc_tracker: str | Non
         host, port = parse_tracker(rpc_tracker)
         rpc = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc_key,
                                   session_timeout_sec=int(max(timeout, 10)))
-        return ms.runner.RPCRunner(rpc_config=rpc, evaluator_config=config, max_workers=1)
+        return ms.runner.RPCRunner(rpc_config=rpc, evaluator_config=config, max_workers=1,
+                                   f_alloc_argument=_alloc_argument_numpy)
     return ms.runner.LocalRunner(timeout_sec=timeout, evaluator_config=config)
+
+
+def _device_type(target: tvm.target.Target) -> str:
+    kind = str(target.kind.name)
+    return "cpu" if kind in ("llvm", "c") else kind
+
+
+def ms_target(target: tvm.target.Target) -> tvm.target.Target:
+    """MetaSchedule insists on "num-cores" in the target: add this machine's when it is missing."""
+    if "num-cores" in target.attrs:
+        return target
+    spec = tvm_compat.target_dict(target)
+    spec["num-cores"] = os.cpu_count() or 1
+    return tvm_compat.make_target(spec)
+
+
+def measure_local(funcs: Sequence[tvm.tirx.PrimFunc], target: tvm.target.Target, number: int, repeat: int,
+                  rounds: int = 2, seed: int = 0) -> list[tuple[float | None, str | None]]:
+    """In-process twin of `measure` for this machine: build each PrimFunc with tvm.compile and time it with
+    time_evaluator on the same random arguments, interleaved `rounds` times (median ms)."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    rng = np.random.default_rng(seed)
+    dev = tvm.cpu(0)
+    out: list[tuple[float | None, str | None]] = [(None, None)] * len(funcs)
+    built: dict[int, tuple[Any, list[Any]]] = {}
+    for i, f in enumerate(funcs):
+        try:
+            lib = tvm.compile(_as_main(f), target=target).jit()
+            args = [tvm_compat.tensor(_random_array(rng, [int(d) for d in info.shape], str(info.dtype)), dev)
+                    for info in ArgInfo.from_prim_func(f)]
+            built[i] = (lib, args)
+        except Exception as err:  # noqa: BLE001
+            out[i] = (None, "build failed: " + (str(err).strip().splitlines() or [""])[-1])
+    secs: dict[int, list[float]] = {}
+    for _ in range(rounds):
+        for i, (lib, args) in built.items():
+            try:
+                lib["main"](*args)  # warm up
+                timer = lib.time_evaluator("main", dev, number=number, repeat=repeat)
+                secs.setdefault(i, []).extend(float(v) for v in timer(*args).results)
+            except Exception as err:  # noqa: BLE001
+                out[i] = (None, "run failed: " + (str(err).strip().splitlines() or [""])[-1])
+    for i, values in secs.items():
+        if out[i][1] is None:
+            out[i] = (float(np.median(values)) * 1e3, None)
+    return out
 
 
 def measure(funcs: Sequence[tvm.tirx.PrimFunc], target: tvm.target.Target, builder: Any, runner: Any,
             rounds: int = 2) -> list[tuple[float | None, str | None]]:
     """Median ms of each PrimFunc (None + the error when it did not build or run), measured interleaved
-    `rounds` times with the same builder and runner."""
+    `rounds` times with the same MetaSchedule builder and runner (the RPC path)."""
     ms = _ms()
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
@@ -265,7 +375,7 @@ def measure(funcs: Sequence[tvm.tirx.PrimFunc], target: tvm.target.Target, build
             if b.error_msg:
                 out[i] = (None, "build failed: " + str(b.error_msg).strip().splitlines()[-1])
                 continue
-            inputs.append(ms.runner.RunnerInput(b.artifact_path, str(target.kind.name), ArgInfo.from_prim_func(f)))
+            inputs.append(ms.runner.RunnerInput(b.artifact_path, _device_type(target), ArgInfo.from_prim_func(f)))
             owners.append(i)
     secs: dict[int, list[float]] = {}
     errors: dict[int, str] = {}
@@ -328,6 +438,7 @@ class TuneReport:
     tasks: list[TaskResult]
     tune_seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
+    quant_report: dict[str, Any] = field(default_factory=dict)  # the quantizer's per-layer report (not saved)
 
     @property
     def kept(self) -> list[TaskResult]:
@@ -357,6 +468,15 @@ class TuneReport:
                 "tvm_version": tvm_compat.TVM_VERSION, "source": self.source, "target": self.target,
                 "settings": self.settings, "tune_seconds": self.tune_seconds,
                 "tasks": [t.to_json() for t in self.tasks]}
+
+
+def keep_decision(default_ms: float | None, tuned_ms: float | None, min_speedup: float) -> tuple[bool, str]:
+    """Keep a tuned kernel only when both timings exist and tuned x min_speedup < default."""
+    if default_ms is None or tuned_ms is None:
+        return False, "not measured"
+    if tuned_ms * min_speedup < default_ms:
+        return True, ""
+    return False, "not faster" if min_speedup <= 1.0 else f"< {min_speedup:g}x faster"
 
 
 def _progress_callback(bar: Any) -> Any:
@@ -409,23 +529,43 @@ def tune_tasks(tasks: Sequence[Task], target: tvm.target.Target, out_dir: str | 
         raise IsquantError("--number and --repeat must be at least 1")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    described = describe(target)
+    target = ms_target(target)
     start = time.perf_counter()
+    check_board(rpc_tracker, rpc_key)
+    _import_tensor_intrin()
     builder = make_builder(target, timeout, cross_compiler)
     runner = make_runner(timeout, number, repeat, rpc_tracker, rpc_key)
     database = ms.database.JSONDatabase(str(out / DB_WORKLOAD), str(out / DB_RECORDS), allow_missing=True)
     budget = _budget(len(tasks), trials, trials_per_task)
     results: list[TaskResult] = []
-    for handler_owner in ("tvm.s_tir.meta_schedule",):
-        logging.getLogger(handler_owner).setLevel(logging.WARNING)
     bar = tqdm(total=sum(budget), desc="tune", unit="trial", disable=not progress or None)
     strategy = ms.search_strategy.EvolutionarySearch(population_size=128, init_min_unmeasured=16, genetic_num_iters=2)
+    settings = {"trials": trials, "trials_per_task": trials_per_task, "timeout": timeout, "number": number,
+                "repeat": repeat, "min_speedup": min_speedup,
+                "runner": f"rpc {rpc_tracker} key={rpc_key}" if rpc_tracker else "local"}
+
+    def report() -> TuneReport:
+        return TuneReport(out, described, source, results, time.perf_counter() - start, settings)
+
     try:
         for task, n_trials in zip(tasks, budget):
+            if results:
+                write_summary(report())  # a partial summary survives an interrupted run
             workload = tvm.IRModule({"main": task.workload})
             res = TaskResult(task.name, task.default_hash, shash(workload), task.macs, task.calls, task.intrin)
             results.append(res)
             bar.set_postfix_str(task.name)
-            if n_trials > 0:
+            if n_trials == 0:
+                res.note = "no trials left in --trials"
+            else:
+                # MetaSchedule re-creates its console handler on every call at its logger's current level, and
+                # its dictConfig template fails on handlers it did not name (pytest's capture handlers): park them.
+                ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+                ms_logger.setLevel(logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
+                foreign = [h for h in ms_logger.handlers if not h.get_name()]
+                for handler in foreign:
+                    ms_logger.removeHandler(handler)
                 try:
                     ms.tune_tir(workload, target, work_dir=str(out), max_trials_global=n_trials,
                                 num_trials_per_iter=min(n_trials, 16), builder=builder, runner=runner,
@@ -436,9 +576,15 @@ def tune_tasks(tasks: Sequence[Task], target: tvm.target.Target, out_dir: str | 
                 except Exception as err:  # noqa: BLE001 - one failing task must not lose the others
                     res.note = f"tuning failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err}"
                     log.warning("%s: %s", task.name, res.note)
+                finally:
+                    for handler in foreign:
+                        ms_logger.addHandler(handler)
             tuned = best_schedule(database, task.workload, target)
             candidates = [task.default] + ([tuned] if tuned is not None else [])
-            timings = measure(candidates, target, builder, runner)
+            if rpc_tracker:
+                timings = measure(candidates, target, builder, runner)
+            else:
+                timings = measure_local(candidates, target, number, repeat)
             res.default_ms = timings[0][0]
             if timings[0][1]:
                 res.note = f"default {timings[0][1]}"
@@ -450,17 +596,12 @@ def tune_tasks(tasks: Sequence[Task], target: tvm.target.Target, out_dir: str | 
             if err:
                 res.note = f"tuned {err}"
             elif res.default_ms is not None:
-                res.kept = res.tuned_ms * min_speedup < res.default_ms
-                if not res.kept:
-                    res.note = "not faster" if min_speedup <= 1.0 else f"< {min_speedup:g}x faster"
+                res.kept, res.note = keep_decision(res.default_ms, res.tuned_ms, min_speedup)
     finally:
         bar.close()
-    report = TuneReport(out, describe(target), source, results, time.perf_counter() - start,
-                        {"trials": trials, "trials_per_task": trials_per_task, "timeout": timeout, "number": number,
-                         "repeat": repeat, "min_speedup": min_speedup,
-                         "runner": f"rpc {rpc_tracker} key={rpc_key}" if rpc_tracker else "local"})
-    write_summary(report)
-    return report
+    final = report()
+    write_summary(final)
+    return final
 
 
 def best_schedule(database: Any, workload: tvm.tirx.PrimFunc, target: tvm.target.Target) -> tvm.tirx.PrimFunc | None:
@@ -513,6 +654,7 @@ def tune(model: Any, target: str | dict[str, Any] | tvm.target.Target = "x86", o
     if quantize not in ("isquant", "rtn"):
         raise IsquantError("tune works on the integer graph: --quantize must be isquant or rtn")
     tgt = resolve_target(target)
+    check_board(rpc_tracker, rpc_key)
     imported = model if isinstance(model, ImportedModel) else load(model, input_shapes=input_shapes)
     float_mod = prepare(imported)
     options = {"rounding": "rtn" if quantize == "rtn" else "squant", "progress": False, **dict(quant_options or {})}
@@ -527,10 +669,17 @@ def tune(model: Any, target: str | dict[str, Any] | tvm.target.Target = "x86", o
     if max_tasks is not None:
         tasks = tasks[:max_tasks]
     if not tasks:
-        raise IsquantError("the model has no int8 conv/dense kernel to tune for this target")
-    return tune_tasks(tasks, tgt, out_dir, source=imported.source, trials=trials, trials_per_task=trials_per_task,
-                      timeout=timeout, number=number, repeat=repeat, rpc_tracker=rpc_tracker, rpc_key=rpc_key,
-                      cross_compiler=cross_compiler, min_speedup=min_speedup, seed=seed, progress=progress)
+        kernels = sorted({gv.name_hint.rstrip("0123456789") for gv, f in qres.mod.functions_items()
+                          if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint.startswith(("qconv2d", "qdense"))})
+        hint = (f" (its kernels {', '.join(kernels)} have no tunable compute: only the VNNI/AVX2/generic conv"
+                " and dense kernels are; an AMX host can tune its VNNI kernels with --target x86-avx512)"
+                if kernels else "")
+        raise IsquantError("the model has no int8 conv/dense kernel to tune for this target" + hint)
+    report = tune_tasks(tasks, tgt, out_dir, source=imported.source, trials=trials, trials_per_task=trials_per_task,
+                        timeout=timeout, number=number, repeat=repeat, rpc_tracker=rpc_tracker, rpc_key=rpc_key,
+                        cross_compiler=cross_compiler, min_speedup=min_speedup, seed=seed, progress=progress)
+    report.quant_report = dict(qres.report or {})
+    return report
 
 
 # ----------------------------------------------------------------------------------------------
@@ -549,7 +698,10 @@ def load_kept(records: str | Path, target: tvm.target.Target) -> dict[str, tvm.t
     kept = [TaskResult.from_json(t) for t in doc.get("tasks", []) if t.get("kept")]
     if not kept:
         return {}
+    target = ms_target(target)
     ms = _ms()
+    from ..kernels import arm_dot, x86_vnni  # noqa: F401 - register the tensor intrinsics the traces replay
+
     database = ms.database.JSONDatabase(str(folder / DB_WORKLOAD), str(folder / DB_RECORDS), allow_missing=False)
     workloads: dict[str, tvm.tirx.PrimFunc] = {}
     for rec in database.get_all_tuning_records():

@@ -41,3 +41,27 @@ def test_builtin_bit_exact_with_kernels(name: str) -> None:
         assert y.dtype == ref.dtype and y.shape == ref.shape
         bad = y != ref
         assert not bad.any(), f"{name}: {bad.sum()} / {bad.size} outputs differ"
+
+
+# Intel AMX (tdpbsud/tdpbssd tiles, kernels/x86_amx.py): LLVM calls this host "rocketlake" (no AMX), so the
+# target names the features; depthwise, grouped and few-channel 1x1 convs stay on VNNI.
+AMX_TARGET = {"kind": "llvm", "mcpu": "rocketlake", "mattr": ["+amx-int8", "+amx-tile"], "num-cores": 2}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_builtin_bit_exact_with_amx_kernels(name: str) -> None:
+    from isquant_tvm.targets.amx import host_has_amx
+
+    if not host_has_amx():
+        pytest.skip("host CPU has no AMX (amx_tile / amx_int8)")
+    model = iq.load(f"builtin:{name}")
+    result = iq.compile(model, target=AMX_TARGET, quantize="isquant", progress=False,
+                        quant_options={"synthetic_count": 2})
+    assert any("amx" in gv.name_hint for gv in result.mod.functions), "no AMX kernel was used"
+    runner = result.runner()
+    for x in _inputs(model.inputs[0].shape, seed=1):
+        y = runner.run({model.inputs[0].name: x})[0]
+        ref = reference.run(result.quantized.qnn_mod, [x])[0]
+        bad = y != ref
+        assert not bad.any(), f"{name} (AMX): {bad.sum()} / {bad.size} outputs differ"

@@ -36,11 +36,18 @@ CASES = [
     ("1x1_s2", 1, 64, 14, 14, 128, 1, (2, 2), (0, 0, 0, 0), (1, 1)),  # only phase (0, 0) used
     ("3x3_c96_o72", 1, 96, 12, 12, 72, 3, (1, 1), (1, 1, 1, 1), (1, 1)),  # channels padded 96 -> 128
     ("3x3_c160", 1, 160, 7, 7, 48, 3, (1, 1), (1, 1, 1, 1), (1, 1)),  # 3 chunks, M = 63 -> 64
-    ("dilated", 1, 8, 12, 12, 16, 3, (1, 1), (2, 2, 2, 2), (2, 2)),  # kc = 8
+    ("dilated_folded", 1, 8, 12, 12, 16, 3, (1, 1), (2, 2, 2, 2), (2, 2)),  # 8 ch: columns folded, kc = 24
+    ("stem_folded", 1, 3, 23, 21, 16, 7, (2, 2), (3, 3, 3, 3), (1, 1)),  # RGB stem: (c, kw) -> 21 channels
+    ("c5_s2x1_folded", 2, 5, 13, 11, 20, 3, (2, 1), (1, 0, 2, 1), (1, 2)),
+    ("1x1_c8", 1, 8, 6, 7, 24, 1, (1, 1), (0, 0, 0, 0), (1, 1)),  # kc = 8 (not folded: 1 column)
     ("wide_ow_o17", 1, 32, 5, 37, 17, 3, (1, 1), (1, 1, 1, 1), (1, 1)),  # O % 16 == 1
     ("1x1_s3_padded", 1, 20, 11, 10, 48, 1, (3, 2), (1, 1, 0, 1), (1, 1)),
     ("5x5_s2_dil", 1, 24, 17, 15, 36, 5, (2, 1), (2, 3, 1, 2), (1, 2)),  # stride/dilation phases mixed
     ("tiny_m", 1, 64, 2, 3, 16, 1, (1, 1), (0, 0, 0, 0), (1, 1)),  # M = 6 < 16: 6-row tiles
+    # 1x1 with a partial last pixel tile written straight to NCHW (729 = 45*16 + 9): a per-pixel `if` loop
+    # here was mis-compiled (wrote the 7 padded pixels into the next channel); squeezenet's classifier
+    ("1x1_partial_tile", 1, 128, 27, 27, 32, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
+    ("1x1_classifier_o1000", 1, 512, 13, 13, 1000, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
 ]
 DTYPES = [("uint8", "uint8"), ("int8", "int8"), ("uint8", "float32"), ("int8", "int32"), ("int8", "uint8")]
 
@@ -90,16 +97,27 @@ def test_tdpbusd_in_asm_only_with_amx():
         assert x86_amx.has_amx(target)
         ex = build_single(lower_conv2d, x.shape, "uint8", p, target)
         asm = _asm(ex)
-        for ins in ("ldtilecfg", "tileloadd", "tdpbusd", "tilestored", "tilerelease"):
-            assert ins in asm, ins
+        for ins in ("ldtilecfg", "tileloadd", "tdpbsud", "tilestored", "tilerelease"):
+            assert ins in asm, ins  # int8 weights (A tiles) x uint8 data (B tiles)
         if amx.host_has_amx():
             assert_exact(run(ex, x), common.ref_conv2d(x, p))
     target = tvm.target.Target(NO_AMX)
     assert not x86_amx.has_amx(target)
     ex = build_single(lower_conv2d, x.shape, "uint8", p, target)
     asm = _asm(ex)
-    assert "tdpbusd" not in asm and "tmm" not in asm and "vpdpbusd" in asm
+    assert "tdpb" not in asm and "tmm" not in asm and "vpdpbusd" in asm
     if "avx512_vnni" in open("/proc/cpuinfo").read():
+        assert_exact(run(ex, x), common.ref_conv2d(x, p))
+
+
+def test_int8_data_uses_tdpbssd():
+    rng = np.random.default_rng(4)
+    x = rand_data(rng, (1, 64, 6, 6), "int8")
+    p = make_params(rng, 32, 64, 1, "int8", padding=(0, 0, 0, 0), data=x)
+    ex = build_single(x86_amx.lower_conv2d, x.shape, "int8", p, tvm.target.Target(AMX_SPR))
+    asm = _asm(ex)
+    assert "tdpbssd" in asm and "tdpbsud" not in asm
+    if amx.host_has_amx():
         assert_exact(run(ex, x), common.ref_conv2d(x, p))
 
 
@@ -114,8 +132,9 @@ def _kernel_names(lower, x_shape, dtype, p, spec) -> set[str]:
 
 
 def test_dispatch():
-    """AMX targets: groups == 1 convs with >= 16 input channels and dense -> AMX; the stem (3 channels),
-    grouped and depthwise convs stay on VNNI. Targets without amx-int8 never get AMX."""
+    """AMX targets: groups == 1 convs with >= 16 input channels or a folded (KW > 1) kernel, and dense with
+    batch >= 2 -> AMX; few-channel 1x1, grouped and depthwise convs stay on VNNI. Targets without amx-int8
+    never get AMX."""
     rng = np.random.default_rng(2)
     x = rand_data(rng, (1, 32, 8, 8), "uint8")
     p = make_params(rng, 32, 32, 3, "uint8", data=x)
@@ -123,7 +142,9 @@ def test_dispatch():
     assert not any("amx" in n for n in _kernel_names(lower_conv2d, x.shape, "uint8", p, NO_AMX))
     stem_x = rand_data(rng, (1, 3, 16, 16), "uint8")
     stem = make_params(rng, 16, 3, 7, "uint8", (2, 2), (3, 3, 3, 3), data=stem_x)
-    assert not any("amx" in n for n in _kernel_names(lower_conv2d, stem_x.shape, "uint8", stem, AMX_SPR))
+    assert any("amx" in n for n in _kernel_names(lower_conv2d, stem_x.shape, "uint8", stem, AMX_SPR))
+    pw8 = make_params(rng, 16, 3, 1, "uint8", padding=(0, 0, 0, 0), data=stem_x)
+    assert not any("amx" in n for n in _kernel_names(lower_conv2d, stem_x.shape, "uint8", pw8, AMX_SPR))
     dw = make_params(rng, 32, 1, 3, "uint8", groups=32, data=x)
     assert not any("amx" in n for n in _kernel_names(lower_conv2d, x.shape, "uint8", dw, AMX_SPR))
     grouped = make_params(rng, 32, 16, 3, "uint8", groups=2, data=x)
@@ -131,6 +152,7 @@ def test_dispatch():
     dp = QDenseParams(weight=p.weight[:, :, 0, 0], bias=p.bias, multiplier=p.multiplier, shift=p.shift,
                       out_dtype="uint8", out_min=0, out_max=255)
     assert any("amx" in n for n in _kernel_names(lower_dense, (2, 32), "uint8", dp, AMX_SPR))
+    assert not any("amx" in n for n in _kernel_names(lower_dense, (1, 32), "uint8", dp, AMX_SPR))  # a tie: VNNI
     assert not any("amx" in n for n in _kernel_names(lower_dense, (2, 32), "uint8", dp, NO_AMX))
 
 
@@ -150,11 +172,35 @@ def test_geometry_padding():
     x = rand_data(rng, (1, 96, 7, 7), "uint8")
     p = make_params(rng, 40, 96, 3, "uint8", data=x)
     g = x86_amx.amx_geom(x.shape, p)
-    assert (g.kc, g.ICB, g.O_pad) == (64, 2, 64)
-    assert g.MB * g.MT * g.rows + max(t[2] for t in g.taps) <= g.HQ * g.WQ
+    assert (g.kc, g.ICB, g.WQ, g.M, g.Mpad, g.O_pad) == (64, 2, 9, 63, 64, 64)
+    assert g.Mpad + max(t[2] for t in g.taps) <= g.HQ * g.WQ
     assert g.tiles_used <= 8
     w = x86_amx.pack_weight(p.weight, g)
-    assert w.shape == (g.OCB, g.ICB, 9, 16, 16, 4)
-    # B tile (ocb 1, chunk 0, tap 4): row r holds input channels 4r..4r+3 of output channels 16..31
-    np.testing.assert_array_equal(w[1, 0, 4, 3, 5], p.weight[21, 12:16, 1, 1])
-    assert not w[2, :, :, :, 8:].any() and not w[:, 1, :, 8:].any()  # O 40 -> 48, C 96 -> 128 zero padded
+    assert w.shape == (g.OCB, g.ICB, 9, 16, 64)
+    # A tile (ocb 1, chunk 0, tap 4 = (1, 1)): row r = output channel 16 + r, columns = input channels 0..63
+    np.testing.assert_array_equal(w[1, 0, 4, 5], p.weight[21, :64, 1, 1])
+    assert not w[2, :, :, 8:].any() and not w[3].any() and not w[:, 1, :, :, 32:].any()  # O 40 -> 64, C 96 -> 128
+    gd = x86_amx.dense_geom((1, 512), QDenseParams(weight=np.zeros((1000, 512), np.int8), bias=np.zeros(1000, np.int32),
+                                                    multiplier=np.ones(1000), shift=np.ones(1000)))
+    assert (gd.pw, gd.MO, gd.MP, gd.O_pad) == (1, 3, 1, 1008)
+
+
+def test_runner_asks_permission_on_local_cpu(monkeypatch):
+    """VMRunner (local CPU) asks for AMX permission before the first run; a refusal is an error only for
+    libraries built for an AMX target."""
+    from isquant_tvm.errors import IsquantError
+    from isquant_tvm.targets import runner
+
+    assert runner._device_type(tvm.cpu(0)) == 1
+    calls = []
+
+    def refuse():
+        calls.append(1)
+        raise IsquantError("refused")
+
+    monkeypatch.setattr(amx, "host_has_amx", lambda: True)
+    monkeypatch.setattr(amx, "request_amx_permission", refuse)
+    runner._amx_permission({"target": NO_AMX})  # not an AMX library: ignored
+    with pytest.raises(IsquantError):
+        runner._amx_permission({"target": AMX_MATTR})
+    assert len(calls) == 2

@@ -35,6 +35,7 @@ from isquant_tvm.errors import RPCError
 from isquant_tvm.frontend import random_inputs
 from isquant_tvm.targets.export import export_library
 from isquant_tvm.targets.rpc import connect_runner, run_remote, tracker_summary
+from isquant_tvm.targets.runner import load_local
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_TIMEOUT = 300  # hard per-test watchdog: dump stacks and exit rather than hang CI
@@ -152,6 +153,27 @@ def test_run_remote_api(x86_lib, x86_server) -> None:
                                        session_timeout=60)
     np.testing.assert_array_equal(outputs[0], x86_lib.ref)
     assert timing is not None and info["median_ms"] == timing.median_ms > 0
+
+
+def test_amx_library_runs_in_a_plain_rpc_server(tmp_path, x86_server) -> None:
+    """The AMX kernels ask Linux for tile permission themselves: a stock `tvm.exec.rpc_server` (whose session
+    runs in a fresh worker process that never called arch_prctl) runs an AMX library bit-exactly."""
+    from isquant_tvm.targets.amx import host_has_amx
+
+    if not host_has_amx():
+        pytest.skip("host CPU has no AMX-INT8 (amx_int8/amx_tile not in /proc/cpuinfo)")
+    out = tmp_path / "r20_amx.so"
+    target = {"kind": "llvm", "mcpu": "cascadelake", "mattr": ["+amx-tile", "+amx-int8"], "num-cores": 2}
+    iq.compile("builtin:resnet20-cifar", target=target, quantize="isquant", output=out, progress=False,
+               quant_options={"synthetic_count": 2})
+    if shutil.which("objdump"):
+        asm = subprocess.run(["objdump", "-d", str(out)], capture_output=True, text=True, check=True).stdout
+        assert re.search(r"\btdpbs[us]d\b", asm), "no AMX tile dot product in the library"
+    feed = random_inputs(iq.load("builtin:resnet20-cifar").inputs, seed=5)
+    local = load_local(out).run(feed)[0]
+    outputs, timing, _ = run_remote(out, feed, rpc=x86_server.address, repeat=1, session_timeout=60)
+    np.testing.assert_array_equal(outputs[0], local)
+    assert timing is not None and timing.median_ms > 0
 
 
 def test_no_server_listening_is_a_fast_clear_error(x86_lib) -> None:
@@ -282,7 +304,6 @@ def arm_r20(tmp_path_factory):
 @pytest.fixture(scope="module")
 def int8_cnn(tmp_path_factory):
     from isquant_tvm import board
-    from isquant_tvm.targets.runner import load_local
 
     if shutil.which("aarch64-linux-gnu-gcc") is None:
         pytest.skip("no aarch64 cross compiler")
