@@ -142,7 +142,7 @@ def tune(
 ) -> Any:
     """MetaSchedule-tune the model's int8 conv/dense kernels into `out_dir` (MetaSchedule JSON database +
     summary.json); returns a targets.tune.TuneReport. options: trials, trials_per_task, timeout, number,
-    repeat, rpc_tracker, rpc_key, cross_compiler, max_tasks, task_names, min_speedup, seed, progress.
+    repeat, rpc_tracker, rpc_key, cross_compiler, max_tasks, task_names, min_speedup, seed, progress, num_threads.
     Use the records with compile(..., tuning_records=out_dir)."""
     from .targets.tune import tune as _tune
 

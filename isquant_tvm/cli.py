@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep a tuned kernel only if it measured at least X times faster than the hand"
                         " schedule (default 1.02: noise does not flip a tie)")
     g.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
+    g.add_argument("--num-threads", type=int, metavar="T",
+                   help="threads the kernels are timed with (default: TVM_NUM_THREADS, else all cores); tune with"
+                        " the thread count the library will run with: a schedule that wins on 1 core can lose on 2")
     g = p.add_argument_group("remote board (TVM RPC)")
     g.add_argument("--rpc-tracker", metavar="HOST[:PORT]",
                    help="measure candidates on a board from this tracker (port default 9190)")
@@ -310,7 +313,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                   trials_per_task=args.trials_per_task, timeout=args.timeout, number=args.number,
                   repeat=args.repeat, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
                   cross_compiler=args.cross_compiler, max_tasks=args.max_tasks, task_names=tasks,
-                  min_speedup=args.min_speedup, seed=args.seed)
+                  min_speedup=args.min_speedup, seed=args.seed, num_threads=args.num_threads)
     if args.report and report.quant_report:
         from .targets.export import atomic_write_json
 

@@ -542,7 +542,7 @@ def tune_tasks(tasks: Sequence[Task], target: tvm.target.Target, out_dir: str | 
     bar = tqdm(total=sum(budget), desc="tune", unit="trial", disable=not progress or None)
     strategy = ms.search_strategy.EvolutionarySearch(population_size=128, init_min_unmeasured=16, genetic_num_iters=2)
     settings = {"trials": trials, "trials_per_task": trials_per_task, "timeout": timeout, "number": number,
-                "repeat": repeat, "min_speedup": min_speedup,
+                "repeat": repeat, "min_speedup": min_speedup, "threads": os.environ.get("TVM_NUM_THREADS"),
                 "runner": f"rpc {rpc_tracker} key={rpc_key}" if rpc_tracker else "local"}
 
     def report() -> TuneReport:
@@ -640,8 +640,13 @@ def tune(model: Any, target: str | dict[str, Any] | tvm.target.Target = "x86", o
          repeat: int = 5, rpc_tracker: str | None = None, rpc_key: str | None = None,
          cross_compiler: str | None = None, max_tasks: int | None = None, task_names: Sequence[str] | None = None,
          min_speedup: float = 1.02, input_shapes: Any = None, quantize: str = "isquant",
-         quant_options: Mapping[str, Any] | None = None, seed: int | None = 0, progress: bool = True) -> TuneReport:
+         quant_options: Mapping[str, Any] | None = None, seed: int | None = 0, progress: bool = True,
+         num_threads: int | None = None) -> TuneReport:
     """Quantize `model` like `compile` does, then tune its int8 conv/dense kernels into `out_dir`.
+
+    num_threads: the thread count candidates and the hand schedule are timed with (default: TVM_NUM_THREADS
+    if set, else every core, like `run`). A schedule that wins on one core can lose on two (measured on
+    ResNet-18), so tune with the thread count the library will run with; summary.json records it.
 
     trials: total trial budget (default trials_per_task x tasks); trials_per_task caps each task; the
     heaviest tasks (calls x MACs) come first. max_tasks / task_names restrict the tasks. number/repeat:
@@ -653,6 +658,11 @@ def tune(model: Any, target: str | dict[str, Any] | tvm.target.Target = "x86", o
 
     if quantize not in ("isquant", "rtn"):
         raise IsquantError("tune works on the integer graph: --quantize must be isquant or rtn")
+    if num_threads is not None and num_threads < 1:
+        raise IsquantError("--num-threads must be at least 1")
+    # TVM reads this when its thread pool starts (here, or in the runner's worker processes)
+    if num_threads is not None or "TVM_NUM_THREADS" not in os.environ:
+        os.environ["TVM_NUM_THREADS"] = str(num_threads or os.cpu_count() or 1)
     tgt = resolve_target(target)
     check_board(rpc_tracker, rpc_key)
     imported = model if isinstance(model, ImportedModel) else load(model, input_shapes=input_shapes)

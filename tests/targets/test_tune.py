@@ -7,6 +7,7 @@ record measured slower is not applied."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -57,8 +58,15 @@ def tuned(tmp_path_factory):
     model = tiny_conv_onnx(root / "tiny.onnx")
     records = root / "records"
     # min_speedup=0 keeps every task whatever it measured, so the substitution path is always exercised.
-    report = api.tune(str(model), target=TARGET, out_dir=records, trials_per_task=2, max_tasks=1, number=2,
-                      repeat=3, min_speedup=0.0, progress=False)
+    saved = os.environ.get("TVM_NUM_THREADS")  # tune sets it for the measuring processes
+    try:
+        report = api.tune(str(model), target=TARGET, out_dir=records, trials_per_task=2, max_tasks=1, number=2,
+                          repeat=3, min_speedup=0.0, progress=False, num_threads=1)
+    finally:
+        if saved is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = saved
     return model, records, report
 
 
@@ -80,6 +88,7 @@ def test_tune_writes_database_and_summary(tuned) -> None:
     doc = json.loads((records / "summary.json").read_text())
     assert [t["name"] for t in doc["tasks"]] == [t.name for t in report.tasks]
     assert len(report.tasks) == 1 and report.tasks[0].trials == 2
+    assert doc["settings"]["threads"] == "1"  # the thread count the timings hold for
     for t in doc["tasks"]:
         assert t["default_ms"] > 0 and t["tuned_ms"] > 0 and t["kept"] is True
         assert t["speedup"] == pytest.approx(t["default_ms"] / t["tuned_ms"])
