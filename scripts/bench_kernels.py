@@ -328,11 +328,7 @@ def run_e2e(args) -> dict:
             env = dict(os.environ, TVM_NUM_THREADS=str(th), OMP_NUM_THREADS=str(th))
             cmd = [sys.executable, __file__, "--e2e-worker", str(tmp / f"{name}.so"), "--repeat", str(args.repeat)] + \
                 (["--profile"] if args.profile and th == 1 else [])
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if out.returncode:
-                sys.stderr.write(out.stderr)
-                raise SystemExit(f"e2e worker for {name} with {th} threads failed")
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r = _run_worker(cmd, env, f"e2e worker for {name} with {th} threads")
             row["threads"][str(th)] = r
             print(f"   {th} thread(s): median {r['median_ms']:.2f} ms (min {r['min_ms']:.2f}, "
                   f"thread-CPU median {r['cpu_median_ms']:.2f} ms)")
@@ -351,6 +347,15 @@ def run_e2e(args) -> dict:
                     print(f"      {p['ms']:7.3f} ms {p['calls']:4d}x {p['func']}")
         results[name] = row
     return results
+
+
+def _run_worker(cmd: list, env: dict, what: str):
+    """Run a measuring subprocess; its last stdout line is the JSON result."""
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode:
+        sys.stderr.write(out.stderr)
+        raise SystemExit(f"{what} failed")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def amx_target(spec: dict) -> dict:
@@ -439,11 +444,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--worker", str(th), "--target", args.target, "--number", str(args.number),
                "--repeat", str(args.repeat), "--only", args.only, "--model", args.model] + (["--blocked"] if args.blocked else []) + \
             (["--ort"] if args.ort else [])
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if out.returncode:
-            sys.stderr.write(out.stderr)
-            raise SystemExit(f"worker with {th} threads failed")
-        rows = json.loads(out.stdout.strip().splitlines()[-1])
+        rows = _run_worker(cmd, env, f"worker with {th} threads")
         results["runs"][str(th)] = rows
         print(f"\n== {th} thread(s), peak {peak * th:.0f} GOP/s ==")
         hdr = f"{'layer':18s} {'shape':26s} {'ms':>7s} {'GOP/s':>7s} {'%peak':>6s}"

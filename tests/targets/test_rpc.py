@@ -12,6 +12,7 @@ Two groups:
 """
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import importlib.util
 import json
@@ -227,19 +228,30 @@ def test_session_timeout_then_next_session_works(x86_lib, x86_server) -> None:
     np.testing.assert_array_equal(outputs[0], x86_lib.ref)
 
 
-def test_loopback_tracker_by_key(x86_lib, tmp_path) -> None:
+@contextlib.contextmanager
+def loopback_tracker(tmp_path: Path, key: str):
+    """A tracker on 127.0.0.1 with one host x86 server registered under `key`; yields (tracker port, server)."""
     log = tmp_path / "tracker.log"
     tport = _free_port()
     tracker = _spawn_logged([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
                              str(tport), "--port-end", str(tport + 1)], log, tmp_path)
     server = None
     try:  # the server starts alongside the tracker and retries its tracker connection until it is up
-        server = X86Server(tmp_path / "srv", tracker=f"127.0.0.1:{tport}", key="x86loop")
+        server = X86Server(tmp_path / "srv", tracker=f"127.0.0.1:{tport}", key=key)
         assert _wait_bind(tracker, log) == tport
         deadline = time.monotonic() + 60
-        while tracker_summary("127.0.0.1", tport)["queue_info"].get("x86loop", {}).get("free", 0) < 1:
+        while tracker_summary("127.0.0.1", tport)["queue_info"].get(key, {}).get("free", 0) < 1:
             assert time.monotonic() < deadline, "server never registered"
             time.sleep(0.2)
+        yield tport, server
+    finally:
+        if server:
+            server.kill()
+        _kill(tracker)
+
+
+def test_loopback_tracker_by_key(x86_lib, tmp_path) -> None:
+    with loopback_tracker(tmp_path, "x86loop") as (tport, server):
         outputs, _, info = run_remote(x86_lib.path, x86_lib.feed, tracker=f"127.0.0.1:{tport}", key="x86loop")
         np.testing.assert_array_equal(outputs[0], x86_lib.ref)
         assert info["tracker"] == f"127.0.0.1:{tport}" and info["key"] == "x86loop"
@@ -249,10 +261,6 @@ def test_loopback_tracker_by_key(x86_lib, tmp_path) -> None:
         assert time.monotonic() - t0 < 10
         with pytest.raises(RPCError, match="tracker"):  # a tracker-registered server refuses a direct session
             connect_runner(x86_lib.path, rpc=server.address, connect_timeout=10, quiet=True)
-    finally:
-        if server:
-            server.kill()
-        _kill(tracker)
 
 
 # ----------------------------------------------------------------------------------------------- board

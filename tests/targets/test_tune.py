@@ -185,24 +185,10 @@ def test_rpc_runner_arguments() -> None:
 @pytest.mark.slow
 def test_tune_through_loopback_tracker(tmp_path: Path) -> None:
     """The RPC runner path end to end: a host x86 RPC server registered at a tracker on 127.0.0.1."""
-    import time
-
     from isquant_tvm import api
-    from isquant_tvm.targets.rpc import tracker_summary
-    from tests.targets.test_rpc import X86Server, _free_port, _kill, _spawn_logged, _wait_bind
+    from tests.targets.test_rpc import loopback_tracker
 
-    log = tmp_path / "tracker.log"
-    tport = _free_port()
-    tracker = _spawn_logged([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
-                             str(tport), "--port-end", str(tport + 1)], log, tmp_path)
-    server = None
-    try:
-        server = X86Server(tmp_path / "srv", tracker=f"127.0.0.1:{tport}", key="tune-x86")
-        assert _wait_bind(tracker, log) == tport
-        deadline = time.monotonic() + 60
-        while tracker_summary("127.0.0.1", tport)["queue_info"].get("tune-x86", {}).get("free", 0) < 1:
-            assert time.monotonic() < deadline, "server never registered"
-            time.sleep(0.2)
+    with loopback_tracker(tmp_path, "tune-x86") as (tport, _):
         model = tiny_conv_onnx(tmp_path / "tiny.onnx")
         report = api.tune(str(model), target=TARGET, out_dir=tmp_path / "records", trials_per_task=1, max_tasks=1,
                           number=1, repeat=2, rpc_tracker=f"127.0.0.1:{tport}", rpc_key="tune-x86", timeout=60,
@@ -211,7 +197,3 @@ def test_tune_through_loopback_tracker(tmp_path: Path) -> None:
         assert task.default_ms is not None and task.tuned_ms is not None, task.note
         assert task.trials == 1 and task.default_ms > 0 and task.tuned_ms > 0, task
         assert json.loads((tmp_path / "records" / "summary.json").read_text())["settings"]["runner"].startswith("rpc")
-    finally:
-        if server:
-            server.kill()
-        _kill(tracker)
