@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -341,7 +342,8 @@ def _cmd_run(args: argparse.Namespace, bench: bool = False) -> int:
         runner, info = connect_runner(args.library, rpc=args.rpc, tracker=args.rpc_tracker, key=args.rpc_key,
                                       session_timeout=args.session_timeout)
     else:
-        runner, info = load_local(args.library, args.num_threads), {"device": "local cpu"}
+        runner = load_local(args.library, args.num_threads)
+        info = {"device": "local cpu", "threads": int(os.environ.get("TVM_NUM_THREADS", "0")) or None}
     feed = _read_inputs(args.inputs, runner, args.fill_mode) if args.inputs else _read_inputs(None, runner, args.fill_mode)
     outputs = runner.run(feed)
     timing = runner.benchmark(feed, repeat=repeat, number=args.number) if repeat > 0 else None
@@ -353,7 +355,10 @@ def _cmd_run(args: argparse.Namespace, bench: bool = False) -> int:
         top = np.argsort(-flat, kind="stable")[: args.print_top]
         print("top classes: " + ", ".join(f"{c} ({flat[c]:.3f})" for c in top))
     if timing and (args.print_time or bench):
-        print(timing.table())
+        where = info.get("device", "")
+        if info.get("threads"):
+            where += f", {info['threads']} thread{'s' if info['threads'] > 1 else ''}"
+        print(f"{where}: " + timing.table() if where else timing.table())
     if args.outputs:
         from .targets.export import atomic_write_bytes
         import io
