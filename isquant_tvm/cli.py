@@ -399,6 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... | head`: the reader left; not an error worth a message
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except Exception as err:  # an internal failure: keep it to one line unless asked
         if args.verbose:
             raise
