@@ -116,12 +116,16 @@ def _amx_permission(metadata: Mapping[str, Any]) -> None:
     when the library was built for an AMX target."""
     from .amx import host_has_amx, request_amx_permission, target_uses_amx
 
+    built_for_amx = target_uses_amx(metadata.get("target") or {})
     if host_has_amx():
         try:
             request_amx_permission()
         except IsquantError:
-            if target_uses_amx(metadata.get("target") or {}):
+            if built_for_amx:
                 raise
+    elif built_for_amx:
+        raise IsquantError("this library was built for AMX int8 tiles (target x86-amx, or x86 on an AMX CPU) and "
+                           "this CPU has none: rebuild it with --target x86 on this machine, or x86-avx512 / x86-avx2")
 
 
 def _flatten_outputs(out: Any) -> list[np.ndarray]:

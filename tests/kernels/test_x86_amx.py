@@ -204,3 +204,13 @@ def test_runner_asks_permission_on_local_cpu(monkeypatch):
     with pytest.raises(IsquantError):
         runner._amx_permission({"target": AMX_MATTR})
     assert len(calls) == 2
+
+
+def test_amx_library_on_a_cpu_without_amx_is_a_clear_error(monkeypatch):
+    from isquant_tvm.errors import IsquantError
+    from isquant_tvm.targets import runner
+
+    monkeypatch.setattr(amx, "host_has_amx", lambda: False)
+    runner._amx_permission({"target": NO_AMX})  # VNNI libraries run anywhere they ran before
+    with pytest.raises(IsquantError, match="built for AMX.*rebuild it with --target x86"):
+        runner._amx_permission({"target": AMX_MATTR})
