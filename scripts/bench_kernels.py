@@ -315,7 +315,8 @@ def run_e2e(args) -> dict:
     for name in args.e2e.split(","):
         t0 = time.perf_counter()
         model = iq.load(f"builtin:{name}")
-        res = iq.compile(model, quantize="isquant", progress=False, output=tmp / f"{name}.so")
+        res = iq.compile(model, target=json.loads(args.target), quantize="isquant", progress=False,
+                         output=tmp / f"{name}.so")
         compile_s = time.perf_counter() - t0
         x = e2e_input(model.inputs[0].shape)
         y = res.runner().run({model.inputs[0].name: x})[0]
