@@ -31,22 +31,6 @@ NEON_INTRIN = "isq_dot_4x4_i8i8s32_neon"
 # T.prim_func's inspect.stack() is slow with torch/onnx loaded: parse under a cheap stand-in.
 with common.cheap_tvmscript_parsing():
     @T.prim_func(s_tir=True)
-    def _dot_4x4_desc(
-        A: T.Buffer((4,), "int8", offset_factor=1),
-        B: T.Buffer((4, 4), "int8", offset_factor=1),
-        C: T.Buffer((4,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-            T.writes(C[0:4])
-            for i in T.serial(0, 4):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-
-    @T.prim_func(s_tir=True)
     def _sdot_impl(
         A: T.Buffer((4,), "int8", offset_factor=1),
         B: T.Buffer((4, 4), "int8", offset_factor=1),
@@ -95,7 +79,7 @@ with common.cheap_tvmscript_parsing():
 def register_intrinsics() -> None:
     for name, impl in ((SDOT_INTRIN, _sdot_impl), (NEON_INTRIN, _neon_impl)):
         if TensorIntrin.get(name, allow_missing=True) is None:
-            TensorIntrin.register(name, _dot_4x4_desc, impl)
+            TensorIntrin.register(name, common.dot_desc(4, 4, "int8", "int8"), impl)
 
 
 register_intrinsics()
@@ -107,10 +91,9 @@ NEON_CONFIG = common.KernelConfig(dot_in_dtype="int8", intrin=NEON_INTRIN, intri
 
 
 def has_dotprod(target: tvm.target.Target) -> bool:
-    from tvm.target import codegen
+    from .. import tvm_compat
 
-    with target:
-        return bool(codegen.llvm_cpu_has_features("dotprod", target))
+    return tvm_compat.has_feature(target, "dotprod")
 
 
 def config_for(target: tvm.target.Target) -> common.KernelConfig:

@@ -55,6 +55,30 @@ def cheap_tvmscript_parsing():
         inspect.stack = original
 
 
+def dot_desc(lanes: int, k: int, a_dtype: str, b_dtype: str) -> tirx.PrimFunc:
+    """What every dot-product intrinsic of the kernels computes (its TensorIntrin description):
+    C[lanes] (int32) += sum over k of A[k] x B[lanes, k]. The implementations differ per instruction."""
+    from tvm.script import tirx as T
+
+    with cheap_tvmscript_parsing():
+        @T.prim_func(s_tir=True)
+        def desc(
+            A: T.Buffer((k,), a_dtype, offset_factor=1),
+            B: T.Buffer((lanes, k), b_dtype, offset_factor=1),
+            C: T.Buffer((lanes,), "int32", offset_factor=1),
+        ) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:k], B[0:lanes, 0:k])
+                T.writes(C[0:lanes])
+                for i in T.serial(0, lanes):
+                    for j in T.serial(0, k):
+                        with T.sblock("update"):
+                            vi, vj = T.axis.remap("SR", [i, j])
+                            C[vi] = C[vi] + T.cast(A[vj], "int32") * T.cast(B[vi, vj], "int32")
+
+    return desc
+
+
 OC_BN = 16  # output-channel block (vpdpbusd lanes; 4 x sdot)
 IC_DOT = 4  # input channels per dot-product lane
 

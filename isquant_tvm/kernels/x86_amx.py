@@ -35,10 +35,13 @@ for it itself once per call (one arch_prctl syscall, well under a microsecond; a
 fails with a TVM error instead of SIGILL when refused.
 
 Used where it pays (scripts/bench_kernels.py --amx): groups == 1 convs with at least AMX_MIN_CIN input
-channels (the 3-channel stem, grouped and depthwise convs stay on VNNI) and dense.
+channels, or fewer with a kernel wider than 1 (the RGB stem, columns folded into the reduction); dense at
+batch >= 2 or with long rows. Grouped and depthwise convs and few-channel 1x1 convs stay on VNNI.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -46,24 +49,15 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
+from ..targets.amx import ARCH_REQ_XCOMP_PERM, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA
+from ..targets.amx import target_uses_amx as has_amx  # noqa: F401 - the dispatcher's predicate
 from . import common
-from .common import OC_BN, QConv2dParams, QDenseParams
+from .common import OC_BN, QConv2dParams, QDenseParams, _ceil
 
 AMX_MIN_CIN = 16  # fewer input channels (and a 1-wide kernel): a tile row would be mostly padding -> VNNI
 FOLD_MAX_CIN = 16  # fewer input channels: kernel columns folded into the reduction (stem: 3 x 7 -> 21)
 PARALLEL_MIN_MACS = 4_000_000
 PAR_TASKS = 8  # aim for at least this many parallel tasks (load balance over 2 threads)
-
-# Linux arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
-_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
-
-
-def has_amx(target: tvm.target.Target) -> bool:
-    from .. import tvm_compat
-
-    return str(target.kind.name) == "llvm" and tvm_compat.has_feature(target, "amx-int8") \
-        and tvm_compat.has_feature(target, "amx-tile")
-
 
 # ------------------------------------------------------------------------------------------
 # geometry
@@ -141,10 +135,6 @@ class AmxGeom:
         return self.MO * self.MP + self.MO + self.MP
 
 
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b) * b
-
-
 def choose_kc(cpg: int) -> int:
     """Bytes per tile row: 64 (padding the channels), or the whole (4-padded) channel count if smaller."""
     return 64 if cpg >= 64 else _ceil(cpg, 4)
@@ -207,7 +197,7 @@ def pack_weight(weight: np.ndarray, g: AmxGeom) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(0, 2, 4, 1, 3))
 
 
-def amx_consts(p: QConv2dParams, g: AmxGeom, in_dtype: str) -> dict[str, np.ndarray]:
+def amx_consts(p: QConv2dParams, g: AmxGeom) -> dict[str, np.ndarray]:
     w = np.asarray(p.weight, np.int8)
     out = {"wpk": pack_weight(w, g), "bias": np.asarray(p.bias, np.int32).reshape(-1)}
     for k, v in common.epilogue_consts(p, g.O).items():
@@ -223,14 +213,6 @@ def _intrin(name: str, *args):
     from tvm.script.ir_builder import tirx as T
 
     T.evaluate(T.call_llvm_intrin("void", "llvm.x86." + name, *args))
-
-
-class _nullctx:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
 
 
 def build_amx_primfunc(g: AmxGeom, p, in_dtype: str, request_perm: bool = True) -> tirx.PrimFunc:
@@ -254,8 +236,8 @@ def build_amx_primfunc(g: AmxGeom, p, in_dtype: str, request_perm: bool = True) 
                 out = T.arg("out", T.Buffer((g.N, g.O, g.OH, g.OW), p.out_dtype))
             T.func_attr({"tirx.noalias": True})
             if request_perm:
-                rc = T.call_extern("int64", "syscall", T.int64(_SYS_ARCH_PRCTL), T.int64(_ARCH_REQ_XCOMP_PERM),
-                                   T.int64(_XFEATURE_XTILEDATA))
+                rc = T.call_extern("int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM),
+                                   T.int64(XFEATURE_XTILEDATA))
                 with T.Assert(rc == T.int64(0), "AMX: Linux refused tile-data permission "
                               "(arch_prctl ARCH_REQ_XCOMP_PERM); rebuild for a target without amx-int8"):
                     _body(g, p, T, data, wpk, bias, epi, out)
@@ -397,8 +379,8 @@ def _gemm_stage(g: AmxGeom, p, T, pack, wpk, bias, epi, out, parallel):
         with T.serial(0, pb_per) as pbi:
             pb = pbo * pb_per + pbi
             guard = split * pb_per != g.PB
-            with T.If(pb < g.PB) if guard else _nullctx():
-                with T.Then() if guard else _nullctx():
+            with T.If(pb < g.PB) if guard else contextlib.nullcontext():
+                with T.Then() if guard else contextlib.nullcontext():
                     _gemm_block(g, p, T, n, ob, pb, pack, wpk, bias, epi, dst, ctile, direct)
         _intrin("tilerelease")
 
@@ -456,8 +438,8 @@ def _gemm_block(g: AmxGeom, p, T, n, ob, pb, pack, wpk, bias, epi, dst, ctile, d
                     else:
                         T.buffer_store(dst, y, [(n * g.O + o) * g.Mpad + i])
 
-                with (T.If(o < g.O) if g.O_pad != g.O else _nullctx()):
-                    with (T.Then() if g.O_pad != g.O else _nullctx()):
+                with (T.If(o < g.O) if g.O_pad != g.O else contextlib.nullcontext()):
+                    with (T.Then() if g.O_pad != g.O else contextlib.nullcontext()):
                         if direct and g.Mpad != g.M:  # last pixel tile may run past the plane
                             # the only partial tile is the plane's last one (tiles past it store nothing):
                             # a constant-count loop (LLVM 22 mis-vectorised the per-pixel `if` form here,
@@ -504,14 +486,14 @@ def lower_conv2d(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dParams, tar
         raise ValueError(f"quantized conv needs int8/uint8 data, got {in_dtype}")
     g = amx_geom(shape, p)
     func = build_amx_primfunc(g, p, in_dtype)
-    consts = amx_consts(p, g, in_dtype)
+    consts = amx_consts(p, g)
     return common.emit_call(bb, data, func, consts, name or "qconv2d_amx", (g.N, g.O, g.OH, g.OW), p.out_dtype)
 
 
 def dense_geom(data_shape, p: QDenseParams) -> AmxGeom:
     N, K = (int(v) for v in data_shape)
     g = amx_geom((1, K, N, 1), common.dense_as_conv(p))
-    return AmxGeom(**{**g.__dict__, "dense": True})
+    return dataclasses.replace(g, dense=True)
 
 
 def lower_dense(bb: relax.BlockBuilder, data: relax.Expr, p: QDenseParams, target: tvm.target.Target,
@@ -522,5 +504,5 @@ def lower_dense(bb: relax.BlockBuilder, data: relax.Expr, p: QDenseParams, targe
     pc = common.dense_as_conv(p)
     g = dense_geom(shape, p)
     func = build_amx_primfunc(g, pc, in_dtype)
-    consts = amx_consts(pc, g, in_dtype)
+    consts = amx_consts(pc, g)
     return common.emit_call(bb, data, func, consts, name or "qdense_amx", (shape[0], g.O), p.out_dtype)

@@ -37,22 +37,6 @@ AVX2_INTRIN = "isq_dot_16x2_u8i16i32_avx2_pmaddwd"
 # T.prim_func's inspect.stack() is slow with torch/onnx loaded: parse under a cheap stand-in.
 with common.cheap_tvmscript_parsing():
     @T.prim_func(s_tir=True)
-    def _vnni_desc(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-
-    @T.prim_func(s_tir=True)
     def _vnni_impl(
         A: T.Buffer((4,), "uint8", offset_factor=1),
         B: T.Buffer((16, 4), "int8", offset_factor=1),
@@ -70,22 +54,6 @@ with common.cheap_tvmscript_parsing():
                 B.vload([0, 0], dtype="int8x64"),
                 dtype="int32x16",
             )
-
-
-    @T.prim_func(s_tir=True)
-    def _pmaddwd_desc(
-        A: T.Buffer((2,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 2), "int16", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:2], B[0:16, 0:2])
-            T.writes(C[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 2):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
 
     @T.prim_func(s_tir=True)
@@ -109,7 +77,8 @@ with common.cheap_tvmscript_parsing():
 
 def register_intrinsics() -> str:
     """Register the fixed VNNI intrinsic and the exact AVX2 one (idempotent)."""
-    for name, desc, impl in ((VNNI_INTRIN, _vnni_desc, _vnni_impl), (AVX2_INTRIN, _pmaddwd_desc, _avx2_impl)):
+    for name, desc, impl in ((VNNI_INTRIN, common.dot_desc(16, 4, "uint8", "int8"), _vnni_impl),
+                             (AVX2_INTRIN, common.dot_desc(16, 2, "uint8", "int16"), _avx2_impl)):
         if TensorIntrin.get(name, allow_missing=True) is None:
             TensorIntrin.register(name, desc, impl)
     return VNNI_INTRIN
@@ -123,10 +92,9 @@ register_intrinsics()
 # ------------------------------------------------------------------------------------------
 
 def _has(target: tvm.target.Target, feature: str) -> bool:
-    from tvm.target import codegen
+    from .. import tvm_compat
 
-    with target:
-        return bool(codegen.llvm_cpu_has_features(feature, target))
+    return tvm_compat.has_feature(target, feature)
 
 
 def has_vnni(target: tvm.target.Target) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
 
 from ..errors import IsquantError
@@ -61,8 +62,6 @@ def request_amx_permission() -> bool:
                       ctypes.c_long(XFEATURE_XTILEDATA))
     if rc != 0:
         err = ctypes.get_errno()
-        import os
-
         raise IsquantError(
             f"the CPU has AMX but Linux refused AMX tile-data permission (arch_prctl(ARCH_REQ_XCOMP_PERM, "
             f"XFEATURE_XTILEDATA) failed: {os.strerror(err) if err else 'rc=' + str(rc)}); AMX needs Linux >= 5.16 "
@@ -73,13 +72,14 @@ def request_amx_permission() -> bool:
 
 
 def target_uses_amx(target) -> bool:
-    """Whether an LLVM target (tvm Target or its JSON dict) enables amx-int8."""
+    """Whether an LLVM target (tvm Target or its JSON dict) enables AMX int8 tiles (amx-int8, amx-tile)."""
     try:
         import tvm
 
         from .. import tvm_compat
 
         t = target if isinstance(target, tvm.target.Target) else tvm_compat.make_target(target)
-        return str(t.kind.name) == "llvm" and tvm_compat.has_feature(t, "amx-int8")
+        return (str(t.kind.name) == "llvm" and tvm_compat.has_feature(t, "amx-int8")
+                and tvm_compat.has_feature(t, "amx-tile"))
     except Exception:  # noqa: BLE001 - a foreign/unknown target: not AMX
         return False

@@ -24,13 +24,11 @@ def apply_tuning_records(mod: tvm.IRModule, target: tvm.target.Target,
     return apply_records(mod, target, records)
 
 
-def build(mod: tvm.IRModule, target: tvm.target.Target, tuning_records: str | Path | None = None) -> Any:
+def build(mod: tvm.IRModule, target: tvm.target.Target) -> Any:
     """tvm.compile with the default Relax pipeline (LegalizeOps + VM codegen).
 
     Integer ops arrive here already legalized by our own pass (passes/legalize.py), so the default
-    pipeline only has the float remainder and glue to lower. With `tuning_records`, the kept tuned
-    kernels replace our hand-scheduled ones first (apply_tuning_records)."""
-    mod, _ = apply_tuning_records(mod, target, tuning_records)
+    pipeline only has the float remainder and glue to lower."""
     start = time.perf_counter()
     executable = tvm_compat.build(mod, target)
     log.info("built for %s in %.1f s", target.attrs.get("mcpu", target.kind.name), time.perf_counter() - start)

@@ -30,9 +30,9 @@ def _host_spec() -> dict[str, Any]:
     spec: dict[str, Any] = {"kind": "llvm", "mcpu": tvm_compat.system_cpu(), "num-cores": os.cpu_count() or 1}
     # Virtualised Xeons can report a CPU model LLVM maps to a client core without AMX (this machine's
     # Sapphire-Rapids-class vCPU is 'rocketlake'): trust the kernel's flags and switch the tiles on.
-    from .amx import host_has_amx
+    from .amx import host_has_amx, target_uses_amx
 
-    if host_has_amx() and not tvm_compat.has_feature(tvm_compat.make_target(spec), "amx-int8"):
+    if host_has_amx() and not target_uses_amx(spec):
         spec["mattr"] = ["+amx-tile", "+amx-int8"]
     return spec
 

@@ -137,6 +137,14 @@ def _flatten_outputs(out: Any) -> list[np.ndarray]:
     return result
 
 
+def set_thread_count(num_threads: int | None = None) -> None:
+    """Set TVM_NUM_THREADS, which TVM reads when a process's thread pool starts: `num_threads`, else keep the
+    user's TVM_NUM_THREADS, else every core. TVM alone sizes its pool to half the logical CPUs on x86 (it
+    assumes SMT): 1 thread on a 2-vCPU machine, where the documented default is all of them."""
+    if num_threads or (num_threads is None and "TVM_NUM_THREADS" not in os.environ):
+        os.environ["TVM_NUM_THREADS"] = str(num_threads or os.cpu_count() or 1)
+
+
 def load_local(library: str | Path, num_threads: int | None = None) -> VMRunner:
     import tvm
 
@@ -148,12 +156,7 @@ def load_local(library: str | Path, num_threads: int | None = None) -> VMRunner:
     if triple and not triple.startswith(platform.machine()):
         raise IsquantError(f"{path}: built for {triple}, this machine is {platform.machine()}; run it on the board"
                            " with --rpc HOST:PORT or --rpc-tracker HOST:PORT --rpc-key KEY")
-    # TVM sizes its pool to half the logical CPUs on x86 (it assumes SMT): 1 thread on a 2-vCPU machine.
-    # The documented default is every core, so say so explicitly unless the user already chose.
-    if num_threads is None and "TVM_NUM_THREADS" not in os.environ:
-        num_threads = os.cpu_count() or 1
-    if num_threads:
-        os.environ["TVM_NUM_THREADS"] = str(num_threads)
+    set_thread_count(num_threads)
     try:
         lib = tvm_compat.load_module(str(path))
     except Exception as err:

@@ -655,14 +655,13 @@ def tune(model: Any, target: str | dict[str, Any] | tvm.target.Target = "x86", o
     from ..frontend import ImportedModel
     from ..quantize import quantize_model
     from .presets import resolve_target
+    from .runner import set_thread_count
 
     if quantize not in ("isquant", "rtn"):
         raise IsquantError("tune works on the integer graph: --quantize must be isquant or rtn")
     if num_threads is not None and num_threads < 1:
         raise IsquantError("--num-threads must be at least 1")
-    # TVM reads this when its thread pool starts (here, or in the runner's worker processes)
-    if num_threads is not None or "TVM_NUM_THREADS" not in os.environ:
-        os.environ["TVM_NUM_THREADS"] = str(num_threads or os.cpu_count() or 1)
+    set_thread_count(num_threads)  # before anything starts TVM's pool, here or in the runner's workers
     tgt = resolve_target(target)
     check_board(rpc_tracker, rpc_key)
     imported = model if isinstance(model, ImportedModel) else load(model, input_shapes=input_shapes)
