@@ -84,7 +84,11 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
         bn = bn_ranges.conv_batchnorms(model.mod)
         conv_vars = [layer.var for layer in layers if layer.kind == "conv2d"]
         if len(bn) == len(conv_vars) and any(s is not None for s in bn):
-            from_bn = bn_ranges.ranges_from_dists(bn_ranges.propagate(float_mod, conv_vars, bn), rule=bn_rule, k=bn_k)
+            dists = bn_ranges.propagate(float_mod, conv_vars, bn)
+            forward = None
+            if any(d.mixed for d in dists.values()):
+                forward = bn_ranges.matched_forward(float_mod, conv_vars, bn, shapes)
+            from_bn = bn_ranges.ranges_from_dists(dists, rule=bn_rule, k=bn_k, forward=forward)
             chosen.update(from_bn)
             method = "bn+" + method
         elif activation_ranges == "bn":

@@ -118,11 +118,13 @@ def collect(mod: tvm.IRModule, batches: Iterable[Sequence[np.ndarray]], percenti
     """Statistics of every float binding (and parameter) of `main` over `batches`."""
     interp = Interpreter(mod)
     stats: dict[Any, TensorStats] = {}
+
+    def observe(var: Any, value: Any) -> None:
+        if isinstance(value, np.ndarray) and value.dtype == np.float32 and value.size:
+            stats.setdefault(var, TensorStats()).update(value, percentile)
+
     for batch in batches:
-        _, env = interp.run(batch, capture=True, hooks=hooks)
-        for var, value in env.items():
-            if isinstance(value, np.ndarray) and value.dtype == np.float32 and value.size:
-                stats.setdefault(var, TensorStats()).update(value, percentile)
+        interp.run(batch, hooks=hooks, observe=observe)
         if progress is not None:
             progress.update()
     return stats

@@ -219,7 +219,7 @@ OPS: dict[str, Callable[[list[Any], Any, str], np.ndarray]] = {
     "relax.mean": _mean,
     "relax.nn.avg_pool2d": lambda a, at, dt: _avg_pool2d(a[0], at).astype(dt),
     "relax.sum": lambda a, at, dt: a[0].sum(axis=tuple(_ints(at.axis)), keepdims=bool(at.keepdims)).astype(dt),
-    "relax.reshape": lambda a, at, dt: a[0].reshape(a[1]),
+    "relax.reshape": lambda a, at, dt: _reshape(a[0], a[1]),
     "relax.flatten": lambda a, at, dt: a[0].reshape(a[0].shape[0], -1),
     "relax.permute_dims": lambda a, at, dt: np.transpose(a[0], _ints(at.axes) if at.axes is not None else None),
     "relax.concat": lambda a, at, dt: np.concatenate(a[0], axis=int(at.axis)),
@@ -228,6 +228,14 @@ OPS: dict[str, Callable[[list[Any], Any, str], np.ndarray]] = {
     "relax.squeeze": lambda a, at, dt: np.squeeze(a[0], axis=tuple(_ints(at.axis)) if at.axis is not None else None),
     "relax.nn.adaptive_avg_pool2d": lambda a, at, dt: a[0].mean(axis=(2, 3), keepdims=True).astype(dt),
 }
+
+
+def _reshape(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    # A module imported for batch 1 names its batch in reshape targets; statistics passes feed it a
+    # whole batch at once (BatchNorm matching needs batch moments), so the batch axis is carried over.
+    if int(np.prod(shape)) != x.size and len(shape) and int(shape[0]) == 1 and x.ndim and x.shape[0] > 1:
+        return x.reshape((x.shape[0],) + tuple(int(d) for d in shape[1:]))
+    return x.reshape(shape)
 
 
 def _avg_pool2d(x: np.ndarray, at: Any) -> np.ndarray:
@@ -260,19 +268,44 @@ class Interpreter:
         self.main = mod["main"]
 
     def run(self, inputs: Sequence[np.ndarray], capture: bool = False,
-            hooks: Mapping[Any, Callable[[np.ndarray], np.ndarray]] | None = None) -> tuple[list[np.ndarray], Env]:
-        """`hooks` replace a binding's value by hook(value) before later bindings see it."""
+            hooks: Mapping[Any, Callable[[np.ndarray], np.ndarray]] | None = None,
+            observe: Callable[[Any, Any], None] | None = None) -> tuple[list[np.ndarray], Env]:
+        """`hooks` replace a binding's value by hook(value) before later bindings see it. `observe`
+        sees every parameter and binding value once; without `capture`, values are then dropped
+        after their last use, so statistics over large batches do not hold every tensor at once."""
         env: Env = {}
+        last_use = None if capture else self._last_uses()
         for param, value in zip(self.main.params, inputs):
             env[param] = np.asarray(value)
-        for binding in bindings(self.main):
+            if observe is not None:
+                observe(param, env[param])
+        for i, binding in enumerate(bindings(self.main)):
             value = self._eval(binding.value, env, binding.var)
             if hooks and binding.var in hooks:
                 value = hooks[binding.var](value)
             env[binding.var] = value
+            if observe is not None:
+                observe(binding.var, value)
+            if last_use is not None:
+                for var in last_use.get(i, ()):
+                    env.pop(var, None)
         result = self._eval(self.main.body.body, env, None)
         outputs = list(result) if isinstance(result, (list, tuple)) else [result]
         return outputs, (env if capture else {})
+
+    def _last_uses(self) -> dict[int, list[Any]]:
+        """binding index -> vars read for the last time there (the function's result excluded)."""
+        last: dict[Any, int] = {}
+        for i, binding in enumerate(bindings(self.main)):
+            relax.analysis.post_order_visit(binding.value, lambda e, i=i: last.__setitem__(e, i)
+                                            if isinstance(e, relax.Var) else None)
+        keep: set[Any] = set()
+        relax.analysis.post_order_visit(self.main.body.body, lambda e: keep.add(e) if isinstance(e, relax.Var) else None)
+        out: dict[int, list[Any]] = {}
+        for var, i in last.items():
+            if var not in keep:
+                out.setdefault(i, []).append(var)
+        return out
 
     def _eval(self, expr: Any, env: Env, var: Any) -> Any:
         if isinstance(expr, relax.Var):

@@ -4,6 +4,9 @@
   ort-fp32      onnxruntime CPU EP on the built-in float ONNX model
   ort-int8      onnxruntime quantize_static (QOperator, per-tensor, uint8 activations, int8 symmetric
                 weights, MinMax calibration on synthetic images) after quant_pre_process
+  ort-int8-noamx  the same model with AMX denied to onnxruntime (a seccomp filter fails its tile-permission
+                request, so MLAS uses its AVX-512 VNNI kernels): on AMX CPUs, the like-for-like peer of
+                isquant-int8-vnni. Every onnxruntime row records in "amx_permission" whether it had AMX.
   tvm-fp32      isquant_tvm.compile(..., quantize="none"): the default (untuned) TVM float build
   isquant-int8  isquant_tvm.compile(..., quantize="isquant", target="x86"): the data-free int8 build for
                 this CPU as a user gets it (AMX tiles where the CPU has them, else AVX-512 VNNI / AVX2)
@@ -41,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-ENGINES = ("ort-fp32", "ort-int8", "tvm-fp32", "isquant-int8", "isquant-int8-vnni", "isquant-int8-amx",
+ENGINES = ("ort-fp32", "ort-int8", "ort-int8-noamx", "tvm-fp32", "isquant-int8", "isquant-int8-vnni", "isquant-int8-amx",
            "isquant-int8-tuned")
 DEFAULT_ENGINES = ("ort-fp32", "ort-int8", "tvm-fp32", "isquant-int8")
 # engine -> (quantize mode, target preset)
@@ -50,6 +53,7 @@ TVM_ENGINES = {"tvm-fp32": ("none", "x86"), "isquant-int8": ("isquant", "x86"),
                # MetaSchedule tunes the VNNI kernels (AMX kernels are hand-written IRBuilder code, not tunable)
                "isquant-int8-tuned": ("isquant", "x86-avx512")}
 SLOW_ENGINES = ("tvm-fp32",)
+REFERENCES = ("ort-int8", "ort-fp32", "ort-int8-noamx")  # ratio columns, when measured in the run
 DEFAULT_MODELS = ("resnet18", "squeezenet1_1", "mobilenet_v2")
 INPUT_SEED = 1234  # the timed input; calibration images use other seeds
 
@@ -135,16 +139,18 @@ def prepare_model(model: str, engines: list[str], work: Path, calib_count: int, 
     onnx.save(proto, str(fp32))
     if "ort-fp32" in engines:
         out["paths"]["ort-fp32"] = str(fp32)
-    if "ort-int8" in engines:
+    if "ort-int8" in engines or "ort-int8-noamx" in engines:
         t0 = time.perf_counter()
         log(f"[{model}] onnxruntime quantize_static ...")
         try:
             dst = work / f"{model}.ort-int8.onnx"
             out["notes"]["ort-int8"] = make_ort_int8(fp32, dst, name, shape, calib_count, info.mean, info.std)
-            out["paths"]["ort-int8"] = str(dst)
+            out["paths"]["ort-int8"] = out["paths"]["ort-int8-noamx"] = str(dst)
+            out["notes"]["ort-int8-noamx"] = out["notes"]["ort-int8"]
         except Exception as err:  # keep benchmarking the other engines
-            out["errors"]["ort-int8"] = f"quantize_static failed: {type(err).__name__}: {err}"
-        out["prepare_s"]["ort-int8"] = round(time.perf_counter() - t0, 1)
+            out["errors"]["ort-int8"] = out["errors"]["ort-int8-noamx"] = \
+                f"quantize_static failed: {type(err).__name__}: {err}"
+        out["prepare_s"]["ort-int8"] = out["prepare_s"]["ort-int8-noamx"] = round(time.perf_counter() - t0, 1)
     for engine, (mode, target) in TVM_ENGINES.items():
         if engine not in engines:
             continue
@@ -173,6 +179,10 @@ def prepare_model(model: str, engines: list[str], work: Path, calib_count: int, 
 # ------------------------------------------------------------------------------------------------
 
 def _worker_ort(spec: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
+    from isquant_tvm.targets import amx
+
+    if spec["engine"] == "ort-int8-noamx":
+        amx.deny_amx_permission()  # before the import: MLAS asks for the tiles when it is loaded
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -191,7 +201,8 @@ def _worker_ort(spec: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
         for _ in range(spec["number"]):
             sess.run(None, feed)
         times.append((time.perf_counter() - t0) / spec["number"])
-    return {"times_s": times, "output": out, "runtime_threads": spec["threads"]}
+    return {"times_s": times, "output": out, "runtime_threads": spec["threads"],
+            "amx_permission": amx.tile_permission_granted() if amx.host_has_amx() else False}
 
 
 def _worker_tvm(spec: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
@@ -268,17 +279,18 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def print_table(model: str, rows: list[dict[str, Any]]) -> None:
     shape = rows[0].get("input_shape") if rows else None
+    refs = [e for e in REFERENCES if any(r.get("ratio_vs_" + e.replace("-", "_")) for r in rows)] or ["ort-int8"]
     print(f"\n== {model}  (input {shape}, batch 1; median ms; ratio = engine ms / reference ms, < 1 is faster)")
-    head = (f"{'engine':<20}{'threads':>8}{'median ms':>12}{'runs':>6}{'/ort-int8':>11}{'/ort-fp32':>11}"
-            f"{'cos vs ort-fp32':>17}{'load1':>7}")
+    head = (f"{'engine':<20}{'threads':>8}{'median ms':>12}{'runs':>6}" + "".join(f"{'/' + e:>16}" for e in refs)
+            + f"{'cos vs ort-fp32':>17}{'load1':>7}")
     print(head)
     print("-" * len(head))
     for r in rows:
         if r.get("error"):
             print(f"{r['engine']:<20}{r['threads']:>8}  ERROR: {r['error']}")
             continue
-        print(f"{r['engine']:<20}{r['threads']:>8}{r['median_ms']:>12.2f}{r['repeat']:>6}"
-              f"{_fmt(r['ratio_vs_ort_int8'], '.2f'):>11}{_fmt(r['ratio_vs_ort_fp32'], '.2f'):>11}"
+        ratios = "".join(f"{_fmt(r.get('ratio_vs_' + e.replace('-', '_')), '.2f'):>16}" for e in refs)
+        print(f"{r['engine']:<20}{r['threads']:>8}{r['median_ms']:>12.2f}{r['repeat']:>6}{ratios}"
               f"{_fmt(r['cos_vs_ort_fp32'], '.4f'):>17}{_fmt((r['loadavg_before'] or [None])[0], '.2f'):>7}")
 
 
@@ -287,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Ratios are time ratios against ort-int8 / ort-fp32 measured in the same run at the same "
+        epilog="Ratios are time ratios against ort-int8 / ort-fp32 (/ ort-int8-noamx) measured in the same run at the same "
                "thread count (0.5 = twice as fast). 'cos' is the cosine similarity of the engine's logits "
                "with ort-fp32's on the same input (a sanity check, not an accuracy figure: the built-in "
                "models have synthetic weights).")
@@ -384,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             # ratios and output checks against the references measured in this run
             for r in model_rows:
                 refs = {e: next((x for x in model_rows if x["engine"] == e and x["threads"] == r["threads"]
-                                 and x.get("median_ms")), None) for e in ("ort-int8", "ort-fp32")}
+                                 and x.get("median_ms")), None) for e in REFERENCES}
                 for e, ref in refs.items():
                     key = "ratio_vs_" + e.replace("-", "_")
                     r[key] = r["median_ms"] / ref["median_ms"] if ref and r.get("median_ms") else None

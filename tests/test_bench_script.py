@@ -18,14 +18,14 @@ def test_bench_script_writes_rows(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--models", "resnet20-cifar", "--threads", "1",
-         "--engines", "ort-fp32", "ort-int8", "isquant-int8", "--repeat", "3", "--json", str(out)],
+         "--engines", "ort-fp32", "ort-int8", "ort-int8-noamx", "isquant-int8", "--repeat", "3", "--json", str(out)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "median ms" in proc.stdout
     rows = json.loads(out.read_text())
     assert isinstance(rows, list)
     assert [(r["model"], r["engine"], r["threads"]) for r in rows] == [
-        ("resnet20-cifar", e, 1) for e in ("ort-fp32", "ort-int8", "isquant-int8")]
+        ("resnet20-cifar", e, 1) for e in ("ort-fp32", "ort-int8", "ort-int8-noamx", "isquant-int8")]
     by_engine = {r["engine"]: r for r in rows}
     for r in rows:
         assert "error" not in r, r["error"]
@@ -38,6 +38,12 @@ def test_bench_script_writes_rows(tmp_path: Path) -> None:
         # every engine computes (approximately) the same logits on the same input
         assert r["cos_vs_ort_fp32"] > 0.98
     assert by_engine["ort-int8"]["ratio_vs_ort_int8"] == pytest.approx(1.0)
+    # onnxruntime's MLAS takes the AMX tiles when it is imported on an AMX CPU; the noamx engine is denied them
+    from isquant_tvm.targets.amx import host_has_amx
+
+    assert by_engine["ort-int8"]["amx_permission"] is host_has_amx()
+    assert by_engine["ort-int8-noamx"]["amx_permission"] is False
+    assert by_engine["ort-int8-noamx"]["ratio_vs_ort_int8_noamx"] == pytest.approx(1.0)
 
 
 def test_bench_script_help_documents_every_flag() -> None:

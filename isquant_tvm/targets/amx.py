@@ -83,3 +83,45 @@ def target_uses_amx(target) -> bool:
                 and tvm_compat.has_feature(t, "amx-tile"))
     except Exception:  # noqa: BLE001 - a foreign/unknown target: not AMX
         return False
+
+
+def tile_permission_granted() -> bool:
+    """Whether this process holds AMX tile-data permission (someone in it asked and Linux agreed)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    mask = ctypes.c_uint64(0)
+    rc = libc.syscall(ctypes.c_long(SYS_ARCH_PRCTL), ctypes.c_long(ARCH_GET_XCOMP_PERM), ctypes.byref(mask))
+    return rc == 0 and bool(mask.value >> XFEATURE_XTILEDATA & 1)
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def deny_amx_permission() -> None:
+    """Make every later ARCH_REQ_XCOMP_PERM of this process fail with EPERM (a seccomp filter, which
+    cannot be undone and is inherited by child processes), so libraries that probe for AMX (e.g.
+    onnxruntime's MLAS, which asks when it is imported) fall back to their AVX-512 VNNI kernels.
+    For like-for-like benchmarks on AMX machines; call it before importing such a library."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        raise IsquantError("denying AMX permission needs x86-64 Linux")
+    ld_abs_w, jeq_k, ret_k = 0x20, 0x15, 0x06
+    prog = [
+        _SockFilter(ld_abs_w, 0, 0, 0),  # seccomp_data.nr
+        _SockFilter(jeq_k, 0, 3, SYS_ARCH_PRCTL),
+        _SockFilter(ld_abs_w, 0, 0, 16),  # seccomp_data.args[0], low 32 bits
+        _SockFilter(jeq_k, 0, 1, ARCH_REQ_XCOMP_PERM),
+        _SockFilter(ret_k, 0, 0, 0x00050000 | 1),  # SECCOMP_RET_ERRNO | EPERM
+        _SockFilter(ret_k, 0, 0, 0x7FFF0000),  # SECCOMP_RET_ALLOW
+    ]
+    filters = (_SockFilter * len(prog))(*prog)
+    fprog = _SockFprog(len(prog), filters)
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
+    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0 or \
+            libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(fprog), 0, 0) != 0:
+        raise IsquantError(f"could not install the seccomp filter that denies AMX: {os.strerror(ctypes.get_errno())}")
