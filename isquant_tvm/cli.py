@@ -62,6 +62,9 @@ def _add_quant_args(p: argparse.ArgumentParser, default_quantize: str) -> None:
                    help="folder of images or .npz of preprocessed inputs for calibrated activation ranges (optional)")
     g.add_argument("--calibration-method", choices=["minmax", "percentile"], default="percentile",
                    help="how calibration samples set a range (default: percentile 99.99)")
+    g.add_argument("--calibration-count", type=int, default=64, metavar="N",
+                   help="calibration samples to use: the first N images of a folder / arrays of an .npz, or N"
+                        " evenly spaced images of a labelled set (default 64)")
     g.add_argument("--report", metavar="PATH", help="write the per-layer quantization report (JSON) here")
 
 
@@ -194,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _quant_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {"granularity": args.granularity, "weight_bits": args.weight_bits,
                                "activation_ranges": args.activation_ranges, "calibration": args.calibration,
-                               "calibration_method": args.calibration_method}
+                               "calibration_method": args.calibration_method,
+                               "calibration_count": args.calibration_count}
     if args.rounding:
         options["rounding"] = args.rounding
     elif getattr(args, "quantize", "isquant") == "rtn":

@@ -35,7 +35,7 @@ class QuantizedModel:
 
 def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = None, rounding: str = "squant",
                    granularity: str = "per-tensor", weight_bits: int = 8, activation_ranges: str = "auto",
-                   calibration: str | Sequence[np.ndarray] | None = None, calibration_method: str = "percentile",
+                   calibration: str | None = None, calibration_method: str = "percentile", calibration_count: int = 64,
                    synthetic_count: int = 8, sigma_factor: float = 25.0, input_range: float | None = None,
                    synthetic: str = "smooth", range_rule: str = "sigma", bn_rule: str = "ksigma", bn_k: float = 6.0,
                    progress: bool = True, only_reference: bool = False) -> QuantizedModel:
@@ -46,6 +46,7 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
         raise IsquantError("the integer graph runs int8 weights: --weight-bits must be 8 for compile"
                            " (lower widths are available in `quantize` for research)")
     timings: dict[str, float] = {}
+    forward_error: str | None = None
     start = time.perf_counter()
     layers = find_layers(float_mod["main"], model.layer_names)
     if not layers:
@@ -67,7 +68,9 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
             raise IsquantError("--activation-ranges calibration needs --calibration PATH (images folder or .npz)")
         from .datasets import load_calibration
 
-        batches = load_calibration(calibration, model.inputs)
+        if calibration_count < 1:
+            raise IsquantError(f"--calibration-count must be at least 1, got {calibration_count}")
+        batches = load_calibration(calibration, model.inputs, limit=calibration_count)
         method = calibration_method
         pct = 99.99 if method == "percentile" else None
     else:
@@ -87,7 +90,14 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
             dists = bn_ranges.propagate(float_mod, conv_vars, bn)
             forward = None
             if any(d.mixed for d in dists.values()):
-                forward = bn_ranges.matched_forward(float_mod, conv_vars, bn, shapes)
+                t0 = time.perf_counter()
+                try:
+                    forward = bn_ranges.matched_forward(float_mod, conv_vars, bn, shapes)
+                    timings["matched_forward_s"] = time.perf_counter() - t0
+                except Exception as err:  # noqa: BLE001 - a refinement: the propagated ranges still stand
+                    forward_error = f"{type(err).__name__}: {err}"
+                    log.warning("%s: the BatchNorm-matched forward failed (%s); residual adds keep the propagated"
+                                " BatchNorm ranges", model.source, forward_error)
             from_bn = bn_ranges.ranges_from_dists(dists, rule=bn_rule, k=bn_k, forward=forward)
             chosen.update(from_bn)
             method = "bn+" + method
@@ -119,6 +129,10 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
         "activation_ranges": method,
         "float_fallback_ops": sum(result.fallbacks.values()),
     }
+    if calibrated:
+        summary["calibration_samples"] = len(batches)
+    if forward_error:
+        summary["matched_forward_error"] = forward_error
     report = {"summary": summary, "layers": layer_reports, "tensors": result.tensors,
               "fallbacks": result.fallbacks, "lowerings": lowerings, "timings": timings,
               "input_range": input_range}

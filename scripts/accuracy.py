@@ -31,8 +31,6 @@ leaves the finished part.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import os
 import platform
 import sys
@@ -225,30 +223,6 @@ def run_ort_columns(name: str, columns: list[str], fp32_path: Path, dataset: Any
 # TVM columns (isquant_tvm.evaluate: int8 build at batch 1, fp32 in onnxruntime)
 # ------------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def calibration_count(count: int, seen: list[int]) -> Iterator[None]:
-    """quantize_model reads its calibration samples with datasets.load_calibration's default count
-    (64) and offers no option for it; raise the default to `count` for the duration (an explicit
-    `limit` given by the caller still wins). load_calibration takes evenly spaced images of a
-    labelled set, so this is `count` evenly spaced images of the evaluated set. The number of
-    samples actually loaded is appended to `seen`."""
-    import isquant_tvm.datasets as datasets
-
-    original = datasets.load_calibration
-
-    @functools.wraps(original)
-    def patched(path: Any, inputs: Any, limit: int = count) -> Any:
-        batches = original(path, inputs, limit=limit)
-        seen.append(len(batches))
-        return batches
-
-    datasets.load_calibration = patched
-    try:
-        yield
-    finally:
-        datasets.load_calibration = original
-
-
 def import_model(name: str, data_dir: Path) -> Any:
     import onnx
 
@@ -275,13 +249,10 @@ def run_tvm_column(name: str, column: str, model: Any, dataset: Any, data_path: 
     if column == "isquant-rtn":
         options = {"rounding": "rtn"}
     elif column == "isquant-calibrated":
-        options = {"calibration": str(data_path), "calibration_method": "minmax"}
-    seen: list[int] = []
+        options = {"calibration": str(data_path), "calibration_method": "minmax", "calibration_count": CALIB_IMAGES}
     t0 = time.perf_counter()
     try:
-        with calibration_count(CALIB_IMAGES, seen) if column == "isquant-calibrated" else contextlib.nullcontext():
-            res = evaluate(model, dataset, limit=limit, quant_options=options or None, progress=True,
-                           sqnr_samples=0)
+        res = evaluate(model, dataset, limit=limit, quant_options=options or None, progress=True, sqnr_samples=0)
     except Exception as err:  # keep the other columns
         msg = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
         _log(f"[{name}] {column}: failed: {msg}\n{traceback.format_exc()}")
@@ -296,7 +267,7 @@ def run_tvm_column(name: str, column: str, model: Any, dataset: Any, data_path: 
             "seconds": round(time.perf_counter() - t0, 1), "engine": ENGINES[column],
             "logit_cosine_mean": round(res["logit_cosine_mean"], 6),
             "activation_ranges": summary.get("activation_ranges"), "rounding": summary.get("rounding"),
-            **({"calibration_images": seen[-1]} if seen else {})})
+            **({"calibration_images": summary["calibration_samples"]} if "calibration_samples" in summary else {})})
 
 
 # ------------------------------------------------------------------------------------------------

@@ -97,3 +97,18 @@ def test_streaming_interpreter_matches_captured_run() -> None:
     assert env == {} and len(seen) == len(full) == 9  # the parameter and every binding, each once
     np.testing.assert_array_equal(streamed[0], captured[0])
     assert streamed[0].shape == (3, C * 64)
+
+
+def test_a_failing_matched_forward_falls_back_with_a_warning(monkeypatch, caplog) -> None:
+    import isquant_tvm as iq
+
+    def broken(*args, **kwargs):
+        raise ValueError("cannot reshape array")
+
+    monkeypatch.setattr(bn_ranges, "matched_forward", broken)
+    with caplog.at_level("WARNING"):
+        result = iq.compile("builtin:resnet20-cifar", quantize="isquant", progress=False)
+    assert "matched forward failed" in caplog.text
+    assert result.report["summary"]["matched_forward_error"] == "ValueError: cannot reshape array"
+    rules = {t["rule"] for t in result.report["tensors"]}
+    assert bn_ranges.FORWARD_RULE not in rules and "BatchNorm statistics" in rules
