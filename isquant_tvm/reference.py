@@ -7,6 +7,7 @@ compares TVM's output with this interpreter checks the lowerings against the op 
 Integer convolutions use float64 BLAS: every int8×uint8 product sum below 2^53 is exact."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -274,7 +275,7 @@ class Interpreter:
         sees every parameter and binding value once; without `capture`, values are then dropped
         after their last use, so statistics over large batches do not hold every tensor at once."""
         env: Env = {}
-        last_use = None if capture else self._last_uses()
+        last_use = None if capture else self._last_uses
         for param, value in zip(self.main.params, inputs):
             env[param] = np.asarray(value)
             if observe is not None:
@@ -293,6 +294,7 @@ class Interpreter:
         outputs = list(result) if isinstance(result, (list, tuple)) else [result]
         return outputs, (env if capture else {})
 
+    @functools.cached_property
     def _last_uses(self) -> dict[int, list[Any]]:
         """binding index -> vars read for the last time there (the function's result excluded)."""
         last: dict[Any, int] = {}

@@ -277,9 +277,14 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def ratio_key(reference: str) -> str:
+    """The JSON key of a row's latency ratio against `reference` (e.g. ratio_vs_ort_int8)."""
+    return "ratio_vs_" + reference.replace("-", "_")
+
+
 def print_table(model: str, rows: list[dict[str, Any]]) -> None:
     shape = rows[0].get("input_shape") if rows else None
-    refs = [e for e in REFERENCES if any(r.get("ratio_vs_" + e.replace("-", "_")) for r in rows)] or ["ort-int8"]
+    refs = [e for e in REFERENCES if any(r.get(ratio_key(e)) for r in rows)] or ["ort-int8"]
     print(f"\n== {model}  (input {shape}, batch 1; median ms; ratio = engine ms / reference ms, < 1 is faster)")
     head = (f"{'engine':<20}{'threads':>8}{'median ms':>12}{'runs':>6}" + "".join(f"{'/' + e:>16}" for e in refs)
             + f"{'cos vs ort-fp32':>17}{'load1':>7}")
@@ -289,7 +294,7 @@ def print_table(model: str, rows: list[dict[str, Any]]) -> None:
         if r.get("error"):
             print(f"{r['engine']:<20}{r['threads']:>8}  ERROR: {r['error']}")
             continue
-        ratios = "".join(f"{_fmt(r.get('ratio_vs_' + e.replace('-', '_')), '.2f'):>16}" for e in refs)
+        ratios = "".join(f"{_fmt(r.get(ratio_key(e)), '.2f'):>16}" for e in refs)
         print(f"{r['engine']:<20}{r['threads']:>8}{r['median_ms']:>12.2f}{r['repeat']:>6}{ratios}"
               f"{_fmt(r['cos_vs_ort_fp32'], '.4f'):>17}{_fmt((r['loadavg_before'] or [None])[0], '.2f'):>7}")
 
@@ -398,8 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                 refs = {e: next((x for x in model_rows if x["engine"] == e and x["threads"] == r["threads"]
                                  and x.get("median_ms")), None) for e in REFERENCES}
                 for e, ref in refs.items():
-                    key = "ratio_vs_" + e.replace("-", "_")
-                    r[key] = r["median_ms"] / ref["median_ms"] if ref and r.get("median_ms") else None
+                    r[ratio_key(e)] = r["median_ms"] / ref["median_ms"] if ref and r.get("median_ms") else None
                 fp = refs["ort-fp32"]
                 r["cos_vs_ort_fp32"] = _cosine(r.get("output"), fp.get("output") if fp else None)
                 if r.get("output") and fp and fp.get("output"):

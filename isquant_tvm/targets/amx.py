@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 
@@ -24,6 +25,18 @@ ARCH_REQ_XCOMP_PERM = 0x1023
 XFEATURE_XTILEDATA = 18
 
 _granted: bool = False
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def _arch_prctl(code: int, arg: object) -> int:
+    """arch_prctl(code, arg); `arg` a ctypes value (c_long, byref(...))."""
+    return _libc().syscall(ctypes.c_long(SYS_ARCH_PRCTL), ctypes.c_long(code), arg)
 
 
 def _cpu_flags() -> set[str]:
@@ -56,10 +69,7 @@ def request_amx_permission() -> bool:
         return True
     if not host_has_amx():
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    rc = libc.syscall(ctypes.c_long(SYS_ARCH_PRCTL), ctypes.c_long(ARCH_REQ_XCOMP_PERM),
-                      ctypes.c_long(XFEATURE_XTILEDATA))
+    rc = _arch_prctl(ARCH_REQ_XCOMP_PERM, ctypes.c_long(XFEATURE_XTILEDATA))
     if rc != 0:
         err = ctypes.get_errno()
         raise IsquantError(
@@ -87,10 +97,8 @@ def target_uses_amx(target) -> bool:
 
 def tile_permission_granted() -> bool:
     """Whether this process holds AMX tile-data permission (someone in it asked and Linux agreed)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.syscall.restype = ctypes.c_long
     mask = ctypes.c_uint64(0)
-    rc = libc.syscall(ctypes.c_long(SYS_ARCH_PRCTL), ctypes.c_long(ARCH_GET_XCOMP_PERM), ctypes.byref(mask))
+    rc = _arch_prctl(ARCH_GET_XCOMP_PERM, ctypes.byref(mask))
     return rc == 0 and bool(mask.value >> XFEATURE_XTILEDATA & 1)
 
 
@@ -120,7 +128,7 @@ def deny_amx_permission() -> None:
     ]
     filters = (_SockFilter * len(prog))(*prog)
     fprog = _SockFprog(len(prog), filters)
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = _libc()
     pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
     if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0 or \
             libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(fprog), 0, 0) != 0:
