@@ -449,9 +449,10 @@ def test_tune_on_the_board_then_compile_with_its_records(board_env, tmp_path) ->
 
     model = tiny_conv_onnx(tmp_path / "tiny.onnx")
     records = tmp_path / "records"
-    # 4 trials (seed 0): 2 of the sampled schedules fail TVM's vectorizer ("Cannot broadcast lanes=4 to
-    # 16"), which MetaSchedule skips; 2 build, run on the board and are timed.
-    report = api.tune(str(model), target="rasp4b", out_dir=records, trials_per_task=4, max_tasks=1, number=1,
+    # Some sampled schedules fail TVM's vectorizer ("Cannot broadcast lanes=4 to 16") and MetaSchedule
+    # skips them. With 4 trials this test failed in 2 of 6 runs late in a long session (the cause was not
+    # captured; at 2 trials it was "no valid tuned schedule"), so it samples 8.
+    report = api.tune(str(model), target="rasp4b", out_dir=records, trials_per_task=8, max_tasks=1, number=1,
                       repeat=2, rpc_tracker=board_env.tracker, rpc_key="rasp4b", timeout=120, progress=False)
     task = report.tasks[0]
     assert task.default_ms is not None and task.tuned_ms is not None, task.note
