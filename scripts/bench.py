@@ -265,6 +265,24 @@ def run_worker(spec: dict[str, Any], work: Path, timeout: float) -> dict[str, An
 # main
 # ------------------------------------------------------------------------------------------------
 
+def _merge_rounds(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the rounds of an engine: the median of the rounds' medians (each round's own median,
+    min and max are kept in `rounds_ms`), the first round's output and load average."""
+    failed = [r for r in results if "error" in r]
+    if failed:
+        return dict(failed[0])
+    row = dict(results[0])
+    if len(results) > 1:
+        row["median_ms"] = float(np.median([r["median_ms"] for r in results]))
+        row["mean_ms"] = float(np.mean([r["mean_ms"] for r in results]))
+        row["min_ms"] = min(r["min_ms"] for r in results)
+        row["max_ms"] = max(r["max_ms"] for r in results)
+        row["std_ms"] = float(np.std([r["median_ms"] for r in results]))
+        row["loadavg_after"] = results[-1].get("loadavg_after")
+    row["rounds_ms"] = [{k: r[k] for k in ("median_ms", "min_ms", "max_ms")} for r in results]
+    return row
+
+
 def _cosine(a: list[float] | None, b: list[float] | None) -> float | None:
     if not a or not b or len(a) != len(b):
         return None
@@ -324,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat-slow", type=int, default=3,
                    help="timed runs for the slow untuned tvm-fp32 engine, seconds per run on resnet18 "
                         "(default: 3)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every engine this many times, interleaved (engine A, B, C, A, B, C, ...), and "
+                        "report the median of the rounds' medians: on a shared machine a burst of another "
+                        "job's load then hits one round of each engine instead of all of one engine's runs "
+                        "(default: 1)")
     p.add_argument("--number", type=int, default=1,
                    help="inferences averaged inside each timed run (default: 1)")
     p.add_argument("--warmup", type=int, default=3,
@@ -352,8 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if min(args.repeat, args.repeat_slow, args.number) < 1 or args.warmup < 0 or min(args.threads) < 1:
-        print("error: --repeat, --repeat-slow, --number and --threads must be >= 1, --warmup >= 0", file=sys.stderr)
+    if min(args.repeat, args.repeat_slow, args.number, args.rounds) < 1 or args.warmup < 0 or min(args.threads) < 1:
+        print("error: --repeat, --repeat-slow, --number, --rounds and --threads must be >= 1, --warmup >= 0",
+              file=sys.stderr)
         return 2
     engines = [e for e in ENGINES if e in args.engines]
     threads = list(dict.fromkeys(args.threads))
@@ -372,6 +396,22 @@ def main(argv: list[str] | None = None) -> int:
             prep = prepare_model(model, engines, work, args.calib_count, log, args.tuning_records)
             model_rows: list[dict[str, Any]] = []
             for t in threads:
+                rounds: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
+                for rnd in range(args.rounds):
+                    for engine in engines:
+                        if engine in prep["errors"] or (engine in SLOW_ENGINES and rnd > 0):
+                            continue  # the untuned float build is far off any ratio: one round is enough
+                        slow = engine in SLOW_ENGINES
+                        log(f"[{model}] {engine} threads={t}" + (f" round {rnd + 1}/{args.rounds}" if args.rounds > 1
+                                                                  else "") + " ...")
+                        spec = {"model": model, "engine": engine, "threads": t, "path": prep["paths"][engine],
+                                "input": prep["input"], "input_name": prep["input_name"],
+                                "repeat": args.repeat_slow if slow else args.repeat, "number": args.number,
+                                "warmup": min(args.warmup, 1) if slow else args.warmup}
+                        res = {"loadavg_before": _loadavg(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                        res.update(run_worker(spec, work, args.timeout))
+                        res["loadavg_after"] = _loadavg()
+                        rounds[engine].append(res)
                 for engine in engines:
                     slow = engine in SLOW_ENGINES
                     row: dict[str, Any] = {
@@ -383,17 +423,9 @@ def main(argv: list[str] | None = None) -> int:
                     if engine in prep["errors"]:
                         row["error"] = prep["errors"][engine]
                     else:
-                        log(f"[{model}] {engine} threads={t} ...")
-                        spec = {"model": model, "engine": engine, "threads": t, "path": prep["paths"][engine],
-                                "input": prep["input"], "input_name": prep["input_name"],
-                                "repeat": row["repeat"], "number": args.number, "warmup": row["warmup"]}
-                        row["loadavg_before"] = _loadavg()
-                        row["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-                        res = run_worker(spec, work, args.timeout)
-                        row["loadavg_after"] = _loadavg()
-                        row.update(res)
-                        if "error" not in res and res.get("runtime_threads") not in (None, t):
-                            row["warning"] = f"runtime reports {res['runtime_threads']} threads, asked for {t}"
+                        row.update(_merge_rounds(rounds[engine]))
+                        if "error" not in row and row.get("runtime_threads") not in (None, t):
+                            row["warning"] = f"runtime reports {row['runtime_threads']} threads, asked for {t}"
                     row.setdefault("loadavg_before", None)
                     row["engine_config"] = prep["notes"].get(engine)
                     row["prepare_s"] = prep["prepare_s"].get(engine)

@@ -1,4 +1,4 @@
-"""Smoke test of scripts/bench.py on the small CIFAR ResNet-20 (one thread, three engines, 3 runs)."""
+"""Smoke test of scripts/bench.py on the small CIFAR ResNet-20 (one thread, four engines, 2 rounds of 3 runs)."""
 from __future__ import annotations
 
 import json
@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
@@ -18,7 +19,8 @@ def test_bench_script_writes_rows(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--models", "resnet20-cifar", "--threads", "1",
-         "--engines", "ort-fp32", "ort-int8", "ort-int8-noamx", "isquant-int8", "--repeat", "3", "--json", str(out)],
+         "--engines", "ort-fp32", "ort-int8", "ort-int8-noamx", "isquant-int8", "--repeat", "3", "--rounds", "2",
+         "--json", str(out)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "median ms" in proc.stdout
@@ -31,6 +33,10 @@ def test_bench_script_writes_rows(tmp_path: Path) -> None:
         assert "error" not in r, r["error"]
         assert r["median_ms"] > 0
         assert r["repeat"] == 3
+        # two interleaved rounds; the row's median is the median of theirs
+        assert len(r["rounds_ms"]) == 2
+        assert r["median_ms"] == pytest.approx(float(np.median([x["median_ms"] for x in r["rounds_ms"]])))
+        assert r["min_ms"] == min(x["min_ms"] for x in r["rounds_ms"])
         assert r["runtime_threads"] == 1
         assert r["loadavg_before"] is None or len(r["loadavg_before"]) == 3
         assert r["ratio_vs_ort_int8"] == pytest.approx(r["median_ms"] / by_engine["ort-int8"]["median_ms"])

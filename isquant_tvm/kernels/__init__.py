@@ -67,10 +67,12 @@ def _shape(expr):
     return tuple(int(d) for d in expr.ty.shape)
 
 
-def lower_conv2d_blocked(bb, data, p: QConv2dParams, target, name: Optional[str] = None, blocked_in: bool = True):
-    """NCHW16c in (or NCHW with blocked_in=False) -> NCHW16c out, groups == 1 (for chaining layers)."""
+def lower_conv2d_blocked(bb, data, p: QConv2dParams, target, name: Optional[str] = None, blocked_in: bool = True,
+                         blocked_out: bool = True):
+    """NCHW16c in (or NCHW with blocked_in=False) -> NCHW16c out (or NCHW with blocked_out=False),
+    groups == 1 (for chaining layers: passes/layout.py plans where)."""
     mod = _backend(target)
-    return mod.lower_conv2d_blocked(bb, data, p, target, name, blocked_in)
+    return mod.lower_conv2d_blocked(bb, data, p, target, name, blocked_in, blocked_out=blocked_out)
 
 
 def to_blocked(bb, x):

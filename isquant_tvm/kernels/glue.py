@@ -12,6 +12,7 @@ folded into the PrimFunc as immediates or packed constants.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -222,6 +223,33 @@ def pool_out_size(size: int, k: int, s: int, lo: int, hi: int, d: int, ceil_mode
     return (padded - (k - 1) * d - 1) // s + 1, padded
 
 
+@dataclass(frozen=True)
+class _PoolGeom:
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pt: int
+    pl: int
+    OH: int
+    OW: int
+    Hp: int  # padded rows / columns some window reads
+    Wp: int
+
+    @staticmethod
+    def of(H: int, W: int, pool, strides, padding, dilation, ceil_mode: bool) -> "_PoolGeom":
+        kh, kw = (int(v) for v in pool)
+        sh, sw = (int(v) for v in strides)
+        dh, dw = (int(v) for v in dilation)
+        pt, pl, pb, pr = (int(v) for v in padding)
+        OH, Hp = pool_out_size(H, kh, sh, pt, pb, dh, ceil_mode)
+        OW, Wp = pool_out_size(W, kw, sw, pl, pr, dw, ceil_mode)
+        return _PoolGeom(kh, kw, sh, sw, dh, dw, pt, pl, OH, OW, min(Hp, (OH - 1) * sh + (kh - 1) * dh + 1),
+                         min(Wp, (OW - 1) * sw + (kw - 1) * dw + 1))
+
+
 def max_pool2d_primfunc(shape, dtype: str, pool, strides, padding, dilation, ceil_mode: bool) -> tirx.PrimFunc:
     """Separable max pool, one (n, c) plane per parallel iteration, every stage vectorised along a
     contiguous row: pad (dtype minimum) -> max over the kh window rows -> max over the kw window columns
@@ -231,15 +259,9 @@ def max_pool2d_primfunc(shape, dtype: str, pool, strides, padding, dilation, cei
     import tvm.s_tir  # noqa: F401
 
     N, C, H, W = shape
-    kh, kw = (int(v) for v in pool)
-    sh, sw = (int(v) for v in strides)
-    dh, dw = (int(v) for v in dilation)
-    pt, pl, pb, pr = (int(v) for v in padding)
-    OH, Hp = pool_out_size(H, kh, sh, pt, pb, dh, ceil_mode)
-    OW, Wp = pool_out_size(W, kw, sw, pl, pr, dw, ceil_mode)
-    # only rows / columns some window reads
-    Hp = min(Hp, (OH - 1) * sh + (kh - 1) * dh + 1)
-    Wp = min(Wp, (OW - 1) * sw + (kw - 1) * dw + 1)
+    pg = _PoolGeom.of(H, W, pool, strides, padding, dilation, ceil_mode)
+    kh, kw, sh, sw, dh, dw, pt, pl, OH, OW, Hp, Wp = (pg.kh, pg.kw, pg.sh, pg.sw, pg.dh, pg.dw, pg.pt, pg.pl,
+                                                      pg.OH, pg.OW, pg.Hp, pg.Wp)
     Wv = (OW - 1) * sw + 1  # columns of the full-width row max that the subsample reads
     x = te.placeholder(shape, dtype, name="x")
     lowest = tirx.min_value(dtype)
@@ -274,18 +296,55 @@ def max_pool2d_primfunc(shape, dtype: str, pool, strides, padding, dilation, cei
     return prim_func_attrs(sch.mod["main"], "qnn_max_pool2d")
 
 
+def max_pool2d_blocked_primfunc(shape, dtype: str, pool, strides, padding, dilation,
+                                ceil_mode: bool) -> tirx.PrimFunc:
+    """Max pool on NCHW16c: one output row per parallel iteration; the window max over rows is taken at
+    full width, then over columns, every stage vectorised over the 16 block lanes (16 contiguous
+    bytes), so the column stride costs nothing."""
+    import functools
+
+    import tvm.s_tir  # noqa: F401
+
+    N, CB, H, W, B = shape
+    pg = _PoolGeom.of(H, W, pool, strides, padding, dilation, ceil_mode)
+    kh, kw, sh, sw, dh, dw, pt, pl, OH, OW, Wp = (pg.kh, pg.kw, pg.sh, pg.sw, pg.dh, pg.dw, pg.pt, pg.pl, pg.OH,
+                                                  pg.OW, pg.Wp)
+    x = te.placeholder(shape, dtype, name="x")
+    lowest = tirx.min_value(dtype)
+
+    def src(n, cb, h, w, c):
+        inside = tirx.all(h >= pt, h < H + pt, w >= pl, w < W + pl)
+        v = x[n, cb, tirx.max(tirx.min(h - pt, H - 1), 0), tirx.max(tirx.min(w - pl, W - 1), 0), c]
+        return tirx.if_then_else(inside, v, lowest)
+
+    vmax = te.compute((N, CB, OH, Wp, B), lambda n, cb, oh, w, c: functools.reduce(
+        tirx.max, [src(n, cb, oh * sh + r * dh, w, c) for r in range(kh)]), name="vmax")
+    out = te.compute((N, CB, OH, OW, B), lambda n, cb, oh, ow, c: functools.reduce(
+        tirx.max, [vmax[n, cb, oh, ow * sw + r * dw, c] for r in range(kw)]), name="pool")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, out]))
+    blk = sch.get_sblock("pool")
+    n, cb, oh, ow, c = sch.get_loops(blk)
+    par = sch.fuse(n, cb, oh)
+    if N * CB * OH * OW * B * kh * kw >= PARALLEL_MIN_WINDOW_READS:
+        sch.parallel(par)
+    sch.vectorize(c)
+    st = sch.get_sblock("vmax")
+    sch.compute_at(st, par)
+    sch.set_scope(st, 0, "local")
+    sch.vectorize(sch.get_loops(st)[-1])
+    return prim_func_attrs(sch.mod["main"], "qnn_max_pool2d")
+
+
 def lower_max_pool2d(bb, x, attrs: Mapping[str, Any], target: Any) -> relax.Expr:
     shape = _shape(x)
     padding = [int(v) for v in attrs["padding"]]
     if len(padding) == 2:
         padding = padding * 2
     pool, strides, dilation = attrs["pool_size"], attrs["strides"], attrs["dilation"]
-    func = max_pool2d_primfunc(shape, _dtype(x), pool, strides, padding, dilation, bool(attrs["ceil_mode"]))
-    OH, _ = pool_out_size(shape[2], int(pool[0]), int(strides[0]), padding[0], padding[2], int(dilation[0]),
-                          bool(attrs["ceil_mode"]))
-    OW, _ = pool_out_size(shape[3], int(pool[1]), int(strides[1]), padding[1], padding[3], int(dilation[1]),
-                          bool(attrs["ceil_mode"]))
-    return _emit(bb, func, "qnn_max_pool2d", [x], (shape[0], shape[1], OH, OW), _dtype(x))
+    make = max_pool2d_blocked_primfunc if len(shape) == 5 else max_pool2d_primfunc
+    func = make(shape, _dtype(x), pool, strides, padding, dilation, bool(attrs["ceil_mode"]))
+    pg = _PoolGeom.of(shape[2], shape[3], pool, strides, padding, dilation, bool(attrs["ceil_mode"]))
+    return _emit(bb, func, "qnn_max_pool2d", [x], (shape[0], shape[1], pg.OH, pg.OW) + tuple(shape[4:]), _dtype(x))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,19 +353,34 @@ def lower_max_pool2d(bb, x, attrs: Mapping[str, Any], target: Any) -> relax.Expr
 
 def global_avg_pool2d_primfunc(shape, in_dtype: str, out_dtype: str, keepdims: bool, m: Optional[int] = None,
                                shift: int = 1, lo: int = 0, hi: int = 0,
-                               with_dq: bool = False) -> tirx.PrimFunc:
+                               with_dq: bool = False, channels: Optional[int] = None) -> tirx.PrimFunc:
+    """shape NCHW, or NCHW16c (N, CB, H, W, 16) with `channels` real channels (the sum is vectorised
+    over the 16 block lanes)."""
     import tvm.s_tir  # noqa: F401
 
-    N, C, H, W = shape
+    blocked = len(shape) == 5
+    N, H, W = shape[0], shape[2], shape[3]
+    C = int(channels) if blocked else shape[1]
     acc_dtype = "int64" if in_dtype == "int32" else "int32"
     x = te.placeholder(shape, in_dtype, name="x")
     rh = te.reduce_axis((0, H), name="rh")
     rw = te.reduce_axis((0, W), name="rw")
-    total = te.compute((N, C), lambda n, c: te.sum(x[n, c, rh, rw].astype(acc_dtype), axis=[rh, rw]), name="total")
+    if blocked:
+        total = te.compute((N, shape[1], shape[4]), lambda n, cb, c: te.sum(
+            x[n, cb, rh, rw, c].astype(acc_dtype), axis=[rh, rw]), name="total")
+
+        def total_at(n, c):
+            return total[n, c // shape[4], c % shape[4]]
+    else:
+        total = te.compute((N, C), lambda n, c: te.sum(x[n, c, rh, rw].astype(acc_dtype), axis=[rh, rw]),
+                           name="total")
+
+        def total_at(n, c):
+            return total[n, c]
     dq = te.placeholder((C,), "float32", name="dq") if with_dq else None
 
     def epi(n, c):
-        t = total[n, c]
+        t = total_at(n, c)
         if out_dtype == "float32":
             return t.astype("float32") * dq[c]
         if out_dtype == "int32":
@@ -321,6 +395,16 @@ def global_avg_pool2d_primfunc(shape, in_dtype: str, out_dtype: str, keepdims: b
     params = [x] + ([dq] if with_dq else []) + [out]
     sch = tvm.s_tir.Schedule(te.create_prim_func(params))
     blk = sch.get_sblock("total")
+    if blocked:
+        n, cb, c, rh_l, rw_l = sch.get_loops(blk)
+        par = sch.fuse(n, cb)
+        if N * shape[1] * H * W * shape[4] >= PARALLEL_MIN_ELEMS:
+            sch.parallel(par)
+        sch.reorder(rh_l, rw_l, c)
+        sch.vectorize(c)
+        init = sch.decompose_reduction(blk, rh_l)
+        sch.vectorize(sch.get_loops(init)[-1])
+        return prim_func_attrs(sch.mod["main"], "qnn_global_avg_pool2d")
     n, c, rh_l, rw_l = sch.get_loops(blk)
     par = sch.fuse(n, c)
     if N * C * H * W >= PARALLEL_MIN_ELEMS:
@@ -332,21 +416,24 @@ def global_avg_pool2d_primfunc(shape, in_dtype: str, out_dtype: str, keepdims: b
     return prim_func_attrs(sch.mod["main"], "qnn_global_avg_pool2d")
 
 
-def lower_global_avg_pool2d(bb, x, rest: Sequence[Any], attrs: Mapping[str, Any], target: Any) -> relax.Expr:
-    """rest: [] (int32 out), [dq relax const (C,)] (float32 out) or [m int] (8-bit out)."""
+def lower_global_avg_pool2d(bb, x, rest: Sequence[Any], attrs: Mapping[str, Any], target: Any,
+                            channels: Optional[int] = None) -> relax.Expr:
+    """rest: [] (int32 out), [dq relax const (C,)] (float32 out) or [m int] (8-bit out).
+    x NCHW, or NCHW16c with `channels` real channels."""
     shape = _shape(x)
+    C = int(channels) if len(shape) == 5 else shape[1]
     out_dtype = str(attrs["out_dtype"])
     keepdims = bool(attrs["keepdims"])
-    out_shape = (shape[0], shape[1], 1, 1) if keepdims else (shape[0], shape[1])
+    out_shape = (shape[0], C, 1, 1) if keepdims else (shape[0], C)
     if out_dtype == "float32":
-        func = global_avg_pool2d_primfunc(shape, _dtype(x), out_dtype, keepdims, with_dq=True)
+        func = global_avg_pool2d_primfunc(shape, _dtype(x), out_dtype, keepdims, with_dq=True, channels=C)
         return _emit(bb, func, "qnn_global_avg_pool2d", [x, rest[0]], out_shape, out_dtype)
     if out_dtype == "int32":
-        func = global_avg_pool2d_primfunc(shape, _dtype(x), out_dtype, keepdims)
+        func = global_avg_pool2d_primfunc(shape, _dtype(x), out_dtype, keepdims, channels=C)
     else:
         func = global_avg_pool2d_primfunc(shape, _dtype(x), out_dtype, keepdims, m=int(rest[0]),
                                           shift=int(attrs["shift"]), lo=int(attrs["out_min"]),
-                                          hi=int(attrs["out_max"]))
+                                          hi=int(attrs["out_max"]), channels=C)
     return _emit(bb, func, "qnn_global_avg_pool2d", [x], out_shape, out_dtype)
 
 
@@ -357,9 +444,19 @@ def lower_global_avg_pool2d(bb, x, rest: Sequence[Any], attrs: Mapping[str, Any]
 DENSE64_OB = 32  # output channels per register tile (4 zmm of int64)
 
 
+def dense_i32_exact(weight: np.ndarray, data_bound: Optional[int]) -> bool:
+    """int32 accumulation is exact when |x| <= data_bound makes every partial sum fit: sum_k |w[o, k]| *
+    bound < 2^31 (the bias is added in int64 afterwards). Pooled 8-bit features are bounded by 255 x H x W."""
+    if data_bound is None:
+        return False
+    row = np.abs(np.asarray(weight, np.int64)).sum(axis=1).max(initial=0)
+    return int(row) * int(data_bound) < 2 ** 31
+
+
 def dense_i64_primfunc(N: int, K: int, O: int, out_dtype: str, lo: int = 0, hi: int = 0,
-                       ob: int = DENSE64_OB) -> tirx.PrimFunc:
-    """acc[n, o] = sum_k int64(x[n, k]) * int64(w[k, o]) + bias[o] (int64), then the conv epilogue:
+                       ob: int = DENSE64_OB, acc_dtype: str = "int64") -> tirx.PrimFunc:
+    """acc[n, o] = sum_k x[n, k] * w[k, o] in acc_dtype (int64, or int32 where dense_i32_exact holds: 2-4x
+    fewer instructions than 64-bit multiplies), + bias[o] (int64), then the conv epilogue:
     float32(acc) * dq[o] | clip(acc, lo, hi) int32 | requantize(acc, mult[o], shift[o]) (8-bit)."""
     import tvm.s_tir  # noqa: F401
 
@@ -368,22 +465,25 @@ def dense_i64_primfunc(N: int, K: int, O: int, out_dtype: str, lo: int = 0, hi: 
     w = te.placeholder((K, Op), "int8", name="wt")
     bias = te.placeholder((Op,), "int64", name="bias")
     k = te.reduce_axis((0, K), name="k")
-    acc = te.compute((N, Op), lambda n, o: te.sum(x[n, k].astype("int64") * w[k, o].astype("int64"), axis=k),
+    acc = te.compute((N, Op), lambda n, o: te.sum(x[n, k].astype(acc_dtype) * w[k, o].astype(acc_dtype), axis=k),
                      name="acc")
+
+    def acc64(n, o):  # the epilogue's arithmetic is int64
+        return acc[n, o].astype("int64")
     if out_dtype == "float32":
         dq = te.placeholder((Op,), "float32", name="dq")
         extra = [dq]
-        out = te.compute((N, O), lambda n, o: (acc[n, o] + bias[o]).astype("float32") * dq[o], name="epilogue")
+        out = te.compute((N, O), lambda n, o: (acc64(n, o) + bias[o]).astype("float32") * dq[o], name="epilogue")
     elif out_dtype == "int32":
         extra = []
-        out = te.compute((N, O), lambda n, o: _clip_cast(acc[n, o] + bias[o], lo, hi, "int32"), name="epilogue")
+        out = te.compute((N, O), lambda n, o: _clip_cast(acc64(n, o) + bias[o], lo, hi, "int32"), name="epilogue")
     else:
         mult = te.placeholder((Op,), "int64", name="mult")
         shift = te.placeholder((Op,), "int64", name="shift")
         extra = [mult, shift]
 
         def rq(n, o):
-            y = ((acc[n, o] + bias[o]) * mult[o] + (tirx.const(1, "int64") << (shift[o] - 1))) >> shift[o]
+            y = ((acc64(n, o) + bias[o]) * mult[o] + (tirx.const(1, "int64") << (shift[o] - 1))) >> shift[o]
             return _clip_cast(y, lo, hi, out_dtype)
 
         out = te.compute((N, O), rq, name="epilogue")
@@ -432,6 +532,7 @@ def lower_dense_i64(bb, x, weight: np.ndarray, bias: np.ndarray, rest: Sequence[
     O = int(weight.shape[0])
     out_dtype = str(attrs["out_dtype"])
     lo, hi = (0, 0) if out_dtype == "float32" else (int(attrs["out_min"]), int(attrs["out_max"]))
-    func = dense_i64_primfunc(N, K, O, out_dtype, lo, hi)
+    exact32 = dense_i32_exact(weight, attrs.get("data_bound"))
+    func = dense_i64_primfunc(N, K, O, out_dtype, lo, hi, acc_dtype="int32" if exact32 else "int64")
     consts = [relax.const(c, str(c.dtype)) for c in dense_i64_consts(weight, bias, out_dtype, rest)]
     return _emit(bb, func, "qnn_dense_i64", [x] + consts, (N, O), out_dtype)

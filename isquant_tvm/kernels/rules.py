@@ -15,8 +15,8 @@ import tvm
 from tvm import relax
 
 from .. import tvm_compat
-from ..passes import legalize, qnn_ops
-from . import glue, lower_conv2d, lower_dense
+from ..passes import layout, legalize, qnn_ops
+from . import glue, lower_conv2d, lower_conv2d_blocked, lower_dense
 from .common import OUT_DTYPES, QConv2dParams, QDenseParams
 
 _IN_DTYPES = ("int8", "uint8")
@@ -49,12 +49,40 @@ def _conv_applies(target: Any, attrs: Mapping[str, Any]) -> bool:
     return _is_cpu(target) and str(attrs["out_dtype"]) in OUT_DTYPES
 
 
+def _blocked_target(target: Any) -> bool:
+    """Targets whose conv kernels compute in NCHW16c (the AMX kernel packs NCHW in its own layout)."""
+    from . import x86_amx
+
+    return _is_cpu(target) and not x86_amx.has_amx(target)
+
+
+def _blocked(attrs: Mapping[str, Any]) -> bool:
+    return attrs.get("out_layout") == "NCHW16c"
+
+
+def conv2d_role(args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any) -> Optional[str]:
+    if (not _blocked_target(target) or str(attrs["out_dtype"]) not in OUT_DTYPES
+            or tvm_compat.expr_dtype(args[0]) not in _IN_DTYPES or not all(tvm_compat.is_const(a) for a in args[1:])):
+        return None
+    groups, channels = int(attrs["groups"]), tvm_compat.expr_shape(args[0])[1]
+    o, cpg = tvm_compat.expr_shape(args[1])[:2]
+    if groups != 1 and not (groups == channels == o and cpg == 1):  # grouped / channel multiplier: NCHW kernels
+        return None
+    if groups != 1 and str(attrs["out_dtype"]) not in _IN_DTYPES:
+        return None
+    # 8-bit results chain on; int32 / float32 ones (a classifier's accumulators) leave the blocked graph
+    return layout.PRODUCE if str(attrs["out_dtype"]) in _IN_DTYPES else layout.CONSUME
+
+
 def conv2d_rule(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any) -> relax.Expr:
     if tvm_compat.expr_dtype(args[0]) not in _IN_DTYPES or not all(tvm_compat.is_const(a) for a in args[1:]):
         return qnn_ops.ref_conv2d(bb, args, attrs, target)
     p = QConv2dParams(strides=tuple(int(v) for v in attrs["strides"]), padding=tuple(int(v) for v in attrs["padding"]),
                       dilation=tuple(int(v) for v in attrs["dilation"]), groups=int(attrs["groups"]),
                       **_epilogue_params(args, attrs))
+    blocked_in = len(tvm_compat.expr_shape(args[0])) == 5
+    if _blocked(attrs) or blocked_in:
+        return lower_conv2d_blocked(bb, args[0], p, target, blocked_in=blocked_in, blocked_out=_blocked(attrs))
     return lower_conv2d(bb, args[0], p, target)
 
 
@@ -84,21 +112,36 @@ def _int_tensor(expr: relax.Expr) -> bool:
     return tvm_compat.expr_dtype(expr) in glue.ELEMENTWISE_DTYPES
 
 
-def add_rule(bb, args, attrs, target):
+def _add_fast(args) -> bool:
     a, b, ma, mb = args
-    mav, mbv = _scalar(ma), _scalar(mb)
-    if (mav is None or mbv is None or not _int_tensor(a) or not _int_tensor(b)
-            or tvm_compat.expr_shape(a) != tvm_compat.expr_shape(b)):
+    return (_scalar(ma) is not None and _scalar(mb) is not None and _int_tensor(a) and _int_tensor(b)
+            and tvm_compat.expr_shape(a) == tvm_compat.expr_shape(b))
+
+
+def add_role(args, attrs, target) -> Optional[str]:
+    # elementwise on flat buffers: any layout, as long as both operands share it
+    return layout.FOLLOW if _blocked_target(target) and _add_fast(args) else None
+
+
+def add_rule(bb, args, attrs, target):
+    if not _add_fast(args):
         return qnn_ops.ref_add(bb, args, attrs, target)
-    return glue.lower_add(bb, a, b, mav, mbv, attrs, target)
+    a, b, ma, mb = args
+    return glue.lower_add(bb, a, b, _scalar(ma), _scalar(mb), attrs, target)
+
+
+def _requantize_fast(args) -> bool:
+    return _scalar(args[1]) is not None and _int_tensor(args[0])
+
+
+def requantize_role(args, attrs, target) -> Optional[str]:
+    return layout.FOLLOW if _blocked_target(target) and _requantize_fast(args) else None
 
 
 def requantize_rule(bb, args, attrs, target):
-    x, m = args
-    mv = _scalar(m)
-    if mv is None or not _int_tensor(x):
+    if not _requantize_fast(args):
         return qnn_ops.ref_requantize(bb, args, attrs, target)
-    return glue.lower_requantize(bb, x, mv, attrs, target)
+    return glue.lower_requantize(bb, args[0], _scalar(args[1]), attrs, target)
 
 
 def quantize_rule(bb, args, attrs, target):
@@ -113,42 +156,65 @@ def dequantize_rule(bb, args, attrs, target):
     return glue.lower_dequantize(bb, args[0], attrs, target)
 
 
+def max_pool2d_role(args, attrs, target) -> Optional[str]:
+    x = args[0]
+    return layout.FOLLOW if _blocked_target(target) and _int_tensor(x) and len(tvm_compat.expr_shape(x)) == 4 else None
+
+
 def max_pool2d_rule(bb, args, attrs, target):
     x = args[0]
-    if not _int_tensor(x) or len(tvm_compat.expr_shape(x)) != 4:
+    if not _int_tensor(x) or len(tvm_compat.expr_shape(x)) not in (4, 5):
         return qnn_ops.ref_max_pool2d(bb, args, attrs, target)
     return glue.lower_max_pool2d(bb, x, attrs, target)
+
+
+def _gap_fast(args, channels: int) -> bool:
+    x = args[0]
+    if not _int_tensor(x) or len(tvm_compat.expr_shape(x)) not in (4, 5):
+        return False
+    if len(args) < 2:
+        return True  # int32 out; an 8-bit out needs its multiplier, checked by the rule
+    if not tvm_compat.is_const(args[1]):
+        return False
+    return tvm_compat.const_value(args[1]).size in (1, channels)
+
+
+def global_avg_pool2d_role(args, attrs, target) -> Optional[str]:
+    x = args[0]
+    shape = tvm_compat.expr_shape(x)
+    ok = _blocked_target(target) and len(shape) == 4 and _gap_fast(args, shape[1])
+    return layout.CONSUME if ok else None
 
 
 def global_avg_pool2d_rule(bb, args, attrs, target):
     x = args[0]
     out_dtype = str(attrs["out_dtype"])
-    if not _int_tensor(x) or len(tvm_compat.expr_shape(x)) != 4:
+    shape = tvm_compat.expr_shape(x)
+    C = int(attrs.get("data_channels", shape[1])) if len(shape) == 5 else shape[1]
+    if not _gap_fast(args, C):
         return qnn_ops.ref_global_avg_pool2d(bb, args, attrs, target)
     if out_dtype == "float32":
-        if len(args) < 2 or not tvm_compat.is_const(args[1]):
+        if len(args) < 2:
             return qnn_ops.ref_global_avg_pool2d(bb, args, attrs, target)
         dq = np.asarray(tvm_compat.const_value(args[1]), np.float32).reshape(-1)
-        C = tvm_compat.expr_shape(x)[1]
-        if dq.size not in (1, C):
-            return qnn_ops.ref_global_avg_pool2d(bb, args, attrs, target)
         dq_const = relax.const(np.ascontiguousarray(np.broadcast_to(dq, (C,))), "float32")
-        return glue.lower_global_avg_pool2d(bb, x, [dq_const], attrs, target)
+        return glue.lower_global_avg_pool2d(bb, x, [dq_const], attrs, target, channels=C)
     if out_dtype == "int32":
-        return glue.lower_global_avg_pool2d(bb, x, [], attrs, target)
+        return glue.lower_global_avg_pool2d(bb, x, [], attrs, target, channels=C)
     m = _scalar(args[1]) if len(args) > 1 else None
     if m is None:
         return qnn_ops.ref_global_avg_pool2d(bb, args, attrs, target)
-    return glue.lower_global_avg_pool2d(bb, x, [m], attrs, target)
+    return glue.lower_global_avg_pool2d(bb, x, [m], attrs, target, channels=C)
 
 
+# op -> (rule, its role for channel-blocked activations: passes/layout.py)
 GLUE_RULES = {
-    "qnn.add": add_rule,
-    "qnn.requantize": requantize_rule,
-    "qnn.quantize": quantize_rule,
-    "qnn.dequantize": dequantize_rule,
-    "qnn.max_pool2d": max_pool2d_rule,
-    "qnn.global_avg_pool2d": global_avg_pool2d_rule,
+    "qnn.add": (add_rule, add_role),
+    "qnn.requantize": (requantize_rule, requantize_role),
+    "qnn.quantize": (quantize_rule, None),
+    "qnn.dequantize": (dequantize_rule, None),
+    "qnn.max_pool2d": (max_pool2d_rule, max_pool2d_role),
+    "qnn.global_avg_pool2d": (global_avg_pool2d_rule, global_avg_pool2d_role),
 }
 
 
@@ -157,7 +223,7 @@ def _glue_applies(target: Any, attrs: Mapping[str, Any]) -> bool:
 
 
 def register() -> None:
-    legalize.register("qnn.conv2d", "kernels", _conv_applies, conv2d_rule, priority=10)
+    legalize.register("qnn.conv2d", "kernels", _conv_applies, conv2d_rule, priority=10, blocked=conv2d_role)
     legalize.register("qnn.dense", "kernels", _conv_applies, dense_rule, priority=10)
-    for op, rule in GLUE_RULES.items():
-        legalize.register(op, "kernels", _glue_applies, rule, priority=10)
+    for op, (rule, role) in GLUE_RULES.items():
+        legalize.register(op, "kernels", _glue_applies, rule, priority=10, blocked=role)

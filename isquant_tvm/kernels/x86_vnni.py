@@ -158,11 +158,11 @@ def lower_dense(bb: relax.BlockBuilder, data: relax.Expr, p: QDenseParams,
 
 
 def lower_conv2d_blocked(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dParams, target: tvm.target.Target,
-                         name: Optional[str] = None, blocked_in: bool = True) -> relax.Expr:
+                         name: Optional[str] = None, blocked_in: bool = True, blocked_out: bool = True) -> relax.Expr:
     """Chaining variant: input NCHW16c (N, ceil(C/16), H, W, 16) (or NCHW with blocked_in=False), output
-    NCHW16c (N, ceil(O/16), OH, OW, 16); padded output channels hold requant(0) (0 unless out_min > 0)
-    and padded input channels are ignored. groups == 1 only."""
-    return common.lower_conv2d_blocked_with(bb, data, p, config_for(target), name, blocked_in)
+    NCHW16c (N, ceil(O/16), OH, OW, 16) (or NCHW with blocked_out=False); padded output channels hold
+    requant(0) (0 unless out_min > 0) and padded input channels are ignored. groups == 1 only."""
+    return common.lower_conv2d_blocked_with(bb, data, p, config_for(target), name, blocked_in, blocked_out)
 
 
 def to_blocked(bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:

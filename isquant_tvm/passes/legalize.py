@@ -2,18 +2,26 @@
 
 REGISTRY maps a qnn op to an ordered list of (name, applies(target, attrs), rule). The first rule
 whose predicate holds lowers the call; the reference rule (the op's function body) always applies,
-so adding a faster kernel is one `register(...)` call and never changes the results."""
+so adding a faster kernel is one `register(...)` call and never changes the results.
+
+A lowering may also say how it handles channel-blocked (NCHW16c) activations (`blocked`, a role from
+passes/layout.py). With a target, legalize first plans which tensors stay blocked and then tells each
+rule through its attrs: ``out_layout`` is "NCHW16c" for a call whose result stays blocked, a blocked
+argument arrives with one more axis than the qnn function's parameter, and ``data_channels`` gives the
+first argument's real channel count."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import tvm
 from tvm import relax
 
-from . import qnn_ops
+from . import layout, qnn_ops
 
 Predicate = Callable[[Any, Mapping[str, Any]], bool]
+# (call args, attrs, target) -> layout.PRODUCE / FOLLOW / CONSUME, or None (NCHW only)
+BlockedRole = Callable[[Sequence[relax.Expr], Mapping[str, Any], Any], Optional[str]]
 
 
 @dataclass(frozen=True)
@@ -22,6 +30,7 @@ class Lowering:
     applies: Predicate
     rule: qnn_ops.Rule
     priority: int = 0
+    blocked: Optional[BlockedRole] = None
 
 
 REGISTRY: dict[str, list[Lowering]] = {
@@ -30,10 +39,11 @@ REGISTRY: dict[str, list[Lowering]] = {
 }
 
 
-def register(op: str, name: str, applies: Predicate, rule: qnn_ops.Rule, priority: int = 0) -> None:
+def register(op: str, name: str, applies: Predicate, rule: qnn_ops.Rule, priority: int = 0,
+             blocked: Optional[BlockedRole] = None) -> None:
     """Add a lowering for `op`; higher priority wins among those that apply."""
     entries = [e for e in REGISTRY.setdefault(op, []) if e.name != name]
-    entries.append(Lowering(name, applies, rule, priority))
+    entries.append(Lowering(name, applies, rule, priority, blocked))
     REGISTRY[op] = sorted(entries, key=lambda e: -e.priority)
 
 
@@ -56,21 +66,46 @@ class LegalizeMutator(relax.PyExprMutator):
         self.target = target
         self.only_reference = only_reference
         self.chosen: dict[str, int] = {}
+        self.blocked: set[relax.Var] = set()
+        self._out_blocked = False
 
-    def visit_call_(self, call: relax.Call) -> relax.Expr:
-        call = self.visit_expr_post_order(call)
+    def role_of(self, call: relax.Call) -> Optional[str]:
         op = qnn_ops.qnn_op_of(self.mod_, call)
         if op is None:
-            return call
+            return None
         attrs = qnn_ops.attrs_of(self.mod_[call.op])
+        lowering = select(op, self.target, attrs, self.only_reference)
+        return lowering.blocked(list(call.args), attrs, self.target) if lowering.blocked else None
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        self._out_blocked = binding.var in self.blocked
+        return super().visit_var_binding_(binding)
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        op = qnn_ops.qnn_op_of(self.mod_, call)
+        if op is None:
+            return self.visit_expr_post_order(call)
+        # the arguments are visited but no new call to the qnn function is built: a blocked argument
+        # would not type-check against its NCHW parameter
+        args = [self.visit_expr(a) for a in call.args]
+        func = self.mod_[call.op]
+        attrs = qnn_ops.attrs_of(func)
         lowering = select(op, self.target, attrs, self.only_reference)
         key = f"{op}:{lowering.name}"
         self.chosen[key] = self.chosen.get(key, 0) + 1
-        return lowering.rule(self.builder_, list(call.args), attrs, self.target)
+        blocked_in = any(layout.is_blocked_arg(a, p) for a, p in zip(args, func.params))
+        if self._out_blocked or blocked_in:
+            attrs["out_layout"] = "NCHW16c" if self._out_blocked else "NCHW"
+            attrs["data_channels"] = int(func.params[0].ty.shape[1])  # blocked data pads channels to 16
+        return lowering.rule(self.builder_, args, attrs, self.target)
 
     def transform(self) -> tvm.IRModule:
         for gv, func in self.mod_.functions_items():
             if isinstance(func, relax.Function) and not (func.attrs and "qnn.op" in func.attrs):
+                if self.target is not None and not self.only_reference:
+                    self.blocked = layout.plan(func, self.role_of)
+                    if self.blocked:
+                        self.chosen["layout:NCHW16c"] = self.chosen.get("layout:NCHW16c", 0) + len(self.blocked)
                 self.builder_.update_func(gv, self.visit_expr(func))
         mod = self.builder_.get()
         # The qnn functions are now unreferenced.

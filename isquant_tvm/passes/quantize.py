@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 class QTensor:
     expr: relax.Expr
     scale: float
-    dtype: str  # "int8" | "uint8"
+    dtype: str  # "int8" | "uint8" (| "int32": pooled sums)
+    bound: int | None = None  # largest |value| an int32 tensor can hold (lets kernels accumulate in int32)
 
     @property
     def qmax(self) -> int:
@@ -298,7 +299,8 @@ class QuantizeMutator(relax.PyExprMutator):
         self.values[var] = q
         return q
 
-    def _emit_acc(self, p: PendingAcc, float_out: bool, int32_out: bool = False) -> Any:
+    def _emit_acc(self, p: PendingAcc, float_out: bool, int32_out: bool = False,
+                  out_format: tuple[float, str] | None = None) -> Any:
         layer = p.layer
         out_channels = p.q.shape[0]
         s_acc = (p.x.scale * np.broadcast_to(p.w_scale.astype(np.float64), (out_channels,)))
@@ -314,6 +316,8 @@ class QuantizeMutator(relax.PyExprMutator):
         args: list[relax.Expr] = [p.x.expr, qnn_ops.const(p.q.astype(np.int8)), qnn_ops.const(bias_int)]
         attrs.update({"layer": layer.name, "input_scale": p.x.scale,
                       "weight_scale": [float(s) for s in np.atleast_1d(p.w_scale)]})
+        if p.x.bound is not None:
+            attrs["data_bound"] = int(p.x.bound)
         if float_out:
             attrs.update({"out_dtype": "float32", "out_min": 0, "out_max": 0})
             args.append(qnn_ops.const(s_acc.astype(np.float32)))
@@ -324,6 +328,13 @@ class QuantizeMutator(relax.PyExprMutator):
             attrs.update({"out_dtype": "int32", "out_min": lo, "out_max": hi})
             return self.call_qnn(op, args, attrs, layer.name), s_acc
         scale, dtype, out_min, out_max, rule = self._out_format(p.var, p.lo, p.hi)
+        if out_format is not None:  # a scale chosen for the consumer (a concat of several parts)
+            scale, dtype = out_format
+            out_min, out_max = fixed_point.dtype_bounds(dtype)
+            if p.lo is not None:
+                out_min = max(out_min, int(np.ceil(p.lo / scale - 1e-9)))
+            if p.hi is not None:
+                out_max = min(out_max, int(np.floor(p.hi / scale + 1e-9)))
         m, n = fixed_point.quantize_multiplier(s_acc / scale)
         attrs.update({"out_dtype": dtype, "out_min": out_min, "out_max": out_max, "output_scale": scale})
         args += [qnn_ops.const(m), qnn_ops.const(n)]
@@ -433,7 +444,8 @@ class QuantizeMutator(relax.PyExprMutator):
                 # the classifier multiplies them in int64. Avoids an 8-bit range nobody can see data-free.
                 attrs = {"keepdims": keepdims, "out_dtype": "int32"}
                 expr = self.call_qnn("qnn.global_avg_pool2d", [x.expr], attrs, _safe(tvm_compat.var_name(var)))
-                return QTensor(expr, x.scale / (shape[2] * shape[3]), "int32")
+                return QTensor(expr, x.scale / (shape[2] * shape[3]), "int32",
+                               bound=(x.qmax if x.dtype == "uint8" else 128) * shape[2] * shape[3])
             if var in self.feeds_output:
                 # Pooled logits leave the graph: dequantize the int32 sum, no 8-bit clipping.
                 dq = np.full(shape[1], x.scale / (shape[2] * shape[3]), np.float32)
@@ -457,15 +469,25 @@ class QuantizeMutator(relax.PyExprMutator):
             x = self.quant_of(args[0])
             new_args = [x.expr] + [self.expr_of(a) for a in args[1:]]
             expr = self.builder_.emit(relax.Call(value.op, new_args, value.attrs))
-            return QTensor(expr, x.scale, x.dtype)
+            return QTensor(expr, x.scale, x.dtype, x.bound)
         if op == "relax.concat":
             fields = list(args[0].fields)
-            qs = [self.quant_of(f) for f in fields]
-            dtype = "uint8" if all(q.dtype == "uint8" for q in qs) else "int8"
-            alpha = max(q.scale * q.qmax for q in qs)
-            scale = alpha / (255 if dtype == "uint8" else 127)
-            aligned = [self.requantize_to(q, scale, dtype, _safe(f"{tvm_compat.var_name(var)}_{i}"))
-                       for i, q in enumerate(qs)]
+            # a conv still pending is requantized straight to the concat's scale (one rounding, no extra
+            # qnn.requantize pass over its output); other parts are aligned by a requantize
+            pending = {i: self.values[f] for i, f in enumerate(fields)
+                       if isinstance(f, relax.Var) and isinstance(self.values.get(f), PendingAcc)}
+            formats = {i: self._out_format(p.var, p.lo, p.hi)[:2] for i, p in pending.items()}
+            qs = {i: self.quant_of(f) for i, f in enumerate(fields) if i not in pending}
+            dtypes = [q.dtype for q in qs.values()] + [fmt[1] for fmt in formats.values()]
+            alphas = ([q.scale * q.qmax for q in qs.values()]
+                      + [sc * (255 if dt == "uint8" else 127) for sc, dt in formats.values()])
+            dtype = "uint8" if all(d == "uint8" for d in dtypes) else "int8"
+            scale = max(alphas) / (255 if dtype == "uint8" else 127)
+            for i, p in pending.items():
+                qs[i] = self._emit_acc(p, float_out=False, out_format=(scale, dtype))
+                self.values[fields[i]] = qs[i]
+            aligned = [self.requantize_to(qs[i], scale, dtype, _safe(f"{tvm_compat.var_name(var)}_{i}"))
+                       for i in range(len(fields))]
             expr = self.builder_.emit(relax.op.concat([q.expr for q in aligned], axis=int(value.attrs.axis)))
             return QTensor(expr, scale, dtype)
         return None

@@ -186,6 +186,33 @@ def test_max_pool2d(tname, dtype, case):
     assert_exact(out, reference.qnn_max_pool2d([x], attrs))
 
 
+def to_blocked_np(x: np.ndarray, rng) -> np.ndarray:
+    """NCHW -> NCHW16c with junk in the padded channels (kernels must ignore or merely carry them)."""
+    n, c, h, w = x.shape
+    cb = -(-c // 16)
+    xp = rand_int(rng, (n, cb * 16, h, w), str(x.dtype))
+    xp[:, :c] = x
+    return np.ascontiguousarray(xp.reshape(n, cb, 16, h, w).transpose(0, 1, 3, 4, 2))
+
+
+def from_blocked_np(y: np.ndarray, c: int) -> np.ndarray:
+    n, cb, h, w, b = y.shape
+    return y.transpose(0, 1, 4, 2, 3).reshape(n, cb * b, h, w)[:, :c]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("case", [POOLS[1], POOLS[4], POOLS[5]], ids=["squeezenet", "dilated", "all_padding"])
+def test_max_pool2d_blocked(dtype, case):
+    shape, pool, strides, padding, dilation, ceil_mode = case
+    rng = rng_for("mpb", case, dtype)
+    x = rand_int(rng, shape, dtype)
+    attrs = {"pool_size": list(pool), "strides": list(strides), "padding": list(padding),
+             "dilation": list(dilation), "ceil_mode": ceil_mode}
+    out = run_rule(rules.max_pool2d_rule, [to_blocked_np(x, rng)], [], attrs, target_of("avx512"))
+    assert out.ndim == 5
+    assert_exact(from_blocked_np(out, shape[1]), reference.qnn_max_pool2d([x], attrs))
+
+
 # ---------------------------------------------------------------------------------------------- global avg pool
 
 
@@ -212,7 +239,12 @@ def test_global_avg_pool2d(tname, shape, in_dt, out_dt, keepdims):
         attrs.update(shift=int(np.log2(hw)) + 31, out_min=lo, out_max=hi)
         consts = [np.array(m)]
     out = run_rule(rules.global_avg_pool2d_rule, [x], consts, attrs, target_of(tname))
-    assert_exact(out, reference.qnn_global_avg_pool2d([x] + [np.asarray(c) for c in consts], attrs))
+    ref = reference.qnn_global_avg_pool2d([x] + [np.asarray(c) for c in consts], attrs)
+    assert_exact(out, ref)
+    if in_dt != "int32":  # NCHW16c input (conv outputs chained in blocks), channels not always a multiple of 16
+        blocked = run_rule(rules.global_avg_pool2d_rule, [to_blocked_np(x, rng)], consts,
+                           dict(attrs, data_channels=shape[1]), target_of(tname))
+        assert_exact(blocked, ref)
 
 
 # ---------------------------------------------------------------------------------------------- dense, int32 data
@@ -237,6 +269,32 @@ def test_dense_int32_input(tname, N, K, O, out_dt):
         lo, hi = lo_hi(out_dt)
         attrs.update(out_min=lo, out_max=hi)
         consts += [rng.integers(1 << 30, 1 << 31, O).astype(np.int64), np.full(O, 62, np.int64)]
+    out = run_rule(rules.dense_rule, [x], consts, attrs, target_of(tname))
+    assert_exact(out, reference.qnn_dense([x] + consts, attrs))
+
+
+@pytest.mark.parametrize("tname", ["avx512", "generic"])
+@pytest.mark.parametrize("out_dt", ["float32", "int8"])
+def test_dense_pooled_features_accumulate_exactly_in_int32(tname, out_dt):
+    """Pooled uint8 features (|x| <= 255 x 49) into a 1280 -> 1000 classifier: int32 accumulation, exact
+    even with every feature at its bound and weights of one sign (the largest sum the bound allows)."""
+    from isquant_tvm.kernels import glue
+
+    rng = rng_for("d32", out_dt)
+    bound = 255 * 49
+    w = rng.integers(0, 128, (1000, 1280)).astype(np.int8)
+    w[7] = 127  # row sum 162560: 162560 x 12495 = 2.03e9 < 2^31
+    x = rng.integers(0, bound + 1, (1, 1280)).astype(np.int32)
+    x[0, :] = np.where(rng.random(1280) < 0.5, bound, x[0])
+    bias = rng.integers(-(1 << 30), 1 << 30, 1000).astype(np.int32)
+    assert glue.dense_i32_exact(w, bound) and not glue.dense_i32_exact(w, bound * 2)
+    consts: list = [w, bias]
+    attrs = {"out_dtype": out_dt, "out_min": 0, "out_max": 0, "data_bound": bound}
+    if out_dt == "float32":
+        consts.append(rng.random(1000).astype(np.float32) * np.float32(1e-6))
+    else:
+        attrs.update(out_min=-128, out_max=127)
+        consts += [rng.integers(1 << 30, 1 << 31, 1000).astype(np.int64), np.full(1000, 52, np.int64)]
     out = run_rule(rules.dense_rule, [x], consts, attrs, target_of(tname))
     assert_exact(out, reference.qnn_dense([x] + consts, attrs))
 

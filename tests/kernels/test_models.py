@@ -28,7 +28,11 @@ def test_builtin_bit_exact_with_kernels(name: str) -> None:
     model = iq.load(f"builtin:{name}")
     # two synthetic range batches instead of eight: the ranges are not under test, the lowerings are
     result = iq.compile(model, quantize="isquant", progress=False, quant_options={"synthetic_count": 2})
-    lowerings = result.report["lowerings"]
+    _check_kernels_and_outputs(name, model, result)
+
+
+def _check_kernels_and_outputs(name: str, model, result) -> None:
+    lowerings = {k: v for k, v in result.report["lowerings"].items() if k.startswith("qnn.")}
     assert lowerings and all(k.endswith(":kernels") for k in lowerings), lowerings
     ops: set[str] = set()
     relax.analysis.post_order_visit(result.mod["main"], lambda e: ops.add(e.op.name) if isinstance(e, relax.Call)
@@ -41,6 +45,29 @@ def test_builtin_bit_exact_with_kernels(name: str) -> None:
         assert y.dtype == ref.dtype and y.shape == ref.shape
         bad = y != ref
         assert not bad.any(), f"{name}: {bad.sum()} / {bad.size} outputs differ"
+
+
+# Counts of NCHW16c tensors planned on x86-avx512 (passes/layout.py): every activation between two kernels
+# that take the blocked layout. ResNet-18: all but the input, the pooled features and the logits; the CIFAR
+# ResNet-20: its first stage only (its option-A shortcuts, a strided slice and a channel pad, need NCHW, which
+# unblocks the adds after them and, through them, their stages); SqueezeNet: every
+# conv, pool and concat output up to the classifier conv (which reads blocks and writes the int32 NCHW the pool takes);
+# MobileNetV2: every conv (depthwise included) and add output before the pool.
+BLOCKED_TENSORS = {"resnet18": 29, "resnet20-cifar": 9, "squeezenet1_1": 36, "mobilenet_v2": 62}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_builtin_bit_exact_with_blocked_layout(name: str) -> None:
+    """x86-avx512 (no AMX): activations stay NCHW16c between kernels, and the outputs are unchanged."""
+    model = iq.load(f"builtin:{name}")
+    result = iq.compile(model, target="x86-avx512", quantize="isquant", progress=False,
+                        quant_options={"synthetic_count": 2})
+    assert result.report["lowerings"].get("layout:NCHW16c") == BLOCKED_TENSORS[name]
+    five_d = [b for blk in result.mod["main"].body.blocks for b in blk.bindings
+              if len(getattr(b.var.ty, "shape", None) or ()) == 5]
+    assert len(five_d) >= BLOCKED_TENSORS[name]
+    _check_kernels_and_outputs(name, model, result)
 
 
 # Intel AMX (tdpbsud/tdpbssd tiles, kernels/x86_amx.py): LLVM calls this host "rocketlake" (no AMX), so the

@@ -180,23 +180,62 @@ def test_bad_params_rejected():
 
 @needs_vnni
 @pytest.mark.parametrize("in_dtype", ["uint8", "int8"])
-def test_blocked_chain_bit_exact(in_dtype):
-    """NCHW -> NCHW16c -> conv(blocked in/out) -> conv(blocked in/out, 1x1/2) -> NCHW equals two NCHW convs."""
+@pytest.mark.parametrize("ends", [False, True], ids=["transforms", "chain_ends"])
+def test_blocked_chain_bit_exact(in_dtype, ends):
+    """Two convs chained in NCHW16c equal two NCHW convs. transforms: NCHW -> NCHW16c -> conv (blocked in/out)
+    -> conv (blocked in/out, 1x1/2) -> NCHW. chain_ends: what passes/layout.py plans at a chain's ends, a conv
+    reading NCHW and writing NCHW16c, then one reading NCHW16c (24 channels: 8 padded lanes) and writing NCHW
+    (3x3/2), no layout transform."""
     rng = np.random.default_rng(5)
     x = rand_data(rng, (1, 20, 11, 11), in_dtype)
     p1 = make_params(rng, 24, 20, 3, "uint8", data=x)
     y1 = common.ref_conv2d(x, p1)
-    p2 = make_params(rng, 40, 24, 1, "int8", strides=(2, 2), padding=(0, 0, 0, 0), data=y1)
+    k2, pad2 = (3, (1, 1, 1, 1)) if ends else (1, (0, 0, 0, 0))
+    p2 = make_params(rng, 40, 24, k2, "int8", strides=(2, 2), padding=pad2, data=y1)
     ref = common.ref_conv2d(y1, p2)
     target = tvm.target.Target(AVX512)
     bb = relax.BlockBuilder()
     xv = relax.Var("x", relax.TensorType(x.shape, in_dtype))
     with bb.function("main", [xv]):
         with bb.dataflow():
-            xb = x86_vnni.to_blocked(bb, xv)
-            h = x86_vnni.lower_conv2d_blocked(bb, xb, p1, target)
-            h = x86_vnni.lower_conv2d_blocked(bb, h, p2, target)
-            o = bb.emit_output(x86_vnni.from_blocked(bb, h, 40))
+            if ends:
+                h = x86_vnni.lower_conv2d_blocked(bb, xv, p1, target, blocked_in=False)
+                o = bb.emit_output(x86_vnni.lower_conv2d_blocked(bb, h, p2, target, blocked_out=False))
+            else:
+                h = x86_vnni.lower_conv2d_blocked(bb, x86_vnni.to_blocked(bb, xv), p1, target)
+                h = x86_vnni.lower_conv2d_blocked(bb, h, p2, target)
+                o = bb.emit_output(x86_vnni.from_blocked(bb, h, 40))
         bb.emit_func_output(o)
     ex = relax.build(bb.get(), target=target)
     assert_exact(run(ex, x), ref)
+
+
+@needs_vnni
+@pytest.mark.parametrize("C,H,stride,pad,dil,in_dtype,out_dtype,relu6", [
+    (32, 14, 1, 1, 1, "uint8", "uint8", False),   # MobileNetV2 block, stride 1
+    (24, 15, 2, 1, 1, "int8", "uint8", True),     # stride 2, odd size, 8 padded channels, ReLU6 bounds
+    (40, 9, 1, 2, 2, "uint8", "int8", False),     # dilated
+    (16, 7, 2, 2, 1, "int8", "int8", False),      # 5x5 stride 2, more padding than a window's reach
+])
+def test_blocked_depthwise_bit_exact(C, H, stride, pad, dil, in_dtype, out_dtype, relu6):
+    """Depthwise on NCHW16c (blocked in and out, both ends fed / read through layout transforms), and with
+    NCHW at either end (the kernel converts)."""
+    rng = np.random.default_rng(C + H)
+    x = rand_data(rng, (1, C, H, H), in_dtype)
+    k = 5 if C == 16 else 3
+    p = make_params(rng, C, 1, k, out_dtype, strides=(stride, stride), padding=(pad,) * 4, dilation=(dil, dil),
+                    groups=C, data=x, relu6=relu6)
+    ref = common.ref_conv2d(x, p)
+    target = tvm.target.Target(AVX512)
+    for blocked_in, blocked_out in ((True, True), (False, False)):
+        bb = relax.BlockBuilder()
+        xv = relax.Var("x", relax.TensorType(x.shape, in_dtype))
+        with bb.function("main", [xv]):
+            with bb.dataflow():
+                h = x86_vnni.to_blocked(bb, xv) if blocked_in else xv
+                h = x86_vnni.lower_conv2d_blocked(bb, h, p, target, blocked_in=blocked_in, blocked_out=blocked_out)
+                o = bb.emit_output(x86_vnni.from_blocked(bb, h, C) if blocked_out else h)
+            bb.emit_func_output(o)
+        mod = bb.get()
+        assert any("dw_blk" in gv.name_hint for gv in mod.functions)
+        assert_exact(run(relax.build(mod, target=target), x), ref)
