@@ -748,10 +748,36 @@ def int8_cnn_inputs(seed: int = 0) -> dict[str, Any]:
     return {n: rng.integers(-128, 128, s, dtype=np.int8) for n, s in INT8_CNN_INPUTS}
 
 
+def _selftest_models(models: Sequence[str], target: str, info: dict, tmp: Path, quiet: bool) -> tuple[int, int]:
+    import numpy as np
+
+    from . import api
+    from .frontend import random_inputs
+    from .targets.rpc import run_remote
+
+    passed = failed = 0
+    for name in models:
+        t = time.monotonic()
+        arm, x86 = tmp / f"{name}_{target}.so", tmp / f"{name}_x86.so"
+        api.compile(f"builtin:{name}", target=target, quantize="isquant", output=arm, progress=False)
+        api.compile(f"builtin:{name}", target="x86", quantize="isquant", output=x86, progress=False)
+        feed = random_inputs(api.load(f"builtin:{name}").inputs, seed=7)
+        ref, _ = api.run(x86, feed)
+        out, _, _ = run_remote(arm, feed, tracker=info["tracker"], key=info["key"], session_timeout=900)
+        same = len(out) == len(ref) and all(np.array_equal(a, b) for a, b in zip(out, ref))
+        passed, failed = passed + same, failed + (not same)
+        _say(quiet, f"{name} int8 for {target}: {'bit-exact' if same else 'DIFFERS'} vs x86"
+                    f" ({time.monotonic() - t:.0f}s with both builds)")
+    return passed, failed
+
+
 def selftest(root: str | Path | None = None, cpu: str = "cortex-a72", key: str | None = None,
-             tracker_port: int = 9190, server_port: int = 9090, quiet: bool = False) -> bool:
+             tracker_port: int = 9190, server_port: int = 9090, quiet: bool = False,
+             models: Sequence[str] = ()) -> bool:
     """Set up, start, run an int8 CNN built for the board through the tracker (bit-exact against x86, timed),
-    stop. Prints `selftest: N passed, M failed`."""
+    then each of `models` (built-in names) compiled with quantize="isquant" for the board and for x86 (bit-exact
+    board vs x86: the x86 build is itself checked against the numpy reference by the test suite), stop.
+    Prints `selftest: N passed, M failed`."""
     import tempfile
 
     import numpy as np
@@ -791,6 +817,8 @@ def selftest(root: str | Path | None = None, cpu: str = "cortex-a72", key: str |
             else:
                 failed += 1
             runner.close()
+            ok, bad = _selftest_models(models, target, info, Path(tmp), quiet)
+            passed, failed = passed + ok, failed + bad
     except IsquantError as err:
         failed += 1
         _say(quiet, f"FAILED: {err}")
@@ -816,6 +844,10 @@ def cli_main(argv: Sequence[str] | None = None, prog: str = "board.py") -> int:
     parser.add_argument("--tracker-port", type=int, default=9190, help="first tracker port to try (default 9190)")
     parser.add_argument("--server-port", type=int, default=9090, help="first board server port to try (default 9090)")
     parser.add_argument("--refresh", action="store_true", help="setup: re-resolve packages and reinstall wheels")
+    parser.add_argument("--models", nargs="+", default=[], metavar="NAME",
+                        help="selftest: also compile these built-in models (e.g. resnet18 squeezenet1_1 mobilenet_v2"
+                             " resnet20-cifar) int8 for the board and for x86 and check the board's output is"
+                             " bit-exact (a minute or so per model under emulation)")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -835,7 +867,7 @@ def cli_main(argv: Sequence[str] | None = None, prog: str = "board.py") -> int:
             return 0 if st.get("healthy") else 1
         elif args.action == "selftest":
             return 0 if selftest(args.root, cpu=args.cpu or "cortex-a72", key=args.key, tracker_port=args.tracker_port,
-                                 server_port=args.server_port, quiet=args.quiet) else 1
+                                 server_port=args.server_port, quiet=args.quiet, models=args.models) else 1
     except IsquantError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
