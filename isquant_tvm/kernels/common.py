@@ -728,10 +728,9 @@ def build_dw_primfunc(dg: DwGeom, p: QConv2dParams, in_dtype: str) -> tirx.PrimF
 DW_BLOCKED_OW_TILE = 8  # output pixels per register tile (8 x 16 int32 accumulators)
 
 
-def is_blocked_depthwise(p: QConv2dParams, channels: int) -> bool:
+def is_blocked_depthwise(groups: int, weight_shape, channels: int) -> bool:
     """Depthwise with one output channel per input channel (the NCHW16c kernel's case)."""
-    w = p.weight
-    return p.groups == channels and w.shape[0] == channels and w.shape[1] == 1
+    return int(groups) == channels and int(weight_shape[0]) == channels and int(weight_shape[1]) == 1
 
 
 def dw_blocked_primfunc(shape, p: QConv2dParams, in_dtype: str) -> tuple[tirx.PrimFunc, tuple[int, ...]]:
@@ -742,12 +741,8 @@ def dw_blocked_primfunc(shape, p: QConv2dParams, in_dtype: str) -> tuple[tirx.Pr
     import tvm.s_tir  # noqa: F401
 
     N, CB, H, W, B = (int(v) for v in shape)
-    _, _, KH, KW = p.weight.shape
-    sh, sw = (int(v) for v in p.strides)
-    dh, dw = (int(v) for v in p.dilation)
-    pt, pl, pb, pr = (int(v) for v in p.padding)
-    OH = (H + pt + pb - (KH - 1) * dh - 1) // sh + 1
-    OW = (W + pl + pr - (KW - 1) * dw - 1) // sw + 1
+    g = conv_geom((N, p.weight.shape[0], H, W), p, ow_tile=1)
+    KH, KW, sh, sw, dh, dw, pt, pl, OH, OW = g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.OH, g.OW
     Hp, Wp = (OH - 1) * sh + (KH - 1) * dh + 1, (OW - 1) * sw + (KW - 1) * dw + 1
     O_pad = CB * B
     data = te.placeholder((N, CB, H, W, B), in_dtype, name="data")
@@ -861,7 +856,7 @@ def lower_conv2d_blocked_with(bb, data, p: QConv2dParams, cfg: KernelConfig, nam
     check_out_range(p)
     shape, in_dtype = expr_shape_dtype(data)
     channels = p.weight.shape[1] * p.groups
-    if p.groups != 1 and is_blocked_depthwise(p, channels):
+    if p.groups != 1 and is_blocked_depthwise(p.groups, p.weight.shape, channels):
         x = data if blocked_in else emit_layout(bb, data, True)
         xs, _ = expr_shape_dtype(x)
         func, out_shape = dw_blocked_primfunc(xs, p, in_dtype)

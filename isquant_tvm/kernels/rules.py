@@ -17,7 +17,7 @@ from tvm import relax
 from .. import tvm_compat
 from ..passes import layout, legalize, qnn_ops
 from . import glue, lower_conv2d, lower_conv2d_blocked, lower_dense
-from .common import OUT_DTYPES, QConv2dParams, QDenseParams
+from .common import OUT_DTYPES, QConv2dParams, QDenseParams, is_blocked_depthwise
 
 _IN_DTYPES = ("int8", "uint8")
 
@@ -60,13 +60,17 @@ def _blocked(attrs: Mapping[str, Any]) -> bool:
     return attrs.get("out_layout") == "NCHW16c"
 
 
+def _conv_fast(args: Sequence[relax.Expr]) -> bool:
+    """8-bit data and constant weights / epilogue: the kernels apply (else the reference lowering)."""
+    return tvm_compat.expr_dtype(args[0]) in _IN_DTYPES and all(tvm_compat.is_const(a) for a in args[1:])
+
+
 def conv2d_role(args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any) -> Optional[str]:
-    if (not _blocked_target(target) or str(attrs["out_dtype"]) not in OUT_DTYPES
-            or tvm_compat.expr_dtype(args[0]) not in _IN_DTYPES or not all(tvm_compat.is_const(a) for a in args[1:])):
+    if not _blocked_target(target) or str(attrs["out_dtype"]) not in OUT_DTYPES or not _conv_fast(args):
         return None
-    groups, channels = int(attrs["groups"]), tvm_compat.expr_shape(args[0])[1]
-    o, cpg = tvm_compat.expr_shape(args[1])[:2]
-    if groups != 1 and not (groups == channels == o and cpg == 1):  # grouped / channel multiplier: NCHW kernels
+    groups = int(attrs["groups"])
+    depthwise = is_blocked_depthwise(groups, tvm_compat.expr_shape(args[1]), tvm_compat.expr_shape(args[0])[1])
+    if groups != 1 and not depthwise:  # grouped / channel multiplier: NCHW kernels
         return None
     if groups != 1 and str(attrs["out_dtype"]) not in _IN_DTYPES:
         return None
@@ -75,7 +79,7 @@ def conv2d_role(args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: An
 
 
 def conv2d_rule(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any) -> relax.Expr:
-    if tvm_compat.expr_dtype(args[0]) not in _IN_DTYPES or not all(tvm_compat.is_const(a) for a in args[1:]):
+    if not _conv_fast(args):
         return qnn_ops.ref_conv2d(bb, args, attrs, target)
     p = QConv2dParams(strides=tuple(int(v) for v in attrs["strides"]), padding=tuple(int(v) for v in attrs["padding"]),
                       dilation=tuple(int(v) for v in attrs["dilation"]), groups=int(attrs["groups"]),

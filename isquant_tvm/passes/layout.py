@@ -20,7 +20,7 @@ multiple of 16; kernels ignore the padded lanes (their weights are zero), elemen
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import tvm
 from tvm import relax
@@ -94,8 +94,3 @@ def is_blocked_arg(arg: relax.Expr, param: relax.Expr) -> bool:
     """An argument arrives blocked when it has one more axis than the qnn function's parameter."""
     a, p = getattr(arg.ty, "shape", None), getattr(param.ty, "shape", None)
     return a is not None and p is not None and len(a) == len(p) + 1
-
-
-def blocked_shape(shape: Any) -> tuple[int, ...]:
-    n, c, h, w = (int(v) for v in shape)
-    return (n, -(-c // BLOCK), h, w, BLOCK)
