@@ -140,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--repeat", type=int, default=5, metavar="N", help="measurements per candidate (default 5)")
     g.add_argument("--min-speedup", type=float, default=1.02, metavar="X",
                    help="keep a tuned kernel only if it measured at least X times faster than the hand"
-                        " schedule (default 1.02: noise does not flip a tie)")
+                        " schedule (default 1.02: noise does not flip a tie); then the whole model is timed"
+                        " with and without the kept kernels and they are dropped unless it is faster"
+                        " (local runner; X < 1 keeps them regardless)")
     g.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
     g.add_argument("--num-threads", type=int, metavar="T",
                    help="threads the kernels are timed with (default: TVM_NUM_THREADS, else all cores); tune with"

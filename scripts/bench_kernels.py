@@ -149,7 +149,7 @@ def bench_worker(args) -> list[dict]:
     import tvm
     from tvm import relax
 
-    from isquant_tvm.kernels import QDenseParams, common, lower_conv2d, lower_dense, x86_vnni
+    from isquant_tvm.kernels import QDenseParams, common, lower_conv2d, lower_dense, x86_amx, x86_amx_blocked, x86_vnni
 
     target = tvm.target.Target(json.loads(args.target))
     rng = np.random.default_rng(0)
@@ -188,16 +188,23 @@ def bench_worker(args) -> list[dict]:
         if args.blocked and not dense and groups == 1:
             cfg = x86_vnni.config_for(target)
             gb = g
-            if C % 16 == 0:  # as in a compiled graph (passes/layout.py): NCHW16c in as well as out
+            if C % 16 == 0 and x86_amx.has_amx(target):  # what lower_conv2d_blocked picks on AMX targets
+                ga, _ = x86_amx_blocked.blocked_geom((1, C // 16, H, H, 16), p)
+                func = x86_amx_blocked.build_primfunc(ga, p, "uint8", blocked_out=True)
+            elif C % 16 == 0:  # as in a compiled graph (passes/layout.py): NCHW16c in as well as out
                 gb = common.conv_geom((1, C // 16, H, H, 16), p, ow_tile_max=cfg.ow_tile_max, blocked_in=True,
                                       ic_dot=cfg.ic_dot)
-            func = x86_vnni.build_conv_primfunc(gb, p, "uint8", cfg, blocked_out=True)
+                func = x86_vnni.build_conv_primfunc(gb, p, "uint8", cfg, blocked_out=True)
+            else:
+                func = x86_vnni.build_conv_primfunc(gb, p, "uint8", cfg, blocked_out=True)
             func = func.with_attr("global_symbol", "main")
             lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
             targs = [tvm.runtime.tensor(np.zeros([int(d) for d in prm.shape], str(prm.dtype))) for prm in func.params]
             fn = lib.mod["main"]
-            wall, cpu = time_call(lambda: fn(*targs), args, single_thread=args.threads_now == 1)
+            bstats: dict = {}
+            wall, cpu = time_call(lambda: fn(*targs), args, single_thread=args.threads_now == 1, stats=bstats)
             row["blocked_ms"] = cpu if cpu is not None else wall
+            row["blocked_median_ms"] = bstats["median_ms"]
             row["blocked_gops"] = 2 * macs / row["blocked_ms"] / 1e6
         if args.ort and not dense and groups == 1:
             row.update(bench_ort(p, (1, C, H, H), args.threads_now))
@@ -254,18 +261,20 @@ def e2e_input(shape) -> np.ndarray:
 
 
 def e2e_profile(vm, args, runs: int = 12) -> list[dict]:
-    """Thread-CPU time of every VM call (median over runs), grouped by callee."""
+    """Time of every VM call (median over runs), grouped by callee: thread-CPU time at 1 thread, wall
+    time with more (the workers' time is not the calling thread's)."""
     import collections
     import time
 
     calls: list = []
     start: dict = {}
+    clock = time.thread_time if os.environ.get("TVM_NUM_THREADS", "1") == "1" else time.perf_counter
 
     def instrument(func, sym, before, ret, *a):
         if before:
-            start["t"] = time.thread_time()
+            start["t"] = clock()
         else:
-            calls.append((sym, time.thread_time() - start["t"]))
+            calls.append((sym, clock() - start["t"]))
         return 0
 
     vm.set_instrument(instrument)
@@ -334,7 +343,7 @@ def run_e2e(args) -> dict:
         for th in [int(t) for t in args.threads.split(",")]:
             env = dict(os.environ, TVM_NUM_THREADS=str(th), OMP_NUM_THREADS=str(th))
             cmd = [sys.executable, __file__, "--e2e-worker", str(tmp / f"{name}.so"), "--repeat", str(args.repeat)] + \
-                (["--profile"] if args.profile and th == 1 else [])
+                (["--profile"] if args.profile else [])
             r = _run_worker(cmd, env, f"e2e worker for {name} with {th} threads")
             row["threads"][str(th)] = r
             print(f"   {th} thread(s): median {r['median_ms']:.2f} ms (min {r['min_ms']:.2f}, "
@@ -348,7 +357,8 @@ def run_e2e(args) -> dict:
                     g = "conv/dense kernels" if f.startswith(("qconv2d", "qdense")) else \
                         "vm builtins" if f.startswith("vm.") else "glue (qnn_*)" if f.startswith("qnn_") else "other Relax ops"
                     groups[g] = groups.get(g, 0.0) + p["ms"]
-                print(f"   profile (thread CPU, 1 thread): {tot:.2f} ms = " +
+                clock = "thread CPU" if th == 1 else "wall"
+                print(f"   profile ({clock}, {th} thread(s)): {tot:.2f} ms = " +
                       ", ".join(f"{g} {v:.2f}" for g, v in sorted(groups.items(), key=lambda kv: -kv[1])))
                 for p in prof[:args.profile_top]:
                     print(f"      {p['ms']:7.3f} ms {p['calls']:4d}x {p['func']}")
@@ -380,7 +390,8 @@ def run_amx_compare(args) -> None:
         rows = {}
         for kind, tgt in (("vnni", base), ("amx", amx_target(base))):
             cmd = [sys.executable, __file__, "--worker", str(th), "--target", json.dumps(tgt), "--number",
-                   str(args.number), "--repeat", str(args.repeat), "--only", args.only, "--model", args.model]
+                   str(args.number), "--repeat", str(args.repeat), "--only", args.only, "--model", args.model] + \
+                (["--blocked"] if args.blocked else [])
             out = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if out.returncode:
                 sys.stderr.write(out.stderr)
@@ -391,12 +402,15 @@ def run_amx_compare(args) -> None:
         print(f"\n== {th} thread(s): median {clock} ms per call over {args.repeat} repeats x {args.number} ==")
         print(f"{'layer':18s} {'shape':26s} {'VNNI ms':>8s} {'GOP/s':>6s} {'AMX ms':>8s} {'GOP/s':>6s} {'AMX/VNNI':>8s}")
         tv = ta = 0.0
+        # with --blocked: the kernels as a compiled graph runs them (NCHW16c in and out; on AMX targets the
+        # blocked-data AMX conv, kernels/x86_amx_blocked.py), else NCHW in and out through lower_conv2d
+        key = "blocked_median_ms" if args.blocked else "median_ms"
         for v, a in zip(rows["vnni"], rows["amx"]):
-            gv, ga = 2 * v["macs"] / v["median_ms"] / 1e6, 2 * a["macs"] / a["median_ms"] / 1e6
-            tv += v["median_ms"] * v["count"]
-            ta += a["median_ms"] * a["count"]
-            print(f"{v['layer']:18s} {v['shape']:26s} {v['median_ms']:8.3f} {gv:6.0f} {a['median_ms']:8.3f} {ga:6.0f}"
-                  f" {v['median_ms'] / a['median_ms']:7.2f}x")
+            mv, ma = v.get(key, v["median_ms"]), a.get(key, a["median_ms"])
+            gv, ga = 2 * v["macs"] / mv / 1e6, 2 * a["macs"] / ma / 1e6
+            tv += mv * v["count"]
+            ta += ma * a["count"]
+            print(f"{v['layer']:18s} {v['shape']:26s} {mv:8.3f} {gv:6.0f} {ma:8.3f} {ga:6.0f} {mv / ma:7.2f}x")
         print(f"all {args.model} convs+fc (with repeats): VNNI {tv:.2f} ms, AMX {ta:.2f} ms ({tv / ta:.2f}x)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -419,7 +433,7 @@ def main() -> None:
     ap.add_argument("--json", default="", help="write results here")
     ap.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--e2e", default="", help="comma list of builtin models to compile, check and time end to end")
-    ap.add_argument("--profile", action="store_true", help="with --e2e: time per PrimFunc (1 thread)")
+    ap.add_argument("--profile", action="store_true", help="with --e2e: time per PrimFunc (thread CPU at 1 thread, wall at more)")
     ap.add_argument("--profile-top", type=int, default=25)
     ap.add_argument("--e2e-worker", default="", help=argparse.SUPPRESS)
     ap.add_argument("--amx", action="store_true",

@@ -12,7 +12,9 @@ AMX tdpbsud/tdpbssd kernel (x86_amx) and the rest to VNNI; aarch64 with +dotprod
 NEON smull kernel (arm_dot). Depthwise (groups == C) -> vectorised int32 kernel on every target.
 Every kernel is bit-exact against ref_conv2d / ref_dense (numpy int64).
 
-Chaining variant: lower_conv2d_blocked (NCHW16c in/out, groups == 1) with to_blocked / from_blocked.
+Chaining variant: lower_conv2d_blocked (NCHW16c in/out, groups == 1) with to_blocked / from_blocked. On
+x86 targets with amx-int8 a blocked input goes to x86_amx_blocked (tiles of 16 pixels x 16 channels, so
+its outputs are NCHW16c rows); an NCHW input (the RGB stem) and depthwise convs to the VNNI blocked kernels.
 Every out_dtype of the qnn contract: int8 / uint8 (requantized), float32 (dequantized), int32 (clipped
 accumulator, a classifier conv feeding a pool).
 
@@ -71,6 +73,11 @@ def lower_conv2d_blocked(bb, data, p: QConv2dParams, target, name: Optional[str]
                          blocked_out: bool = True):
     """NCHW16c in (or NCHW with blocked_in=False) -> NCHW16c out (or NCHW with blocked_out=False),
     groups == 1 (for chaining layers: passes/layout.py plans where)."""
+    if blocked_in and not is_aarch64(target):
+        from . import x86_amx, x86_amx_blocked
+
+        if x86_amx.has_amx(target) and x86_amx_blocked.eligible(_shape(data), p):
+            return x86_amx_blocked.lower_conv2d(bb, data, p, target, name, blocked_out=blocked_out)
     mod = _backend(target)
     return mod.lower_conv2d_blocked(bb, data, p, target, name, blocked_in, blocked_out=blocked_out)
 

@@ -16,6 +16,7 @@ from tvm import relax
 
 from .. import tvm_compat
 from ..passes import layout, legalize, qnn_ops
+from ..passes.merge_concat_convs import merge_concat_convs
 from . import glue, lower_conv2d, lower_conv2d_blocked, lower_dense
 from .common import OUT_DTYPES, QConv2dParams, QDenseParams, is_blocked_depthwise
 
@@ -50,10 +51,9 @@ def _conv_applies(target: Any, attrs: Mapping[str, Any]) -> bool:
 
 
 def _blocked_target(target: Any) -> bool:
-    """Targets whose conv kernels compute in NCHW16c (the AMX kernel packs NCHW in its own layout)."""
-    from . import x86_amx
-
-    return _is_cpu(target) and not x86_amx.has_amx(target)
+    """Targets whose conv kernels compute in NCHW16c (every LLVM CPU target: AMX convs read and write it
+    through x86_amx_blocked)."""
+    return _is_cpu(target)
 
 
 def _blocked(attrs: Mapping[str, Any]) -> bool:
@@ -74,8 +74,10 @@ def conv2d_role(args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: An
         return None
     if groups != 1 and str(attrs["out_dtype"]) not in _IN_DTYPES:
         return None
-    # 8-bit results chain on; int32 / float32 ones (a classifier's accumulators) leave the blocked graph
-    return layout.PRODUCE if str(attrs["out_dtype"]) in _IN_DTYPES else layout.CONSUME
+    # every result dtype can stay blocked: a classifier conv's int32 accumulators feed the blocked global
+    # pool (an NCHW int32 result costs 16 strided stores per pixel); layout.plan unblocks it where the
+    # user needs NCHW
+    return layout.PRODUCE
 
 
 def conv2d_rule(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any) -> relax.Expr:
@@ -226,7 +228,15 @@ def _glue_applies(target: Any, attrs: Mapping[str, Any]) -> bool:
     return _is_cpu(target)
 
 
+def _skips_zero_taps(target: Any) -> bool:
+    """The conv kernel skips all-zero taps per output block (x86_amx_blocked): merged convs pay."""
+    from . import is_aarch64, x86_amx
+
+    return _is_cpu(target) and not is_aarch64(target) and x86_amx.has_amx(target)
+
+
 def register() -> None:
+    legalize.register_prepass("merge_concat_convs", _skips_zero_taps, merge_concat_convs)
     legalize.register("qnn.conv2d", "kernels", _conv_applies, conv2d_rule, priority=10, blocked=conv2d_role)
     legalize.register("qnn.dense", "kernels", _conv_applies, dense_rule, priority=10)
     for op, (rule, role) in GLUE_RULES.items():

@@ -34,6 +34,9 @@ Linux needs a per-process permission before the first tile instruction (targets/
 for it itself once per call (one arch_prctl syscall, well under a microsecond; a no-op once granted) and
 fails with a TVM error instead of SIGILL when refused.
 
+In a compiled graph most convs read channel-blocked activations and go to x86_amx_blocked instead (the
+same tiles with data and weights swapped); this kernel serves NCHW inputs and dense.
+
 Used where it pays (scripts/bench_kernels.py --amx): groups == 1 convs with at least AMX_MIN_CIN input
 channels, or fewer with a kernel wider than 1 (the RGB stem, columns folded into the reduction); dense at
 batch >= 2 or with long rows. Grouped and depthwise convs and few-channel 1x1 convs stay on VNNI.
@@ -140,7 +143,7 @@ def choose_kc(cpg: int) -> int:
     return 64 if cpg >= 64 else _ceil(cpg, 4)
 
 
-def amx_geom(data_shape, p: QConv2dParams, dense: bool = False) -> AmxGeom:
+def amx_geom(data_shape, p: QConv2dParams, dense: bool = False, fold: Optional[int] = None) -> AmxGeom:
     N, C, H, W = (int(v) for v in data_shape)
     O, cpg, KH, KW = p.weight.shape
     if int(p.groups) != 1 or cpg != C:
@@ -152,7 +155,8 @@ def amx_geom(data_shape, p: QConv2dParams, dense: bool = False) -> AmxGeom:
     OW = (W + pl + pr - (KW - 1) * dw - 1) // sw + 1
     # Few input channels (the RGB stem): fold the kernel columns into the reduction - the pack writes
     # (c, kw) pairs as channels with the column stride applied, leaving KH taps of C*KW channels.
-    fold = KW if (C < FOLD_MAX_CIN and KW > 1 and not dense) else 1
+    if fold is None:
+        fold = KW if (C < FOLD_MAX_CIN and KW > 1 and not dense) else 1
     kc = choose_kc(C * fold)
     ICB = _ceil(C * fold, kc) // kc
     kws = range(KW) if fold == 1 else [0]
@@ -341,14 +345,10 @@ def _pack_folded(g: AmxGeom, T, data, pack, pad_val, parallel):
                             T.buffer_store(pack, v, [(row + wq) * 4 + c4])
 
 
-def _gemm_stage(g: AmxGeom, p, T, pack, wpk, bias, epi, out, parallel):
-    # ---- AMX GEMM (C = W x D^T: 16 channels x 16 pixels per tile) + epilogue ----
-    KQ, kc = g.KQ, g.kc
-    direct = g.dense or g.WQ == g.OW  # output pixels are the flat plane positions: store straight to out
-    if direct:
-        dst = out if g.dense else T.decl_buffer((g.N * g.O * g.OH * g.OW,), p.out_dtype, data=out.data)
-    else:
-        dst = T.alloc_buffer((g.N * g.O * g.Mpad,), p.out_dtype)
+def tile_tasks(g: AmxGeom, T, parallel: bool, tiles: list[tuple[int, int]], block) -> None:
+    """The GEMM's task loop, shared by both AMX convs: tasks over (image, output-channel block, share of the
+    pixel blocks), each loading the tile config (`tiles`: (rows, bytes per row) of tmm0, tmm1, ...) and calling
+    block(n, ob, pb, ctile) for its pixel blocks, ctile a 4 KB int32 stack buffer for the C tiles."""
     items_base = g.N * g.OB
     split = min(g.PB, max(1, -(-PAR_TASKS // items_base))) if parallel else 1
     pb_per = -(-g.PB // split)
@@ -361,28 +361,33 @@ def _gemm_stage(g: AmxGeom, p, T, pack, wpk, bias, epi, out, parallel):
         ctile = T.alloc_buffer((g.MO * g.MP * OC_BN * 16,), "int32", scope="local")
         with T.serial(0, 64) as i:
             T.buffer_store(cfg, T.uint8(0), [i])
-        T.buffer_store(cfg, T.uint8(1), [0])
-
-        def set_tile(t, nrows, colsb):
+        T.buffer_store(cfg, T.uint8(1), [0])  # palette 1
+        for t, (nrows, colsb) in enumerate(tiles):
             T.buffer_store(cfg, T.uint8(colsb & 0xFF), [16 + 2 * t])
             T.buffer_store(cfg, T.uint8(colsb >> 8), [17 + 2 * t])
             T.buffer_store(cfg, T.uint8(nrows), [48 + t])
-
-        nC = g.MO * g.MP
-        for t in range(nC):
-            set_tile(t, OC_BN, 4 * g.pw)
-        for t in range(g.MO):
-            set_tile(nC + t, OC_BN, kc)
-        for t in range(g.MP):
-            set_tile(nC + g.MO + t, KQ, 4 * g.pw)
         _intrin("ldtilecfg", T.address_of(cfg[0]))
         with T.serial(0, pb_per) as pbi:
             pb = pbo * pb_per + pbi
             guard = split * pb_per != g.PB
             with T.If(pb < g.PB) if guard else contextlib.nullcontext():
                 with T.Then() if guard else contextlib.nullcontext():
-                    _gemm_block(g, p, T, n, ob, pb, pack, wpk, bias, epi, dst, ctile, direct)
+                    block(n, ob, pb, ctile)
         _intrin("tilerelease")
+
+
+def _gemm_stage(g: AmxGeom, p, T, pack, wpk, bias, epi, out, parallel):
+    # ---- AMX GEMM (C = W x D^T: 16 channels x 16 pixels per tile) + epilogue ----
+    KQ, kc = g.KQ, g.kc
+    direct = g.dense or g.WQ == g.OW  # output pixels are the flat plane positions: store straight to out
+    if direct:
+        dst = out if g.dense else T.decl_buffer((g.N * g.O * g.OH * g.OW,), p.out_dtype, data=out.data)
+    else:
+        dst = T.alloc_buffer((g.N * g.O * g.Mpad,), p.out_dtype)
+    nC = g.MO * g.MP
+    tiles = [(OC_BN, 4 * g.pw)] * nC + [(OC_BN, kc)] * g.MO + [(KQ, 4 * g.pw)] * g.MP
+    tile_tasks(g, T, parallel, tiles, lambda n, ob, pb, ctile: _gemm_block(
+        g, p, T, n, ob, pb, pack, wpk, bias, epi, dst, ctile, direct))
 
     if not direct:  # wide (N, O, Mpad) plane rows -> NCHW
         nrows = g.N * g.O * g.OH

@@ -39,6 +39,16 @@ REGISTRY: dict[str, list[Lowering]] = {
 }
 
 
+# graph rewrites that pay only with some targets' lowerings (e.g. a merged conv whose kernel skips zero
+# taps): name -> (applies(target), module -> (module, rewrites made)), run before lowering
+PREPASSES: dict[str, tuple[Callable[[Any], bool], Callable[[tvm.IRModule], tuple[tvm.IRModule, int]]]] = {}
+
+
+def register_prepass(name: str, applies: Callable[[Any], bool],
+                     rewrite: Callable[[tvm.IRModule], tuple[tvm.IRModule, int]]) -> None:
+    PREPASSES[name] = (applies, rewrite)
+
+
 def register(op: str, name: str, applies: Predicate, rule: qnn_ops.Rule, priority: int = 0,
              blocked: Optional[BlockedRole] = None) -> None:
     """Add a lowering for `op`; higher priority wins among those that apply."""
@@ -127,11 +137,17 @@ def _load_fast_rules() -> None:
 
 def legalize(mod: tvm.IRModule, target: Any = None, only_reference: bool = False) -> tuple[tvm.IRModule, dict[str, int]]:
     """Lower every qnn op call in `mod`. Returns the module and which lowering each op used."""
+    rewrites: dict[str, int] = {}
     if target is not None and not only_reference:
         _load_fast_rules()
+        for name, (applies, rewrite) in PREPASSES.items():
+            if applies(target):
+                mod, count = rewrite(mod)
+                if count:
+                    rewrites[f"rewrite:{name}"] = count
     mutator = LegalizeMutator(mod, target, only_reference)
     out = mutator.transform()
-    return out, mutator.chosen
+    return out, {**rewrites, **mutator.chosen}
 
 
 def legalize_pass(target: Any = None, only_reference: bool = False) -> tvm.transform.Pass:

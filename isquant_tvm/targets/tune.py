@@ -13,6 +13,8 @@ Design (`python -m isquant_tvm tune` / :func:`tune`):
 * After tuning, the default (hand) schedule and the best tuned schedule of each task are built and timed
   with the same builder and runner (local, or RPC through a tracker), interleaved. A task is *kept* only
   when its tuned schedule measured at least ``min_speedup`` times faster.
+* Then the whole model is timed untuned and with the kept tasks (local runner, interleaved rounds at the
+  tune's thread count); if the tuned build is not faster, no task stays kept (:func:`check_whole_model`).
 * ``out_dir`` holds the MetaSchedule JSON database (database_workload.json, database_tuning_record.json),
   MetaSchedule's logs (logs/) and ``summary.json`` (per task: structural hashes of the default and tuned
   PrimFuncs and of the workload, default_ms, tuned_ms, speedup, kept).
@@ -20,8 +22,8 @@ Design (`python -m isquant_tvm tune` / :func:`tune`):
 At compile (:func:`apply_records`), a PrimFunc of the legalized module whose structural hash equals a
 *kept* task's default hash is replaced by the database's best schedule of that task's workload (checked
 against the recorded tuned hash). Tasks not kept, and functions of other models, stay as they are, so a
-tuned build is never slower than the untuned one as far as the tune-time measurement could tell, and its
-results are identical (same compute, only the loop schedule differs).
+tuned build is never slower than the untuned one as far as the tune-time whole-model measurement could
+tell, and its results are identical (same compute, only the loop schedule differs).
 
 Every TVM-version-sensitive call of the tuning path is in this module.
 """
@@ -439,6 +441,7 @@ class TuneReport:
     tune_seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
     quant_report: dict[str, Any] = field(default_factory=dict)  # the quantizer's per-layer report (not saved)
+    whole_model: dict[str, Any] = field(default_factory=dict)  # check_whole_model's verdict
 
     @property
     def kept(self) -> list[TaskResult]:
@@ -459,6 +462,13 @@ class TuneReport:
         lines.append(f"{len(self.kept)} of {len(self.tasks)} tasks kept; kernel time per inference"
                      f" {sum(weighted):.3f} -> {sum(weighted) - saved:.3f} ms (sum of calls x ms);"
                      f" tuning took {self.tune_seconds:.0f} s")
+        w = self.whole_model
+        if w.get("checked"):
+            lines.append(f"whole model: untuned {w['untuned_ms']:.3f} ms, tuned {w['tuned_ms']:.3f} ms"
+                         f" ({w['speedup']:.3f}x, median of {w['rounds']} interleaved rounds):"
+                         + (" records kept" if w["kept"] else " not faster, records not applied"))
+        elif w:
+            lines.append(f"whole model: {w.get('note', 'not checked')}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -467,7 +477,7 @@ class TuneReport:
         return {"format": SUMMARY_FORMAT, "tool": "isquant-tvm", "tool_version": __version__,
                 "tvm_version": tvm_compat.TVM_VERSION, "source": self.source, "target": self.target,
                 "settings": self.settings, "tune_seconds": self.tune_seconds,
-                "tasks": [t.to_json() for t in self.tasks]}
+                "tasks": [t.to_json() for t in self.tasks], "whole_model": self.whole_model}
 
 
 def keep_decision(default_ms: float | None, tuned_ms: float | None, min_speedup: float) -> tuple[bool, str]:
@@ -477,6 +487,61 @@ def keep_decision(default_ms: float | None, tuned_ms: float | None, min_speedup:
     if tuned_ms * min_speedup < default_ms:
         return True, ""
     return False, "not faster" if min_speedup <= 1.0 else f"< {min_speedup:g}x faster"
+
+
+def time_whole_model(mods: Sequence[tvm.IRModule], target: tvm.target.Target, rounds: int = 5,
+                     repeat: int = 20) -> list[float]:
+    """Median ms of each module's `main` on this host, measured interleaved round by round (module A, B, A,
+    B, ...) so a burst of another job's load hits every module alike; the median of the rounds' medians."""
+    from tvm import relax
+
+    from .build import build
+
+    dev = tvm.cpu()
+    vms = [relax.VirtualMachine(build(m, target), dev) for m in mods]
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(_random_array(rng, [int(d) for d in p.ty.shape], str(p.ty.dtype)))
+            for p in mods[0]["main"].params]
+    per: list[list[float]] = [[] for _ in vms]
+    for _ in range(rounds):
+        for vm, times in zip(vms, per):
+            vm["main"](*args)
+            res = vm.time_evaluator("main", dev, number=1, repeat=repeat)(*args)
+            times.append(float(np.median(res.results)) * 1e3)
+    return [float(np.median(t)) for t in per]
+
+
+def whole_model_keeps(untuned_ms: float, tuned_ms: float, min_speedup: float) -> bool:
+    """Faster as a whole (min_speedup < 1, a forced keep, relaxes it)."""
+    return tuned_ms * min(min_speedup, 1.0) < untuned_ms
+
+
+def check_whole_model(report: TuneReport, mod: tvm.IRModule, target: tvm.target.Target, *, min_speedup: float,
+                      remote: bool, rounds: int = 5, repeat: int = 20) -> None:
+    """Time the model untuned and with the kept records; if the tuned build is not faster (by
+    min(min_speedup, 1)), un-keep every task, so `compile --tuning-records` builds exactly the untuned model.
+
+    Each kept task won its own timing, but kernels timed alone are not the model: caches, the thread pool's
+    wake-ups and the other kernels differ (on ResNet-18, 8 kept tasks summed 3.5 % faster while the whole
+    model measured 1-7 % slower at another thread count). This check makes "tuned never slower" a property
+    of what `tune` writes, at the thread count it ran with. Boards (RPC runner) keep the per-task decisions."""
+    if not report.kept:
+        return
+    if remote:
+        report.whole_model = {"checked": False,
+                              "note": "checked per task only: the whole-model check runs with the local runner"}
+        write_summary(report)
+        return
+    tuned_mod, applied = apply_records(mod, target, report.out_dir)
+    untuned_ms, tuned_ms = time_whole_model([mod, tuned_mod], target, rounds=rounds, repeat=repeat)
+    keep = whole_model_keeps(untuned_ms, tuned_ms, min_speedup)
+    report.whole_model = {"checked": True, "untuned_ms": untuned_ms, "tuned_ms": tuned_ms,
+                          "speedup": untuned_ms / tuned_ms, "kept": keep, "rounds": rounds, "repeat": repeat,
+                          "threads": os.environ.get("TVM_NUM_THREADS"), "applied": applied}
+    if not keep:
+        for t in report.kept:
+            t.kept, t.note = False, "whole model not faster"
+    write_summary(report)
 
 
 def _progress_callback(bar: Any) -> Any:
@@ -687,6 +752,7 @@ def tune(model: Any, target: str | dict[str, Any] | tvm.target.Target = "x86", o
     report = tune_tasks(tasks, tgt, out_dir, source=imported.source, trials=trials, trials_per_task=trials_per_task,
                         timeout=timeout, number=number, repeat=repeat, rpc_tracker=rpc_tracker, rpc_key=rpc_key,
                         cross_compiler=cross_compiler, min_speedup=min_speedup, seed=seed, progress=progress)
+    check_whole_model(report, qres.mod, tgt, min_speedup=min_speedup, remote=bool(rpc_tracker))
     report.quant_report = dict(qres.report or {})
     return report
 

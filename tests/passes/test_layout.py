@@ -98,16 +98,24 @@ def test_concat_parts_that_are_pending_convs_need_no_requantize(qnn_mod) -> None
     assert calls.count("qnn.requantize") == 1 and calls.count("qnn.conv2d") == 4
 
 
-def test_amx_targets_keep_nchw(qnn_mod) -> None:
-    amx = {"kind": "llvm", "mcpu": "rocketlake", "mattr": ["+amx-int8", "+amx-tile"]}
+AMX = {"kind": "llvm", "mcpu": "rocketlake", "mattr": ["+amx-int8", "+amx-tile"], "num-cores": 2}
+
+
+def test_amx_targets_plan_the_same_blocks(qnn_mod) -> None:
+    # the AMX convs read and write NCHW16c too (kernels/x86_amx_blocked.py)
     _load_fast_rules()
-    mutator = LegalizeMutator(qnn_mod, tvm.target.Target(amx), only_reference=False)
-    assert layout.plan(qnn_mod["main"], mutator.role_of) == set()
+    mutator = LegalizeMutator(qnn_mod, tvm.target.Target(AMX), only_reference=False)
+    assert layout.plan(qnn_mod["main"], mutator.role_of) == _plan(qnn_mod, "x86-avx512")
 
 
-@pytest.mark.parametrize("target", ["x86-avx512", "x86-avx2"])
+@pytest.mark.parametrize("target", ["x86-avx512", "x86-avx2", "amx"])
 def test_blocked_graph_is_bit_exact(qnn_mod, target: str) -> None:
-    tgt = resolve_target(target)
+    if target == "amx":
+        from isquant_tvm.targets.amx import host_has_amx
+
+        if not host_has_amx():
+            pytest.skip("host CPU has no AMX (amx_tile / amx_int8)")
+    tgt = tvm.target.Target(AMX) if target == "amx" else resolve_target(target)
     mod, chosen = legalize(qnn_mod, tgt)
     assert chosen["layout:NCHW16c"] == 8
     shapes = [tuple(int(d) for d in b.var.ty.shape) for blk in mod["main"].body.blocks for b in blk.bindings

@@ -140,6 +140,42 @@ def test_slower_task_is_not_applied(tuned, tmp_path: Path) -> None:
             assert tvm_ffi.structural_equal(result.mod[gv.name_hint], func), gv.name_hint
 
 
+def test_whole_model_is_timed_with_and_without_the_kept_kernels(tuned) -> None:
+    _, records, report = tuned
+    doc = json.loads((records / "summary.json").read_text())
+    w = doc["whole_model"]
+    assert w["checked"] is True and w["untuned_ms"] > 0 and w["tuned_ms"] > 0 and w["threads"] == "1"
+    assert w["kept"] is True and w["applied"] == [report.tasks[0].name]  # min_speedup 0: kept regardless
+    assert "whole model: untuned" in report.table()
+
+
+def test_records_not_faster_as_a_whole_are_dropped(tuned, tmp_path: Path, monkeypatch) -> None:
+    """A task that won alone but whose whole model measured slower: summary.json keeps no task, and a
+    compile with the records is the untuned build."""
+    import tvm_ffi
+
+    from isquant_tvm.targets import tune as tune_mod
+
+    assert tune_mod.whole_model_keeps(2.0, 1.9, 1.02) and not tune_mod.whole_model_keeps(2.0, 2.0, 1.02)
+    assert tune_mod.whole_model_keeps(2.0, 2.5, 0.0)  # forced keep
+    model, records, report = tuned
+    copy = tmp_path / "records"
+    shutil.copytree(records, copy)
+    forced = tune_mod.TuneReport(copy, report.target, report.source,
+                                 [tune_mod.TaskResult.from_json(t.to_json()) for t in report.tasks], 1.0)
+    base = _compile(model)
+    monkeypatch.setattr(tune_mod, "time_whole_model", lambda mods, target, **kw: [1.0, 1.1])  # the verdict only
+    tune_mod.check_whole_model(forced, base.mod, base.target, min_speedup=1.02, remote=False)
+    doc = json.loads((copy / "summary.json").read_text())
+    assert doc["whole_model"]["kept"] is False
+    assert [t["kept"] for t in doc["tasks"]] == [False] and doc["tasks"][0]["note"] == "whole model not faster"
+    result = _compile(model, copy)
+    assert result.metadata["tuning"]["applied"] == []
+    for gv, func in base.mod.functions_items():
+        if gv.name_hint != "main":
+            assert tvm_ffi.structural_equal(result.mod[gv.name_hint], func), gv.name_hint
+
+
 def test_records_for_another_target_are_refused(tuned) -> None:
     from isquant_tvm.errors import IsquantError
     from isquant_tvm.targets.presets import resolve_target
