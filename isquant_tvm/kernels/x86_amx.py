@@ -239,15 +239,18 @@ def build_amx_primfunc(g: AmxGeom, p, in_dtype: str, request_perm: bool = True) 
             else:
                 out = T.arg("out", T.Buffer((g.N, g.O, g.OH, g.OW), p.out_dtype))
             T.func_attr({"tirx.noalias": True})
-            if request_perm:
-                rc = T.call_extern("int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM),
-                                   T.int64(XFEATURE_XTILEDATA))
-                with T.Assert(rc == T.int64(0), "AMX: Linux refused tile-data permission "
-                              "(arch_prctl ARCH_REQ_XCOMP_PERM); rebuild for a target without amx-int8"):
-                    _body(g, p, T, data, wpk, bias, epi, out)
-            else:
+            with tile_permission(T) if request_perm else contextlib.nullcontext():
                 _body(g, p, T, data, wpk, bias, epi, out)
     return common.prim_func_attrs(ib.get(), "qconv2d_amx")
+
+
+def tile_permission(T):
+    """A frame whose body runs after asking Linux for tile-data permission (a TVM error, not SIGILL, when
+    refused)."""
+    rc = T.call_extern("int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM),
+                       T.int64(XFEATURE_XTILEDATA))
+    return T.Assert(rc == T.int64(0), "AMX: Linux refused tile-data permission (arch_prctl "
+                    "ARCH_REQ_XCOMP_PERM); rebuild for a target without amx-int8")
 
 
 def _body(g: AmxGeom, p, T, data, wpk, bias, epi, out):

@@ -12,6 +12,10 @@ Here the GEMM is the other way round, C[16 pixels x 16 channels] += D[16 pixels 
 * a C row is 16 channels of one pixel: bias + requantize vectorised over channels, then one 16-byte
   store into the NCHW16c output (or 16 strided stores into NCHW, for a chain's last conv).
 
+* a tile multiply costs the same for any row width up to 64 bytes, so with few channels the kernel
+  columns are folded into the rows (blocked_geom), and all-zero taps are skipped per output block
+  (tap_runs: the merged convs of passes/merge_concat_convs.py).
+
 Unsigned data (A) x signed weights (B) is ``tdpbusd``; int8 data ``tdpbssd``. Bit-exact vs ref_conv2d.
 Channels past the input's real count are read as whatever the blocked input holds: their weights are 0.
 """
@@ -25,10 +29,9 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
-from ..targets.amx import ARCH_REQ_XCOMP_PERM, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA
 from . import common
 from .common import OC_BN, QConv2dParams
-from .x86_amx import PARALLEL_MIN_MACS, AmxGeom, _intrin, amx_geom, choose_kc, tile_tasks
+from .x86_amx import PARALLEL_MIN_MACS, AmxGeom, _intrin, amx_geom, choose_kc, tile_permission, tile_tasks
 
 
 def _tile_dots(Cp: int, KH: int, KW: int, fold: int) -> int:
@@ -93,10 +96,7 @@ def build_primfunc(g: AmxGeom, p: QConv2dParams, in_dtype: str, blocked_out: boo
             out = T.arg("out", T.Buffer(oshape, p.out_dtype))
             T.func_attr({"tirx.noalias": True})
             outf = T.decl_buffer((int(np.prod(oshape)),), p.out_dtype, data=out.data)
-            rc = T.call_extern("int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM),
-                               T.int64(XFEATURE_XTILEDATA))
-            with T.Assert(rc == T.int64(0), "AMX: Linux refused tile-data permission "
-                          "(arch_prctl ARCH_REQ_XCOMP_PERM); rebuild for a target without amx-int8"):
+            with tile_permission(T):
                 pack = T.alloc_buffer((g.N * g.ICB * len(g.phases) * g.plane * g.kc,), in_dtype)
                 _pack(g, T, data, pack)
                 _gemm(g, p, T, pack, wpk, bias, epi, outf, blocked_out)
