@@ -191,11 +191,10 @@ def bench_worker(args) -> list[dict]:
             if C % 16 == 0 and x86_amx.has_amx(target):  # what lower_conv2d_blocked picks on AMX targets
                 ga, _ = x86_amx_blocked.blocked_geom((1, C // 16, H, H, 16), p)
                 func = x86_amx_blocked.build_primfunc(ga, p, "uint8", blocked_out=True)
-            elif C % 16 == 0:  # as in a compiled graph (passes/layout.py): NCHW16c in as well as out
-                gb = common.conv_geom((1, C // 16, H, H, 16), p, ow_tile_max=cfg.ow_tile_max, blocked_in=True,
-                                      ic_dot=cfg.ic_dot)
-                func = x86_vnni.build_conv_primfunc(gb, p, "uint8", cfg, blocked_out=True)
             else:
+                if C % 16 == 0:  # as in a compiled graph (passes/layout.py): NCHW16c in as well as out
+                    gb = common.conv_geom((1, C // 16, H, H, 16), p, ow_tile_max=cfg.ow_tile_max, blocked_in=True,
+                                          ic_dot=cfg.ic_dot)
                 func = x86_vnni.build_conv_primfunc(gb, p, "uint8", cfg, blocked_out=True)
             func = func.with_attr("global_symbol", "main")
             lib = tvm.compile(tvm.IRModule({"main": func}), target=target)

@@ -50,12 +50,6 @@ def _conv_applies(target: Any, attrs: Mapping[str, Any]) -> bool:
     return _is_cpu(target) and str(attrs["out_dtype"]) in OUT_DTYPES
 
 
-def _blocked_target(target: Any) -> bool:
-    """Targets whose conv kernels compute in NCHW16c (every LLVM CPU target: AMX convs read and write it
-    through x86_amx_blocked)."""
-    return _is_cpu(target)
-
-
 def _blocked(attrs: Mapping[str, Any]) -> bool:
     return attrs.get("out_layout") == "NCHW16c"
 
@@ -66,7 +60,7 @@ def _conv_fast(args: Sequence[relax.Expr]) -> bool:
 
 
 def conv2d_role(args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any) -> Optional[str]:
-    if not _blocked_target(target) or str(attrs["out_dtype"]) not in OUT_DTYPES or not _conv_fast(args):
+    if not _is_cpu(target) or str(attrs["out_dtype"]) not in OUT_DTYPES or not _conv_fast(args):
         return None
     groups = int(attrs["groups"])
     depthwise = is_blocked_depthwise(groups, tvm_compat.expr_shape(args[1]), tvm_compat.expr_shape(args[0])[1])
@@ -126,7 +120,7 @@ def _add_fast(args) -> bool:
 
 def add_role(args, attrs, target) -> Optional[str]:
     # elementwise on flat buffers: any layout, as long as both operands share it
-    return layout.FOLLOW if _blocked_target(target) and _add_fast(args) else None
+    return layout.FOLLOW if _is_cpu(target) and _add_fast(args) else None
 
 
 def add_rule(bb, args, attrs, target):
@@ -141,7 +135,7 @@ def _requantize_fast(args) -> bool:
 
 
 def requantize_role(args, attrs, target) -> Optional[str]:
-    return layout.FOLLOW if _blocked_target(target) and _requantize_fast(args) else None
+    return layout.FOLLOW if _is_cpu(target) and _requantize_fast(args) else None
 
 
 def requantize_rule(bb, args, attrs, target):
@@ -164,7 +158,7 @@ def dequantize_rule(bb, args, attrs, target):
 
 def max_pool2d_role(args, attrs, target) -> Optional[str]:
     x = args[0]
-    return layout.FOLLOW if _blocked_target(target) and _int_tensor(x) and len(tvm_compat.expr_shape(x)) == 4 else None
+    return layout.FOLLOW if _is_cpu(target) and _int_tensor(x) and len(tvm_compat.expr_shape(x)) == 4 else None
 
 
 def max_pool2d_rule(bb, args, attrs, target):
@@ -188,7 +182,7 @@ def _gap_fast(args, channels: int) -> bool:
 def global_avg_pool2d_role(args, attrs, target) -> Optional[str]:
     x = args[0]
     shape = tvm_compat.expr_shape(x)
-    ok = _blocked_target(target) and len(shape) == 4 and _gap_fast(args, shape[1])
+    ok = _is_cpu(target) and len(shape) == 4 and _gap_fast(args, shape[1])
     return layout.CONSUME if ok else None
 
 

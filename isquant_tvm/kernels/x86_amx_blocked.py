@@ -10,8 +10,7 @@ Here the GEMM is the other way round, C[16 pixels x 16 channels] += D[16 pixels 
   16 consecutive flat positions is one A tile);
 * the B operand is the weights, pre-packed VNNI-4 (kc/4 rows of 16 channels x 4);
 * a C row is 16 channels of one pixel: bias + requantize vectorised over channels, then one 16-byte
-  store into the NCHW16c output (or 16 strided stores into NCHW, for a chain's last conv).
-
+  store into the NCHW16c output (or 16 strided stores into NCHW, for a chain's last conv);
 * a tile multiply costs the same for any row width up to 64 bytes, so with few channels the kernel
   columns are folded into the rows (blocked_geom), and all-zero taps are skipped per output block
   (tap_runs: the merged convs of passes/merge_concat_convs.py).
@@ -84,7 +83,6 @@ def build_primfunc(g: AmxGeom, p: QConv2dParams, in_dtype: str, blocked_out: boo
 
     epi_np = common.epilogue_consts(p, g.O, g.O_pad)
     CB = g.C // OC_BN
-    OCB = -(-g.O // OC_BN)
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("qconv2d_amx_blk")
@@ -92,7 +90,7 @@ def build_primfunc(g: AmxGeom, p: QConv2dParams, in_dtype: str, blocked_out: boo
             wpk = T.arg("wpk", T.Buffer((g.OCB, g.ICB, g.KT, g.KQ, OC_BN, 4), "int8"))
             bias = T.arg("bias", T.Buffer((g.O_pad,), "int32"))
             epi = {k: T.arg(k, T.Buffer((g.O_pad,), str(epi_np[k].dtype))) for k in sorted(epi_np)}
-            oshape = (g.N, OCB, g.OH, g.OW, OC_BN) if blocked_out else (g.N, g.O, g.OH, g.OW)
+            oshape = _out_shape(g, blocked_out)
             out = T.arg("out", T.Buffer(oshape, p.out_dtype))
             T.func_attr({"tirx.noalias": True})
             outf = T.decl_buffer((int(np.prod(oshape)),), p.out_dtype, data=out.data)
@@ -281,5 +279,10 @@ def lower_conv2d(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dParams, tar
         raise ValueError(f"quantized conv needs int8/uint8 data, got {in_dtype}")
     g, pp = blocked_geom(shape, p)
     func = build_primfunc(g, p, in_dtype, blocked_out)
-    out_shape = (g.N, -(-g.O // OC_BN), g.OH, g.OW, OC_BN) if blocked_out else (g.N, g.O, g.OH, g.OW)
-    return common.emit_call(bb, data, func, consts(pp, g), name or "qconv2d_amx_blk", out_shape, p.out_dtype)
+    return common.emit_call(bb, data, func, consts(pp, g), name or "qconv2d_amx_blk", _out_shape(g, blocked_out),
+                            p.out_dtype)
+
+
+def _out_shape(g: AmxGeom, blocked_out: bool) -> tuple[int, ...]:
+    nchw = (g.N, g.O, g.OH, g.OW)
+    return common.blocked_shape(nchw) if blocked_out else nchw
