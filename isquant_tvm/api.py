@@ -15,15 +15,15 @@ import tvm
 from tqdm.auto import tqdm
 
 from . import __version__ as _version
-from . import tvm_compat
+from .util import tvm_compat
 from .errors import IsquantError
-from .frontend import ImportedModel
-from .frontend import load as _load
-from .passes.fold_bn import fold_batchnorm
-from .targets import export as _export
-from .targets.build import apply_tuning_records, build
+from .frontend.loader import ImportedModel
+from .frontend.loader import load as _load
+from .fold.fold_bn import fold_batchnorm
+from .build import export as _export
+from .build.build import apply_tuning_records, build
 from .targets.presets import describe, resolve_target
-from .targets.runner import Timing, VMRunner, fill_inputs, load_local
+from .runtime.runner import Timing, VMRunner, fill_inputs, load_local
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
         qres = None
         if quantize != "none":
             bar.set_postfix_str("quantize")
-            from .quantize import quantize_model
+            from .pipeline import quantize_model
 
             options = {"rounding": "rtn" if quantize == "rtn" else "squant", "progress": progress,
                        **dict(quant_options or {})}
@@ -144,7 +144,7 @@ def tune(
     summary.json); returns a targets.tune.TuneReport. options: trials, trials_per_task, timeout, number,
     repeat, rpc_tracker, rpc_key, cross_compiler, max_tasks, task_names, min_speedup, seed, progress, num_threads.
     Use the records with compile(..., tuning_records=out_dir)."""
-    from .targets.tune import tune as _tune
+    from .tuning.tune import tune as _tune
 
     return _tune(model, target, out_dir, quantize=quantize, input_shapes=input_shapes, quant_options=quant_options,
                  **options)

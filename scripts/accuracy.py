@@ -164,7 +164,7 @@ def run_ort_columns(name: str, columns: list[str], fp32_path: Path, dataset: Any
                     work: Path, threads: int, record: Callable[[dict[str, Any]], None]) -> None:
     import onnx
 
-    from isquant_tvm.qdq import export_qdq
+    from isquant_tvm.tools.qdq import export_qdq
 
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     paths: dict[str, Path] = {"fp32": fp32_path}
@@ -220,7 +220,7 @@ def run_ort_columns(name: str, columns: list[str], fp32_path: Path, dataset: Any
 
 
 # ------------------------------------------------------------------------------------------------
-# TVM columns (isquant_tvm.evaluate: int8 build at batch 1, fp32 in onnxruntime)
+# TVM columns (isquant_tvm.tools.evaluate: int8 build at batch 1, fp32 in onnxruntime)
 # ------------------------------------------------------------------------------------------------
 
 def import_model(name: str, data_dir: Path) -> Any:
@@ -232,7 +232,7 @@ def import_model(name: str, data_dir: Path) -> Any:
     if spec["checkpoint"]:
         import torch
 
-        from isquant_tvm.cifar_resnet import load_cifar_checkpoint
+        from isquant_tvm.frontend.cifar_resnet import load_cifar_checkpoint
 
         module = load_cifar_checkpoint(data_dir / spec["checkpoint"])
         model = iq.load(module, example_inputs=(torch.zeros(1, 3, 32, 32),))
@@ -243,7 +243,7 @@ def import_model(name: str, data_dir: Path) -> Any:
 
 def run_tvm_column(name: str, column: str, model: Any, dataset: Any, data_path: Path, limit: int | None,
                    record: Callable[[dict[str, Any]], None]) -> None:
-    from isquant_tvm.evaluate import evaluate
+    from isquant_tvm.tools.evaluate import evaluate
 
     options: dict[str, Any] = {}
     if column == "isquant-rtn":
@@ -346,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     import tvm
     from tqdm.auto import tqdm
 
-    from isquant_tvm.datasets import load_labelled
-    from isquant_tvm.targets.export import atomic_write_bytes, atomic_write_json
+    from isquant_tvm.ranges.datasets import load_labelled
+    from isquant_tvm.build.export import atomic_write_bytes, atomic_write_json
 
     start = time.perf_counter()
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",

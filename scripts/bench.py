@@ -86,7 +86,7 @@ class _SyntheticReader:
     """onnxruntime CalibrationDataReader over the package's synthetic (1/f noise) images."""
 
     def __init__(self, name: str, shape: tuple[int, ...], count: int, mean: Any, std: Any) -> None:
-        from isquant_tvm.ranges import synthetic_inputs
+        from isquant_tvm.ranges.activation import synthetic_inputs
 
         self._items = iter([{name: b[0]} for b in synthetic_inputs([shape], count=count, seed=0, mean=mean, std=std)])
 
@@ -122,7 +122,7 @@ def prepare_model(model: str, engines: list[str], work: Path, calib_count: int, 
     """Write what the workers need for `model` into `work`: input .npy, ONNX files, TVM .so files."""
     import onnx
 
-    from isquant_tvm import zoo
+    from isquant_tvm.frontend import zoo
 
     info = zoo.BUILTIN_MODELS[model]
     proto = zoo.builtin_onnx(model, batch=1)
@@ -130,7 +130,7 @@ def prepare_model(model: str, engines: list[str], work: Path, calib_count: int, 
     out: dict[str, Any] = {"input_name": name, "input_shape": list(shape), "paths": {}, "notes": {}, "errors": {},
                            "prepare_s": {}}
     # a synthetic (1/f noise) image rather than N(0,1) noise, so activations look like a real input's
-    from isquant_tvm.ranges import synthetic_inputs
+    from isquant_tvm.ranges.activation import synthetic_inputs
 
     x = synthetic_inputs([shape], count=1, seed=INPUT_SEED, mean=info.mean, std=info.std)[0][0]
     out["input"] = str(work / f"{model}.input.npy")
@@ -179,7 +179,7 @@ def prepare_model(model: str, engines: list[str], work: Path, calib_count: int, 
 # ------------------------------------------------------------------------------------------------
 
 def _worker_ort(spec: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
-    from isquant_tvm.targets import amx
+    from isquant_tvm.util import cpu as amx
 
     if spec["engine"] == "ort-int8-noamx":
         amx.deny_amx_permission()  # before the import: MLAS asks for the tiles when it is loaded
@@ -209,7 +209,7 @@ def _worker_tvm(spec: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
     # TVM_NUM_THREADS was set in this process's environment by the parent, before tvm was imported.
     import tvm
 
-    from isquant_tvm.targets.runner import load_local
+    from isquant_tvm.runtime.runner import load_local
 
     runner = load_local(spec["path"])
     feed = {spec["input_name"]: x}
@@ -220,7 +220,7 @@ def _worker_tvm(spec: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
 
 
 def worker_main(spec_path: str, result_path: str) -> int:
-    from isquant_tvm.targets.export import atomic_write_json
+    from isquant_tvm.build.export import atomic_write_json
 
     spec = json.loads(Path(spec_path).read_text())
     x = np.load(spec["input"])
@@ -367,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     if args._worker:
         return worker_main(args._worker, args._result)
 
-    from isquant_tvm import zoo
-    from isquant_tvm.targets.export import atomic_write_json
+    from isquant_tvm.frontend import zoo
+    from isquant_tvm.build.export import atomic_write_json
 
     try:
         models = list(dict.fromkeys(zoo.parse_builtin(m) for m in args.models))

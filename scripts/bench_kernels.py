@@ -322,7 +322,7 @@ def run_e2e(args) -> dict:
     import time
 
     import isquant_tvm as iq
-    from isquant_tvm import reference
+    from isquant_tvm.reference import interpreter as reference
 
     results = {}
     tmp = Path(tempfile.mkdtemp(prefix="bench_e2e_"))

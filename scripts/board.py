@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from isquant_tvm.board import cli_main  # noqa: E402
+from isquant_tvm.tools.board import cli_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(cli_main(prog="python scripts/board.py"))

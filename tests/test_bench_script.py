@@ -45,7 +45,7 @@ def test_bench_script_writes_rows(tmp_path: Path) -> None:
         assert r["cos_vs_ort_fp32"] > 0.98
     assert by_engine["ort-int8"]["ratio_vs_ort_int8"] == pytest.approx(1.0)
     # onnxruntime's MLAS takes the AMX tiles when it is imported on an AMX CPU; the noamx engine is denied them
-    from isquant_tvm.targets.amx import host_has_amx
+    from isquant_tvm.util.cpu import host_has_amx
 
     assert by_engine["ort-int8"]["amx_permission"] is host_has_amx()
     assert by_engine["ort-int8-noamx"]["amx_permission"] is False

@@ -91,7 +91,7 @@ NEON_CONFIG = common.KernelConfig(dot_in_dtype="int8", intrin=NEON_INTRIN, intri
 
 
 def has_dotprod(target: tvm.target.Target) -> bool:
-    from .. import tvm_compat
+    from ..util import tvm_compat
 
     return tvm_compat.has_feature(target, "dotprod")
 

@@ -14,9 +14,10 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .. import tvm_compat
-from ..passes import layout, legalize, qnn_ops
-from ..passes.merge_concat_convs import merge_concat_convs
+from ..util import tvm_compat
+from ..legalize import layout, legalize
+from ..qnn import ops as qnn_ops
+from ..legalize.merge_concat_convs import merge_concat_convs
 from . import glue, lower_conv2d, lower_conv2d_blocked, lower_dense
 from .common import OUT_DTYPES, QConv2dParams, QDenseParams, is_blocked_depthwise
 

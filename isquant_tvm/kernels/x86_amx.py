@@ -52,8 +52,8 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
-from ..targets.amx import ARCH_REQ_XCOMP_PERM, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA
-from ..targets.amx import target_uses_amx as has_amx  # noqa: F401 - the dispatcher's predicate
+from ..util.cpu import ARCH_REQ_XCOMP_PERM, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA
+from ..util.cpu import target_uses_amx as has_amx  # noqa: F401 - the dispatcher's predicate
 from . import common
 from .common import OC_BN, QConv2dParams, QDenseParams, _ceil
 

@@ -92,7 +92,7 @@ register_intrinsics()
 # ------------------------------------------------------------------------------------------
 
 def _has(target: tvm.target.Target, feature: str) -> bool:
-    from .. import tvm_compat
+    from ..util import tvm_compat
 
     return tvm_compat.has_feature(target, feature)
 

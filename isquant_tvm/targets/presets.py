@@ -11,7 +11,7 @@ from typing import Any
 
 import tvm
 
-from .. import tvm_compat
+from ..util import tvm_compat
 from ..errors import TargetError
 
 AARCH64_TRIPLE = "aarch64-linux-gnu"
@@ -30,7 +30,7 @@ def _host_spec() -> dict[str, Any]:
     spec: dict[str, Any] = {"kind": "llvm", "mcpu": tvm_compat.system_cpu(), "num-cores": os.cpu_count() or 1}
     # Virtualised Xeons can report a CPU model LLVM maps to a client core without AMX (this machine's
     # Sapphire-Rapids-class vCPU is 'rocketlake'): trust the kernel's flags and switch the tiles on.
-    from .amx import host_has_amx, target_uses_amx
+    from ..util.cpu import host_has_amx, target_uses_amx
 
     if host_has_amx() and not target_uses_amx(spec):
         spec["mattr"] = ["+amx-tile", "+amx-int8"]

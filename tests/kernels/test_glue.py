@@ -9,7 +9,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from isquant_tvm import reference
+from isquant_tvm.reference import interpreter as reference
 from isquant_tvm.kernels import common, rules
 from isquant_tvm.kernels.common import QConv2dParams, QDenseParams
 

@@ -8,7 +8,7 @@ import tvm
 from tvm import relax
 
 import isquant_tvm as iq
-from isquant_tvm import reference
+from isquant_tvm.reference import interpreter as reference
 
 MODELS = ["resnet18", "resnet20-cifar", "squeezenet1_1", "mobilenet_v2"]
 
@@ -27,7 +27,7 @@ def _inputs(shape, seed: int) -> list[np.ndarray]:
 def test_builtin_bit_exact_with_kernels(name: str) -> None:
     """The host's default build: on an AMX CPU the `x86` preset adds the AMX features, so this is the AMX
     build (checked as such); elsewhere test_builtin_bit_exact_with_amx_kernels builds AMX by name."""
-    from isquant_tvm.targets.amx import target_uses_amx
+    from isquant_tvm.util.cpu import target_uses_amx
 
     model = iq.load(f"builtin:{name}")
     # two synthetic range batches instead of eight: the ranges are not under test, the lowerings are
@@ -98,7 +98,7 @@ def _check_amx_build(name: str, result) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_builtin_bit_exact_with_amx_kernels(name: str) -> None:
-    from isquant_tvm.targets.amx import host_has_amx, target_uses_amx
+    from isquant_tvm.util.cpu import host_has_amx, target_uses_amx
     from isquant_tvm.targets.presets import resolve_target
 
     if not host_has_amx():

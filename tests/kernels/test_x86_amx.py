@@ -12,7 +12,7 @@ from tvm import relax
 
 from isquant_tvm.kernels import common, lower_conv2d, lower_dense, x86_amx
 from isquant_tvm.kernels.common import QDenseParams
-from isquant_tvm.targets import amx
+from isquant_tvm.util import cpu as amx
 
 from .test_x86_vnni import assert_exact, build_single, make_params, rand_data, run
 
@@ -189,7 +189,7 @@ def test_runner_asks_permission_on_local_cpu(monkeypatch):
     """VMRunner (local CPU) asks for AMX permission before the first run; a refusal is an error only for
     libraries built for an AMX target."""
     from isquant_tvm.errors import IsquantError
-    from isquant_tvm.targets import runner
+    from isquant_tvm.runtime import runner
 
     assert runner._device_type(tvm.cpu(0)) == 1
     calls = []
@@ -208,7 +208,7 @@ def test_runner_asks_permission_on_local_cpu(monkeypatch):
 
 def test_amx_library_on_a_cpu_without_amx_is_a_clear_error(monkeypatch):
     from isquant_tvm.errors import IsquantError
-    from isquant_tvm.targets import runner
+    from isquant_tvm.runtime import runner
 
     monkeypatch.setattr(amx, "host_has_amx", lambda: False)
     runner._amx_permission({"target": NO_AMX})  # VNNI libraries run anywhere they ran before

@@ -1,0 +1,195 @@
+"""qnn-level ops as named Relax functions, and their reference lowerings to plain integer Relax.
+
+Each qnn op in a quantized module is a private Relax function carrying `{"qnn.op": "qnn.conv2d",
+...attributes}`; `main` calls it with the activation and the op's integer constants. The body of
+that function is the op's *reference lowering* (the same rule the legalize registry holds as the
+fallback), so a quantized module runs as is and prints like Relay's qnn dialect did.
+
+Argument conventions (activations first, then constants):
+- qnn.quantize(x_f32) / qnn.dequantize(x_int)       attrs: scale, out_dtype
+- qnn.conv2d(x, w OIHW int8, bias int32 (O,), m int64 (O,), n int64 (O,))   requantized output
+  qnn.conv2d(x, w, bias, dq float32 (O,))            float output (out_dtype "float32")
+  attrs: strides, padding (t,l,b,r), dilation, groups, out_dtype, out_min, out_max
+- qnn.dense(x (N,K), w (O,K) int8, bias, m, n | dq)  attrs: out_dtype, out_min, out_max
+- qnn.add(a, b, ma int64 (), mb int64 ())            attrs: shift, out_dtype, out_min, out_max
+- qnn.requantize(x, m int64 ())                      attrs: shift, out_dtype, out_min, out_max
+- qnn.max_pool2d(x)                                  attrs: pool_size, strides, padding, dilation, ceil_mode
+- qnn.global_avg_pool2d(x, m int64 ())               attrs: shift, keepdims, out_dtype, out_min, out_max
+  qnn.global_avg_pool2d(x, dq float32 (C,))          float output: sum · dq (int32 x: summed in int64)
+  qnn.global_avg_pool2d(x) with out_dtype "int32"    the raw int32 sums (feeding a classifier)
+- qnn.dense with an int32 input: int64 accumulation and bias (pooled features into the classifier)
+- qnn.conv2d / qnn.dense with out_dtype "int32": clip(acc + bias, out_min, out_max), no requantize
+Zero points are 0 everywhere; requantize is `clip((a·m + 2^(n-1)) >> n, lo, hi)` (fixed_point.py)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ..util import tvm_compat
+
+Rule = Callable[[relax.BlockBuilder, Sequence[relax.Expr], Mapping[str, Any], Any], relax.Expr]
+
+
+def _channel(bb: relax.BlockBuilder, v: relax.Expr, ndim: int) -> relax.Expr:
+    shape = [1] * ndim
+    shape[1] = tvm_compat.expr_shape(v)[0]
+    return bb.emit(relax.op.reshape(v, shape))
+
+
+def requantize_expr(bb: relax.BlockBuilder, acc: relax.Expr, m: relax.Expr, n: relax.Expr,
+                    lo: int, hi: int, out_dtype: str) -> relax.Expr:
+    """(acc·m + 2^(n-1)) >> n, saturated, cast. m and n broadcast against acc (int64)."""
+    wide = bb.emit(relax.op.astype(acc, "int64"))
+    prod = bb.emit(relax.op.multiply(wide, m))
+    half = bb.emit(relax.op.left_shift(relax.const(1, "int64"), relax.op.subtract(n, relax.const(1, "int64"))))
+    shifted = bb.emit(relax.op.right_shift(relax.op.add(prod, half), n))
+    clipped = bb.emit(relax.op.clip(shifted, tvm_compat.prim_int(lo), tvm_compat.prim_int(hi)))
+    return relax.op.astype(clipped, out_dtype)
+
+
+def _epilogue(bb: relax.BlockBuilder, acc: relax.Expr, rest: Sequence[relax.Expr], attrs: Mapping[str, Any]) -> relax.Expr:
+    ndim = len(tvm_compat.expr_shape(acc))
+    if str(attrs["out_dtype"]) == "float32":
+        scale = _channel(bb, rest[0], ndim)
+        return relax.op.multiply(bb.emit(relax.op.astype(acc, "float32")), scale)
+    if str(attrs["out_dtype"]) == "int32":
+        return relax.op.clip(acc, tvm_compat.prim_int(attrs["out_min"], "int32"), tvm_compat.prim_int(attrs["out_max"], "int32"))
+    m, n = (_channel(bb, v, ndim) for v in rest)
+    return requantize_expr(bb, acc, m, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]))
+
+
+def ref_conv2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
+    x, w, bias = args[:3]
+    acc = bb.emit(relax.op.nn.conv2d(x, w, strides=list(attrs["strides"]), padding=list(attrs["padding"]),
+                                     dilation=list(attrs["dilation"]), groups=int(attrs["groups"]), out_dtype="int32"))
+    acc = bb.emit(relax.op.add(acc, _channel(bb, bias, 4)))
+    return _epilogue(bb, acc, args[3:], attrs)
+
+
+def ref_dense(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
+    x, w, bias = args[:3]
+    if tvm_compat.expr_dtype(x) == "int32":  # pooled int32 features: int64 accumulation
+        acc = bb.emit(relax.op.matmul(relax.op.astype(x, "int64"), relax.op.astype(relax.op.permute_dims(w), "int64"),
+                                      out_dtype="int64"))
+        acc = bb.emit(relax.op.add(acc, _channel(bb, bias, 2)))
+        return _epilogue(bb, acc, args[3:], attrs)
+    acc = bb.emit(relax.op.matmul(x, relax.op.permute_dims(w), out_dtype="int32"))
+    acc = bb.emit(relax.op.add(acc, _channel(bb, bias, 2)))
+    return _epilogue(bb, acc, args[3:], attrs)
+
+
+def ref_add(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
+    a, b, ma, mb = args
+    n = relax.const(int(attrs["shift"]), "int64")
+    pa = bb.emit(relax.op.multiply(relax.op.astype(a, "int64"), ma))
+    pb = bb.emit(relax.op.multiply(relax.op.astype(b, "int64"), mb))
+    half = relax.const(1 << (int(attrs["shift"]) - 1), "int64")
+    total = bb.emit(relax.op.right_shift(relax.op.add(relax.op.add(pa, pb), half), n))
+    clipped = bb.emit(relax.op.clip(total, tvm_compat.prim_int(attrs["out_min"]), tvm_compat.prim_int(attrs["out_max"])))
+    return relax.op.astype(clipped, str(attrs["out_dtype"]))
+
+
+def ref_requantize(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
+    x, m = args
+    n = relax.const(int(attrs["shift"]), "int64")
+    return requantize_expr(bb, x, m, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]))
+
+
+def ref_quantize(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
+    # R.quantize divides by the scale and rounds half to even, exactly like numpy's x / s then round.
+    return relax.op.quantize(args[0], relax.const(float(attrs["scale"]), "float32"),
+                             relax.const(0, str(attrs["out_dtype"])), axis=1, out_dtype=str(attrs["out_dtype"]))
+
+
+def ref_dequantize(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
+    wide = bb.emit(relax.op.astype(args[0], "float32"))
+    return relax.op.multiply(wide, relax.const(float(attrs["scale"]), "float32"))
+
+
+def ref_max_pool2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
+    # Integer max pooling pads with the dtype's minimum, as the float op pads with -inf.
+    return relax.op.nn.max_pool2d(args[0], pool_size=list(attrs["pool_size"]), strides=list(attrs["strides"]),
+                                  padding=list(attrs["padding"]), dilation=list(attrs["dilation"]),
+                                  ceil_mode=bool(attrs["ceil_mode"]))
+
+
+def ref_global_avg_pool2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
+    x = args[0]
+    if str(attrs["out_dtype"]) == "float32":
+        # int32 inputs (a classifier's accumulators) are summed in int64 so no spatial size overflows.
+        acc_dtype = "int64" if tvm_compat.expr_dtype(x) == "int32" else "int32"
+        total = bb.emit(relax.op.sum(relax.op.astype(x, acc_dtype), axis=[2, 3], keepdims=bool(attrs["keepdims"])))
+        wide = bb.emit(relax.op.astype(total, "float32"))
+        return relax.op.multiply(wide, _channel(bb, args[1], len(tvm_compat.expr_shape(wide))))
+    total = bb.emit(relax.op.sum(relax.op.astype(x, "int32"), axis=[2, 3], keepdims=bool(attrs["keepdims"])))
+    if str(attrs["out_dtype"]) == "int32":
+        return total
+    m = args[1]
+    n = relax.const(int(attrs["shift"]), "int64")
+    return requantize_expr(bb, total, m, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]))
+
+
+REFERENCE_RULES: dict[str, Rule] = {
+    "qnn.conv2d": ref_conv2d,
+    "qnn.dense": ref_dense,
+    "qnn.add": ref_add,
+    "qnn.requantize": ref_requantize,
+    "qnn.quantize": ref_quantize,
+    "qnn.dequantize": ref_dequantize,
+    "qnn.max_pool2d": ref_max_pool2d,
+    "qnn.global_avg_pool2d": ref_global_avg_pool2d,
+}
+
+
+def make_function(op: str, args: Sequence[relax.Expr], attrs: Mapping[str, Any]) -> relax.Function:
+    """A private Relax function for one qnn op: params typed like `args`, body = reference lowering."""
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"arg{i}", a.ty) for i, a in enumerate(args)]
+    params[0] = relax.Var("data", args[0].ty)
+    names: dict[int, str] = {}
+    if op in ("qnn.conv2d", "qnn.dense"):
+        names = {1: "weight", 2: "bias", 3: "dequant_scale"} if len(args) == 4 else {1: "weight", 2: "bias", 3: "multiplier", 4: "shift"}
+    elif op in ("qnn.requantize", "qnn.global_avg_pool2d"):
+        names = {1: "multiplier"}
+    elif op == "qnn.add":
+        names = {1: "rhs", 2: "lhs_multiplier", 3: "rhs_multiplier"}
+    for i, name in names.items():
+        if i < len(params):
+            params[i] = relax.Var(name, args[i].ty)
+    full_attrs = {"qnn.op": op, **attrs}
+    with bb.function("qnn_op", params, attrs=full_attrs, private=True):
+        with bb.dataflow():
+            out = bb.emit_output(REFERENCE_RULES[op](bb, params, attrs, None))
+        bb.emit_func_output(out)
+    return bb.get()["qnn_op"]
+
+
+def attrs_of(func: relax.Function) -> dict[str, Any]:
+    """Function attributes back as plain Python values."""
+    out: dict[str, Any] = {}
+    for key in func.attrs.keys():
+        value = func.attrs[key]
+        if isinstance(value, (str, int, float, bool)):
+            out[str(key)] = value
+        elif hasattr(value, "__len__") and not isinstance(value, str):
+            out[str(key)] = [v if isinstance(v, (int, float, str, bool)) else v for v in value]
+        else:
+            out[str(key)] = value
+    return out
+
+
+def qnn_op_of(mod: tvm.IRModule, call: Any) -> str | None:
+    if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.GlobalVar):
+        func = mod[call.op]
+        if isinstance(func, relax.Function) and func.attrs is not None and "qnn.op" in func.attrs:
+            return str(func.attrs["qnn.op"])
+    return None
+
+
+def const(array: np.ndarray) -> relax.Expr:
+    # relax.const narrows int64 arrays to int32 unless the dtype is given.
+    array = np.ascontiguousarray(array)
+    return relax.const(array, str(array.dtype))

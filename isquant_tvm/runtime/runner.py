@@ -1,0 +1,165 @@
+"""Run and time an exported library on the local CPU (the RPC runner shares the timing code)."""
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..util import tvm_compat
+from ..errors import IsquantError
+from ..build.export import read_metadata
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-inference latency statistics over `repeat` measurements (each the mean of `number` runs)."""
+
+    mean_ms: float
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    std_ms: float
+    repeat: int
+    number: int
+
+    @classmethod
+    def from_seconds(cls, results: Sequence[float], number: int) -> "Timing":
+        ms = np.asarray(results, dtype=np.float64) * 1e3
+        return cls(float(ms.mean()), float(np.median(ms)), float(ms.min()), float(ms.max()), float(ms.std()),
+                   len(ms), number)
+
+    def table(self) -> str:
+        head = f"{'mean (ms)':>12}{'median (ms)':>14}{'max (ms)':>12}{'min (ms)':>12}{'std (ms)':>12}"
+        row = f"{self.mean_ms:12.3f}{self.median_ms:14.3f}{self.max_ms:12.3f}{self.min_ms:12.3f}{self.std_ms:12.3f}"
+        return f"Execution time summary:\n{head}\n{row}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def order_inputs(meta_inputs: Sequence[Mapping[str, Any]], inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Inputs in the library's parameter order, checked against the metadata's shapes and dtypes."""
+    if not meta_inputs:
+        return list(inputs.values())
+    missing = [m["name"] for m in meta_inputs if m["name"] not in inputs]
+    if missing:
+        raise IsquantError(f"inputs file lacks {missing}; the model expects {[m['name'] for m in meta_inputs]}")
+    ordered = []
+    for m in meta_inputs:
+        arr = np.asarray(inputs[m["name"]])
+        if tuple(arr.shape) != tuple(m["shape"]):
+            raise IsquantError(f"input {m['name']!r} has shape {list(arr.shape)}, the model expects {m['shape']}")
+        ordered.append(np.ascontiguousarray(arr.astype(m["dtype"], copy=False)))
+    return ordered
+
+
+def fill_inputs(meta_inputs: Sequence[Mapping[str, Any]], fill_mode: str = "random", seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for m in meta_inputs:
+        shape, dtype = tuple(m["shape"]), m["dtype"]
+        if fill_mode == "zeros":
+            out[m["name"]] = np.zeros(shape, dtype)
+        elif fill_mode == "ones":
+            out[m["name"]] = np.ones(shape, dtype)
+        else:
+            out[m["name"]] = rng.standard_normal(shape).astype(dtype)
+    return out
+
+
+class VMRunner:
+    """A relax.VirtualMachine over a loaded library on some device (local, or remote through RPC)."""
+
+    def __init__(self, lib: Any, device: Any, metadata: Mapping[str, Any] | None = None) -> None:
+        self.device = device
+        self.metadata = dict(metadata or {})
+        if _device_type(device) == 1:  # local CPU (kDLCPU; RPC devices carry a session mask)
+            _amx_permission(self.metadata)
+        self.vm = tvm_compat.virtual_machine(lib, device)
+
+    @property
+    def input_specs(self) -> list[dict[str, Any]]:
+        return list(self.metadata.get("inputs", []))
+
+    def _device_args(self, inputs: Mapping[str, np.ndarray]) -> list[Any]:
+        return [tvm_compat.tensor(a, self.device) for a in order_inputs(self.input_specs, inputs)]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        out = self.vm["main"](*self._device_args(inputs))
+        return _flatten_outputs(out)
+
+    def benchmark(self, inputs: Mapping[str, np.ndarray], repeat: int = 10, number: int = 1,
+                  warmup: int = 1) -> Timing:
+        if repeat < 1 or number < 1:
+            raise IsquantError("--repeat and --number must be at least 1")
+        args = self._device_args(inputs)
+        for _ in range(warmup):
+            self.vm["main"](*args)
+        timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
+        return Timing.from_seconds(list(timer(*args).results), number)
+
+
+def _device_type(device: Any) -> Any:
+    try:
+        return int(device.dlpack_device_type())  # tvm 0.27 Device
+    except Exception:  # noqa: BLE001 - older Device objects / stand-ins
+        return getattr(device, "device_type", None)
+
+
+def _amx_permission(metadata: Mapping[str, Any]) -> None:
+    """Linux needs a per-process permission before the first AMX tile instruction (else SIGILL). The AMX
+    kernels also ask for it themselves; this is the early, clearly worded check. A refusal only matters
+    when the library was built for an AMX target."""
+    from ..util.cpu import host_has_amx, request_amx_permission, target_uses_amx
+
+    built_for_amx = target_uses_amx(metadata.get("target") or {})
+    if host_has_amx():
+        try:
+            request_amx_permission()
+        except IsquantError:
+            if built_for_amx:
+                raise
+    elif built_for_amx:
+        raise IsquantError("this library was built for AMX int8 tiles (target x86-amx, or x86 on an AMX CPU) and "
+                           "this CPU has none: rebuild it with --target x86 on this machine, or x86-avx512 / x86-avx2")
+
+
+def _flatten_outputs(out: Any) -> list[np.ndarray]:
+    if hasattr(out, "numpy"):
+        return [out.numpy()]
+    result: list[np.ndarray] = []
+    for item in out:
+        result.extend(_flatten_outputs(item))
+    return result
+
+
+def set_thread_count(num_threads: int | None = None) -> None:
+    """Set TVM_NUM_THREADS, which TVM reads when a process's thread pool starts: `num_threads`, else keep the
+    user's TVM_NUM_THREADS, else every core. TVM alone sizes its pool to half the logical CPUs on x86 (it
+    assumes SMT): 1 thread on a 2-vCPU machine, where the documented default is all of them."""
+    if num_threads or (num_threads is None and "TVM_NUM_THREADS" not in os.environ):
+        os.environ["TVM_NUM_THREADS"] = str(num_threads or os.cpu_count() or 1)
+
+
+def load_local(library: str | Path, num_threads: int | None = None) -> VMRunner:
+    import tvm
+
+    path = Path(library)
+    if not path.exists():
+        raise IsquantError(f"{path}: no such library (build one with `python -m isquant_tvm compile`)")
+    metadata = read_metadata(path)
+    triple = str(metadata.get("target", {}).get("mtriple", ""))
+    if triple and not triple.startswith(platform.machine()):
+        raise IsquantError(f"{path}: built for {triple}, this machine is {platform.machine()}; run it on the board"
+                           " with --rpc HOST:PORT or --rpc-tracker HOST:PORT --rpc-key KEY")
+    set_thread_count(num_threads)
+    try:
+        lib = tvm_compat.load_module(str(path))
+    except Exception as err:
+        raise IsquantError(f"{path}: cannot load as a TVM library on this machine ({str(err).strip().splitlines()[-1]});"
+                           " an aarch64 library runs on the board: use --rpc or --rpc-tracker") from err
+    return VMRunner(lib, tvm.cpu(0), metadata)
