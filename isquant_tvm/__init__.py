@@ -10,8 +10,7 @@ Python API mirroring the CLI::
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .api import CompileResult, compile, inspect, load, run, run_remote, tune
+from .util.version import __version__
 
-from .api import CompileResult, compile, inspect, load, run, tune  # noqa: E402
-
-__all__ = ["__version__", "load", "compile", "run", "inspect", "tune", "CompileResult"]
+__all__ = ["__version__", "load", "compile", "run", "run_remote", "inspect", "tune", "CompileResult"]

@@ -14,16 +14,16 @@ import numpy as np
 import tvm
 from tqdm.auto import tqdm
 
-from . import __version__ as _version
+from .util.version import __version__ as _version
 from .util import tvm_compat
 from .errors import IsquantError
 from .frontend.loader import ImportedModel
 from .frontend.loader import load as _load
-from .fold.fold_bn import fold_batchnorm
+from .fold import fold_bn
 from .build import export as _export
-from .build.build import apply_tuning_records, build
+from .build.build import build
 from .targets.presets import describe, resolve_target
-from .runtime.runner import Timing, VMRunner, fill_inputs, load_local
+from .runtime.runner import Timing, VMRunner, load_local, read_inputs
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def load(model: str | Path | Any, input_shapes: Mapping[str, Sequence[int]] | st
 
 def prepare(model: ImportedModel) -> tvm.IRModule:
     """The float graph every later stage starts from: BatchNorm folded, constants evaluated."""
-    return fold_batchnorm()(model.mod)
+    return fold_bn.prepare(model)
 
 
 def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
@@ -71,7 +71,7 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
     with `output`, export a .so plus `<output>.json`.
 
     tuning_records: a folder written by `tune` (or its summary.json); the kernels whose tuned schedule
-    measured faster than the hand schedule are swapped in (see targets/tune.py)."""
+    measured faster than the hand schedule are swapped in (see tuning/tune.py)."""
     if quantize not in QUANTIZE_MODES:
         raise IsquantError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
     tgt = resolve_target(target)
@@ -104,7 +104,9 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
         if tuning_records is not None:
             if quantize == "none":
                 raise IsquantError("--tuning-records applies to the int8 kernels: it needs --quantize isquant or rtn")
-            mod, applied = apply_tuning_records(mod, tgt, tuning_records)
+            from .tuning.tune import apply_records
+
+            mod, applied = apply_records(mod, tgt, tuning_records)
             tuning = {"records": str(tuning_records), "applied": applied}
         executable = build(mod, tgt)
         bar.update()
@@ -141,7 +143,7 @@ def tune(
     **options: Any,
 ) -> Any:
     """MetaSchedule-tune the model's int8 conv/dense kernels into `out_dir` (MetaSchedule JSON database +
-    summary.json); returns a targets.tune.TuneReport. options: trials, trials_per_task, timeout, number,
+    summary.json); returns a tuning.tune.TuneReport. options: trials, trials_per_task, timeout, number,
     repeat, rpc_tracker, rpc_key, cross_compiler, max_tasks, task_names, min_speedup, seed, progress, num_threads.
     Use the records with compile(..., tuning_records=out_dir)."""
     from .tuning.tune import tune as _tune
@@ -153,30 +155,29 @@ def tune(
 def run(library: str | Path | CompileResult, inputs: Mapping[str, np.ndarray] | str | Path | None = None,
         repeat: int = 0, number: int = 1, fill_mode: str = "random",
         num_threads: int | None = None) -> tuple[list[np.ndarray], Timing | None]:
-    """Run `library` locally once and, with repeat > 0, time it (median/mean/min/max/std ms)."""
+    """Run `library` locally once and, with repeat > 0, time it (median/mean/min/max/std ms).
+
+    inputs: arrays by input name, an .npz path, or None to fill them from the metadata JSON (fill_mode
+    random / zeros / ones)."""
     runner = library.runner() if isinstance(library, CompileResult) else load_local(library, num_threads)
-    feed = _read_inputs(inputs, runner)
+    feed = read_inputs(inputs, runner, fill_mode)
     outputs = runner.run(feed)
     timing = runner.benchmark(feed, repeat=repeat, number=number) if repeat > 0 else None
     return outputs, timing
 
 
-def _read_inputs(inputs: Mapping[str, np.ndarray] | str | Path | None, runner: VMRunner,
-                 fill_mode: str = "random") -> dict[str, np.ndarray]:
-    if inputs is None:
-        if not runner.input_specs:
-            raise IsquantError("the library has no metadata JSON beside it: pass --inputs x.npz")
-        return fill_inputs(runner.input_specs, fill_mode)
-    if isinstance(inputs, (str, Path)):
-        path = Path(inputs)
-        if not path.exists():
-            raise IsquantError(f"{path}: no such inputs file (an .npz keyed by input name)")
-        try:
-            with np.load(path) as data:
-                return {k: data[k] for k in data.files}
-        except Exception as err:
-            raise IsquantError(f"{path}: not a readable .npz file ({err})") from err
-    return dict(inputs)
+def run_remote(library: str | Path, inputs: Mapping[str, np.ndarray] | str | Path | None = None,
+               rpc: str | None = None, rpc_tracker: str | None = None, rpc_key: str | None = None,
+               repeat: int = 0, number: int = 1, fill_mode: str = "random", session_timeout: float = 600.0,
+               quiet: bool = True) -> tuple[list[np.ndarray], Timing | None, dict[str, Any]]:
+    """`run` on a board: an RPC server reached directly (rpc="HOST:PORT") or a board of a tracker
+    (rpc_tracker="HOST[:9190]", rpc_key="rasp4b"). Returns the outputs, the timing (repeat > 0) and what
+    the session reported about the board (device, threads, versions; median_ms when timed). quiet=False
+    prints the connection steps to stderr (the CLI's default)."""
+    from .runtime.rpc import run_remote as _run_remote
+
+    return _run_remote(library, inputs, rpc=rpc, tracker=rpc_tracker, key=rpc_key, repeat=repeat, number=number,
+                       session_timeout=session_timeout, fill_mode=fill_mode, quiet=quiet)
 
 
 def inspect(model: ImportedModel | str | Path | Any, input_shapes: Mapping[str, Sequence[int]] | str | None = None,

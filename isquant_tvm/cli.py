@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import __version__
+from .util.version import __version__
 
 EPILOG = "Models: an .onnx file, a torch.export .pt2 file, or builtin:NAME (resnet18, resnet20-cifar, squeezenet1_1, mobilenet_v2)."
 
@@ -338,21 +338,20 @@ def summary_line(summary: dict[str, Any]) -> str:
 
 @_command("run")
 def _cmd_run(args: argparse.Namespace, bench: bool = False) -> int:
-    from .api import _read_inputs
-    from .runtime.runner import load_local
+    from . import api
 
     repeat = args.repeat if args.repeat is not None else (20 if bench else 0)
     if args.rpc or args.rpc_tracker:
-        from .runtime.rpc import connect_runner
-
-        runner, info = connect_runner(args.library, rpc=args.rpc, tracker=args.rpc_tracker, key=args.rpc_key,
-                                      session_timeout=args.session_timeout)
+        outputs, timing, info = api.run_remote(args.library, args.inputs or None, rpc=args.rpc,
+                                               rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, repeat=repeat,
+                                               number=args.number, fill_mode=args.fill_mode,
+                                               session_timeout=args.session_timeout, quiet=False)
+        for key in ("mean_ms", "median_ms", "min_ms", "max_ms", "std_ms", "repeat", "number"):
+            info.pop(key, None)  # the timing fields come from `timing` below, as for a local run
     else:
-        runner = load_local(args.library, args.num_threads)
+        outputs, timing = api.run(args.library, args.inputs or None, repeat=repeat, number=args.number,
+                                  fill_mode=args.fill_mode, num_threads=args.num_threads)
         info = {"device": "local cpu", "threads": int(os.environ.get("TVM_NUM_THREADS", "0")) or None}
-    feed = _read_inputs(args.inputs, runner, args.fill_mode) if args.inputs else _read_inputs(None, runner, args.fill_mode)
-    outputs = runner.run(feed)
-    timing = runner.benchmark(feed, repeat=repeat, number=args.number) if repeat > 0 else None
     for i, out in enumerate(outputs):
         print(f"output_{i}: shape {list(out.shape)} {out.dtype}  min {out.min():.4g}  max {out.max():.4g}"
               f"  mean {out.mean():.4g}")

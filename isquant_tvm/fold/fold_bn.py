@@ -1,6 +1,8 @@
 """Fold inference BatchNorm into the preceding conv, so weights are rounded in their deployed form."""
 from __future__ import annotations
 
+from typing import Any
+
 import tvm
 from tvm import relax
 
@@ -20,3 +22,8 @@ def fold_batchnorm() -> tvm.transform.Pass:
         ],
         name="FoldBatchNorm",
     )
+
+
+def prepare(model: Any) -> tvm.IRModule:
+    """The float graph every later stage starts from (an imported model's module, BatchNorm folded)."""
+    return fold_batchnorm()(model.mod)

@@ -6,7 +6,7 @@ weights computed once are matched to their layer by id, never by call order of a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tvm
@@ -32,10 +32,6 @@ class Layer:
         return int(self.attrs.get("groups", 1))
 
 
-def bindings(func: relax.Function) -> Iterator[relax.VarBinding]:
-    for block in func.body.blocks:
-        yield from block.bindings
-
 
 def _op_name(value: Any) -> str | None:
     if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
@@ -59,7 +55,7 @@ def find_layers(func: relax.Function, names: Sequence[str] = ()) -> list[Layer]:
     """Every conv2d / 2-D matmul whose weight is a constant, in graph order."""
     layers: list[Layer] = []
     counts = {"conv2d": 0, "dense": 0}
-    for binding in bindings(func):
+    for binding in tvm_compat.bindings(func):
         op = _op_name(binding.value)
         if op == CONV and tvm_compat.is_const(binding.value.args[1]):
             try:

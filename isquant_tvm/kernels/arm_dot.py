@@ -18,7 +18,8 @@ from tvm import relax, tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from . import common
+from ..util.cpu import is_aarch64
+from . import common, registry
 from .common import QConv2dParams, QDenseParams
 
 # Copies of the shipped s_tir/tensor_intrin/arm_cpu.py intrinsics (dot_4x4_i8i8s32_sdot / _neon), registered
@@ -142,3 +143,26 @@ def to_blocked(bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
 def from_blocked(bb: relax.BlockBuilder, x: relax.Expr, channels: int) -> relax.Expr:
     """NCHW16c -> NCHW with the first `channels` channels."""
     return common.emit_layout(bb, x, False, channels)
+
+
+# registered kernels (kernels/registry.py): config_for's choice, by name
+
+def _lower_conv(bb, data, p, target, blocked_in: bool = False, blocked_out: bool = False):
+    if blocked_in or blocked_out:
+        return lower_conv2d_blocked(bb, data, p, target, blocked_in=blocked_in, blocked_out=blocked_out)
+    return lower_conv2d(bb, data, p, target)
+
+
+def _lower_dense(bb, data, p, target, blocked_in: bool = False, blocked_out: bool = False):
+    return lower_dense(bb, data, p, target)
+
+
+def _any(shape, p, blocked_in, blocked_out) -> bool:
+    return True
+
+
+_FAMILIES = (("arm_sdot", 20, lambda t: is_aarch64(t) and has_dotprod(t)), ("arm_neon", 19, is_aarch64))
+registry.register_conv(registry.Kernel("arm_depthwise", 30, is_aarch64, common.is_depthwise_call, _lower_conv))
+for _name, _priority, _applies in _FAMILIES:
+    registry.register_conv(registry.Kernel(_name, _priority, _applies, _any, _lower_conv))
+    registry.register_dense(registry.Kernel(_name, _priority, _applies, _any, _lower_dense))

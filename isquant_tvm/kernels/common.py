@@ -24,7 +24,7 @@ import inspect
 import linecache
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import tvm
@@ -602,8 +602,32 @@ def schedule_conv(sch, g: ConvGeom, cfg: KernelConfig, blocked_out: bool = False
     return sch
 
 
+# Observers of every conv/dense kernel built by build_conv_primfunc: tuning/ records each kernel's
+# unscheduled compute through this hook (an explicit hook, not a patch of this module from outside).
+ConvBuildHook = Callable[["tirx.PrimFunc", ConvGeom, QConv2dParams, str, KernelConfig, bool], None]
+_CONV_BUILD_HOOKS: list[ConvBuildHook] = []
+
+
+@contextlib.contextmanager
+def conv_build_hook(hook: ConvBuildHook) -> Iterator[None]:
+    """While active, hook(func, g, p, in_dtype, cfg, blocked_out) sees every scheduled conv/dense kernel."""
+    _CONV_BUILD_HOOKS.append(hook)
+    try:
+        yield
+    finally:
+        _CONV_BUILD_HOOKS.remove(hook)
+
+
 def build_conv_primfunc(g: ConvGeom, p: QConv2dParams, in_dtype: str, cfg: KernelConfig,
                         blocked_out: bool = False) -> tirx.PrimFunc:
+    func = _schedule_conv_primfunc(g, p, in_dtype, cfg, blocked_out)
+    for hook in list(_CONV_BUILD_HOOKS):
+        hook(func, g, p, in_dtype, cfg, blocked_out)
+    return func
+
+
+def _schedule_conv_primfunc(g: ConvGeom, p: QConv2dParams, in_dtype: str, cfg: KernelConfig,
+                            blocked_out: bool) -> tirx.PrimFunc:
     import tvm.s_tir  # noqa: F401
 
     data, wpk, bias, epi, outs = conv_compute(g, p, in_dtype, cfg.dot_in_dtype, blocked_out, cfg.w_layout,
@@ -745,6 +769,16 @@ DW_BLOCKED_OW_TILE = 8  # output pixels per register tile (8 x 16 int32 accumula
 def is_blocked_depthwise(groups: int, weight_shape, channels: int) -> bool:
     """Depthwise with one output channel per input channel (the NCHW16c kernel's case)."""
     return int(groups) == channels and int(weight_shape[0]) == channels and int(weight_shape[1]) == 1
+
+
+def is_depthwise_call(data_shape, p: QConv2dParams, blocked_in: bool, blocked_out: bool) -> bool:
+    """Whether a conv call goes to the depthwise kernels: NCHW (is_depthwise) or NCHW16c
+    (is_blocked_depthwise), as lower_conv2d_with / lower_conv2d_blocked_with decide."""
+    if int(p.groups) == 1:
+        return False
+    if blocked_in or blocked_out:
+        return is_blocked_depthwise(p.groups, p.weight.shape, p.weight.shape[1] * p.groups)
+    return is_depthwise(data_shape, p)
 
 
 def dw_blocked_primfunc(shape, p: QConv2dParams, in_dtype: str) -> tuple[tirx.PrimFunc, tuple[int, ...]]:

@@ -1,11 +1,13 @@
-"""Register the hand-scheduled kernels as lowerings of the qnn ops (legalize registry).
+"""Register the hand-scheduled kernels as lowerings of the qnn ops (the lowering registry, qnn/registry.py).
 
-qnn.conv2d / qnn.dense (int8/uint8 data): the target's int8 kernel (kernels.common), every out_dtype
-(int8, uint8, float32, int32). qnn.dense with int32 data (pooled int32 features): an int64-accumulating
-vectorised dense (glue.py). qnn.add, qnn.requantize, qnn.quantize, qnn.dequantize, qnn.max_pool2d,
-qnn.global_avg_pool2d: scheduled TE computes (glue.py). Each rule turns the qnn call's constant
-arguments back into kernel parameters; a call whose constants are not Relax constants (or an
-unsupported shape / dtype) falls back to the reference lowering inside the rule."""
+qnn.conv2d / qnn.dense (int8/uint8 data): one lowering per registered kernel (kernels/registry.py:
+x86_amx_blocked, x86_amx, x86_depthwise, x86_vnni, x86_avx2, x86_int32, arm_depthwise, arm_sdot,
+arm_neon), every out_dtype (int8, uint8, float32, int32), so the report names the kernel of each call.
+qnn.dense with int32 data (pooled int32 features): an int64-accumulating vectorised dense ("dense_i64",
+glue.py). qnn.add, qnn.requantize, qnn.quantize, qnn.dequantize, qnn.max_pool2d, qnn.global_avg_pool2d:
+scheduled TE computes ("glue", glue.py). Each lowering's ``accepts`` checks the call's arguments (8-bit
+data, constant weights and epilogue, shapes); a call no kernel accepts is lowered by the reference rule
+and counted as ``op:reference``."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
@@ -14,11 +16,11 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..qnn import registry as lowerings
+from ..qnn.registry import CONSUME, FOLLOW, PRODUCE
 from ..util import tvm_compat
-from ..legalize import layout, legalize
-from ..qnn import ops as qnn_ops
-from ..legalize.merge_concat_convs import merge_concat_convs
-from . import glue, lower_conv2d, lower_conv2d_blocked, lower_dense
+from ..util.cpu import is_aarch64
+from . import glue, registry
 from .common import OUT_DTYPES, QConv2dParams, QDenseParams, is_blocked_depthwise
 
 _IN_DTYPES = ("int8", "uint8")
@@ -72,29 +74,54 @@ def conv2d_role(args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: An
     # every result dtype can stay blocked: a classifier conv's int32 accumulators feed the blocked global
     # pool (an NCHW int32 result costs 16 strided stores per pixel); layout.plan unblocks it where the
     # user needs NCHW
-    return layout.PRODUCE
+    return PRODUCE
 
 
-def conv2d_rule(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any) -> relax.Expr:
-    if not _conv_fast(args):
-        return qnn_ops.ref_conv2d(bb, args, attrs, target)
-    p = QConv2dParams(strides=tuple(int(v) for v in attrs["strides"]), padding=tuple(int(v) for v in attrs["padding"]),
-                      dilation=tuple(int(v) for v in attrs["dilation"]), groups=int(attrs["groups"]),
-                      **_epilogue_params(args, attrs))
-    blocked_in = len(tvm_compat.expr_shape(args[0])) == 5
-    if _blocked(attrs) or blocked_in:
-        return lower_conv2d_blocked(bb, args[0], p, target, blocked_in=blocked_in, blocked_out=_blocked(attrs))
-    return lower_conv2d(bb, args[0], p, target)
+def _conv_params(args: Sequence[relax.Expr], attrs: Mapping[str, Any]) -> QConv2dParams:
+    return QConv2dParams(strides=tuple(int(v) for v in attrs["strides"]), padding=tuple(int(v) for v in attrs["padding"]),
+                         dilation=tuple(int(v) for v in attrs["dilation"]), groups=int(attrs["groups"]),
+                         **_epilogue_params(args, attrs))
 
 
-def dense_rule(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any) -> relax.Expr:
-    consts_ok = all(tvm_compat.is_const(a) for a in args[1:])
-    if tvm_compat.expr_dtype(args[0]) == "int32" and consts_ok and len(tvm_compat.expr_shape(args[0])) == 2:
-        vals = [tvm_compat.const_value(a) for a in args[1:]]
-        return glue.lower_dense_i64(bb, args[0], vals[0], vals[1], vals[2:], attrs, target)
-    if tvm_compat.expr_dtype(args[0]) not in _IN_DTYPES or not consts_ok:
-        return qnn_ops.ref_dense(bb, args, attrs, target)
-    return lower_dense(bb, args[0], QDenseParams(**_epilogue_params(args, attrs)), target)
+def _conv_call(args: Sequence[relax.Expr], attrs: Mapping[str, Any]) -> tuple[tuple[int, ...], QConv2dParams, bool, bool]:
+    shape = tuple(tvm_compat.expr_shape(args[0]))
+    return shape, _conv_params(args, attrs), len(shape) == 5, _blocked(attrs)
+
+
+def conv2d_lowering(kernel: registry.Kernel) -> tuple[Any, Any]:
+    """(accepts, rule) of the qnn.conv2d lowering through `kernel`."""
+    def accepts(args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any) -> bool:
+        return _conv_fast(args) and kernel.accepts(*_conv_call(args, attrs))
+
+    def rule(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any) -> relax.Expr:
+        _, p, blocked_in, blocked_out = _conv_call(args, attrs)
+        return kernel.lower(bb, args[0], p, target, blocked_in, blocked_out)
+
+    return accepts, rule
+
+
+def _dense_i64_fast(args: Sequence[relax.Expr]) -> bool:
+    return (tvm_compat.expr_dtype(args[0]) == "int32" and all(tvm_compat.is_const(a) for a in args[1:])
+            and len(tvm_compat.expr_shape(args[0])) == 2)
+
+
+def dense_i64_rule(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any) -> relax.Expr:
+    vals = [tvm_compat.const_value(a) for a in args[1:]]
+    return glue.lower_dense_i64(bb, args[0], vals[0], vals[1], vals[2:], attrs, target)
+
+
+def dense_lowering(kernel: registry.Kernel) -> tuple[Any, Any]:
+    """(accepts, rule) of the qnn.dense lowering (8-bit data) through `kernel`."""
+    def accepts(args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any) -> bool:
+        if not _conv_fast(args):
+            return False
+        return kernel.accepts(tuple(tvm_compat.expr_shape(args[0])), QDenseParams(**_epilogue_params(args, attrs)),
+                              False, False)
+
+    def rule(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any) -> relax.Expr:
+        return kernel.lower(bb, args[0], QDenseParams(**_epilogue_params(args, attrs)), target, False, False)
+
+    return accepts, rule
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,12 +148,10 @@ def _add_fast(args) -> bool:
 
 def add_role(args, attrs, target) -> Optional[str]:
     # elementwise on flat buffers: any layout, as long as both operands share it
-    return layout.FOLLOW if _is_cpu(target) and _add_fast(args) else None
+    return FOLLOW if _is_cpu(target) and _add_fast(args) else None
 
 
 def add_rule(bb, args, attrs, target):
-    if not _add_fast(args):
-        return qnn_ops.ref_add(bb, args, attrs, target)
     a, b, ma, mb = args
     return glue.lower_add(bb, a, b, _scalar(ma), _scalar(mb), attrs, target)
 
@@ -136,37 +161,41 @@ def _requantize_fast(args) -> bool:
 
 
 def requantize_role(args, attrs, target) -> Optional[str]:
-    return layout.FOLLOW if _is_cpu(target) and _requantize_fast(args) else None
+    return FOLLOW if _is_cpu(target) and _requantize_fast(args) else None
 
 
 def requantize_rule(bb, args, attrs, target):
-    if not _requantize_fast(args):
-        return qnn_ops.ref_requantize(bb, args, attrs, target)
     return glue.lower_requantize(bb, args[0], _scalar(args[1]), attrs, target)
 
 
+def _quantize_fast(args) -> bool:
+    return tvm_compat.expr_dtype(args[0]) == "float32"
+
+
 def quantize_rule(bb, args, attrs, target):
-    if tvm_compat.expr_dtype(args[0]) != "float32":
-        return qnn_ops.ref_quantize(bb, args, attrs, target)
     return glue.lower_quantize(bb, args[0], attrs, target)
 
 
+def _dequantize_fast(args) -> bool:
+    return _int_tensor(args[0])
+
+
 def dequantize_rule(bb, args, attrs, target):
-    if not _int_tensor(args[0]):
-        return qnn_ops.ref_dequantize(bb, args, attrs, target)
     return glue.lower_dequantize(bb, args[0], attrs, target)
 
 
 def max_pool2d_role(args, attrs, target) -> Optional[str]:
     x = args[0]
-    return layout.FOLLOW if _is_cpu(target) and _int_tensor(x) and len(tvm_compat.expr_shape(x)) == 4 else None
+    return FOLLOW if _is_cpu(target) and _int_tensor(x) and len(tvm_compat.expr_shape(x)) == 4 else None
+
+
+def _max_pool2d_fast(args) -> bool:
+    x = args[0]
+    return _int_tensor(x) and len(tvm_compat.expr_shape(x)) in (4, 5)
 
 
 def max_pool2d_rule(bb, args, attrs, target):
-    x = args[0]
-    if not _int_tensor(x) or len(tvm_compat.expr_shape(x)) not in (4, 5):
-        return qnn_ops.ref_max_pool2d(bb, args, attrs, target)
-    return glue.lower_max_pool2d(bb, x, attrs, target)
+    return glue.lower_max_pool2d(bb, args[0], attrs, target)
 
 
 def _gap_fast(args, channels: int) -> bool:
@@ -184,38 +213,50 @@ def global_avg_pool2d_role(args, attrs, target) -> Optional[str]:
     x = args[0]
     shape = tvm_compat.expr_shape(x)
     ok = _is_cpu(target) and len(shape) == 4 and _gap_fast(args, shape[1])
-    return layout.CONSUME if ok else None
+    return CONSUME if ok else None
+
+
+def _gap_channels(args, attrs) -> int:
+    shape = tvm_compat.expr_shape(args[0])
+    return int(attrs.get("data_channels", shape[1])) if len(shape) == 5 else shape[1]
+
+
+def _gap_accepts(args, attrs, target) -> bool:
+    if not _gap_fast(args, _gap_channels(args, attrs)):
+        return False
+    out_dtype = str(attrs["out_dtype"])
+    if out_dtype == "float32":
+        return len(args) >= 2
+    if out_dtype == "int32":
+        return True
+    return len(args) > 1 and _scalar(args[1]) is not None
 
 
 def global_avg_pool2d_rule(bb, args, attrs, target):
     x = args[0]
     out_dtype = str(attrs["out_dtype"])
-    shape = tvm_compat.expr_shape(x)
-    C = int(attrs.get("data_channels", shape[1])) if len(shape) == 5 else shape[1]
-    if not _gap_fast(args, C):
-        return qnn_ops.ref_global_avg_pool2d(bb, args, attrs, target)
+    C = _gap_channels(args, attrs)
     if out_dtype == "float32":
-        if len(args) < 2:
-            return qnn_ops.ref_global_avg_pool2d(bb, args, attrs, target)
         dq = np.asarray(tvm_compat.const_value(args[1]), np.float32).reshape(-1)
         dq_const = relax.const(np.ascontiguousarray(np.broadcast_to(dq, (C,))), "float32")
         return glue.lower_global_avg_pool2d(bb, x, [dq_const], attrs, target, channels=C)
     if out_dtype == "int32":
         return glue.lower_global_avg_pool2d(bb, x, [], attrs, target, channels=C)
-    m = _scalar(args[1]) if len(args) > 1 else None
-    if m is None:
-        return qnn_ops.ref_global_avg_pool2d(bb, args, attrs, target)
-    return glue.lower_global_avg_pool2d(bb, x, [m], attrs, target, channels=C)
+    return glue.lower_global_avg_pool2d(bb, x, [_scalar(args[1])], attrs, target, channels=C)
 
 
-# op -> (rule, its role for channel-blocked activations: passes/layout.py)
+def _fast(check):
+    return lambda args, attrs, target: check(args)
+
+
+# op -> (rule, accepts, its role for channel-blocked activations: legalize/layout.py)
 GLUE_RULES = {
-    "qnn.add": (add_rule, add_role),
-    "qnn.requantize": (requantize_rule, requantize_role),
-    "qnn.quantize": (quantize_rule, None),
-    "qnn.dequantize": (dequantize_rule, None),
-    "qnn.max_pool2d": (max_pool2d_rule, max_pool2d_role),
-    "qnn.global_avg_pool2d": (global_avg_pool2d_rule, global_avg_pool2d_role),
+    "qnn.add": (add_rule, _fast(_add_fast), add_role),
+    "qnn.requantize": (requantize_rule, _fast(_requantize_fast), requantize_role),
+    "qnn.quantize": (quantize_rule, _fast(_quantize_fast), None),
+    "qnn.dequantize": (dequantize_rule, _fast(_dequantize_fast), None),
+    "qnn.max_pool2d": (max_pool2d_rule, _fast(_max_pool2d_fast), max_pool2d_role),
+    "qnn.global_avg_pool2d": (global_avg_pool2d_rule, _gap_accepts, global_avg_pool2d_role),
 }
 
 
@@ -223,16 +264,40 @@ def _glue_applies(target: Any, attrs: Mapping[str, Any]) -> bool:
     return _is_cpu(target)
 
 
-def _skips_zero_taps(target: Any) -> bool:
+def skips_zero_taps(target: Any) -> bool:
     """The conv kernel skips all-zero taps per output block (x86_amx_blocked): merged convs pay."""
-    from . import is_aarch64, x86_amx
+    from . import x86_amx
 
     return _is_cpu(target) and not is_aarch64(target) and x86_amx.has_amx(target)
 
 
+def _kernel_applies(kernel: registry.Kernel):
+    return lambda target, attrs: _conv_applies(target, attrs) and kernel.applies(target)
+
+
 def register() -> None:
-    legalize.register_prepass("merge_concat_convs", _skips_zero_taps, merge_concat_convs)
-    legalize.register("qnn.conv2d", "kernels", _conv_applies, conv2d_rule, priority=10, blocked=conv2d_role)
-    legalize.register("qnn.dense", "kernels", _conv_applies, dense_rule, priority=10)
-    for op, (rule, role) in GLUE_RULES.items():
-        legalize.register(op, "kernels", _glue_applies, rule, priority=10, blocked=role)
+    """Register every kernel and glue lowering in the lowering registry (idempotent: by name)."""
+    registry.load_backends()
+    for kernel in registry.CONV:
+        accepts, rule = conv2d_lowering(kernel)
+        lowerings.register("qnn.conv2d", kernel.name, _kernel_applies(kernel), rule, priority=kernel.priority,
+                           blocked=conv2d_role, accepts=accepts)
+    lowerings.register("qnn.dense", "dense_i64", _conv_applies, dense_i64_rule, priority=100,
+                       accepts=_fast(_dense_i64_fast))
+    for kernel in registry.DENSE:
+        accepts, rule = dense_lowering(kernel)
+        lowerings.register("qnn.dense", kernel.name, _kernel_applies(kernel), rule, priority=kernel.priority,
+                           accepts=accepts)
+    for op, (rule, accepts, role) in GLUE_RULES.items():
+        lowerings.register(op, "glue", _glue_applies, rule, priority=10, blocked=role, accepts=accepts)
+
+
+def selected_rule(op: str):
+    """A rule that lowers one `op` call the way legalize does: the registry's choice for the target, the
+    attributes and the call's arguments (kernel tests call it on hand-made calls)."""
+    register()
+
+    def rule(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any) -> relax.Expr:
+        return lowerings.select(op, target, attrs, args=args).rule(bb, args, attrs, target)
+
+    return rule

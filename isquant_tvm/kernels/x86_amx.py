@@ -54,7 +54,8 @@ from tvm import relax, tirx
 
 from ..util.cpu import ARCH_REQ_XCOMP_PERM, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA
 from ..util.cpu import target_uses_amx as has_amx  # noqa: F401 - the dispatcher's predicate
-from . import common
+from ..util.cpu import is_aarch64
+from . import common, registry
 from .common import OC_BN, QConv2dParams, QDenseParams, _ceil
 
 AMX_MIN_CIN = 16  # fewer input channels (and a 1-wide kernel): a tile row would be mostly padding -> VNNI
@@ -514,3 +515,19 @@ def lower_dense(bb: relax.BlockBuilder, data: relax.Expr, p: QDenseParams, targe
     func = build_amx_primfunc(g, pc, in_dtype)
     consts = amx_consts(pc, g)
     return common.emit_call(bb, data, func, consts, name or "qdense_amx", (shape[0], g.O), p.out_dtype)
+
+
+# registered kernels (kernels/registry.py)
+
+def uses_amx(target) -> bool:
+    """An x86 target with AMX int8 tiles."""
+    return not is_aarch64(target) and has_amx(target)
+
+
+registry.register_conv(registry.Kernel(
+    "x86_amx", 40, uses_amx, lambda shape, p, blocked_in, blocked_out: not blocked_in and not blocked_out
+    and eligible_conv(shape, p), lambda bb, data, p, target, blocked_in=False, blocked_out=False:
+    lower_conv2d(bb, data, p, target)))
+registry.register_dense(registry.Kernel(
+    "x86_amx", 40, uses_amx, lambda shape, p, blocked_in, blocked_out: eligible_dense(shape, p),
+    lambda bb, data, p, target, blocked_in=False, blocked_out=False: lower_dense(bb, data, p, target)))

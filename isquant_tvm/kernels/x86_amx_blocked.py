@@ -28,8 +28,9 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
-from . import common
+from . import common, registry
 from .common import OC_BN, QConv2dParams
+from . import x86_amx
 from .x86_amx import PARALLEL_MIN_MACS, AmxGeom, _intrin, amx_geom, choose_kc, tile_permission, tile_tasks
 
 
@@ -286,3 +287,11 @@ def lower_conv2d(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dParams, tar
 def _out_shape(g: AmxGeom, blocked_out: bool) -> tuple[int, ...]:
     nchw = (g.N, g.O, g.OH, g.OW)
     return common.blocked_shape(nchw) if blocked_out else nchw
+
+
+# registered kernel (kernels/registry.py): every groups == 1 conv whose input is NCHW16c on AMX targets
+registry.register_conv(registry.Kernel(
+    "x86_amx_blocked", 50, x86_amx.uses_amx,
+    lambda shape, p, blocked_in, blocked_out: blocked_in and eligible(shape, p),
+    lambda bb, data, p, target, blocked_in=True, blocked_out=True:
+    lower_conv2d(bb, data, p, target, blocked_out=blocked_out)))

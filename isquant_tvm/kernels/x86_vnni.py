@@ -22,7 +22,8 @@ from tvm import relax, tirx
 from tvm.script import tirx as T
 from tvm.s_tir import TensorIntrin
 
-from . import common
+from ..util.cpu import is_aarch64
+from . import common, registry
 from .common import OC_BN, QConv2dParams, QDenseParams
 
 VNNI_INTRIN = "dot_16x4_vnni_llvm22"
@@ -173,3 +174,35 @@ def to_blocked(bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
 def from_blocked(bb: relax.BlockBuilder, x: relax.Expr, channels: int) -> relax.Expr:
     """NCHW16c -> NCHW with the first `channels` channels."""
     return common.emit_layout(bb, x, False, channels)
+
+
+# ------------------------------------------------------------------------------------------
+# registered kernels (kernels/registry.py): config_for's choice, by name
+# ------------------------------------------------------------------------------------------
+
+def _lower_conv(bb, data, p, target, blocked_in: bool = False, blocked_out: bool = False):
+    if blocked_in or blocked_out:
+        return lower_conv2d_blocked(bb, data, p, target, blocked_in=blocked_in, blocked_out=blocked_out)
+    return lower_conv2d(bb, data, p, target)
+
+
+def _lower_dense(bb, data, p, target, blocked_in: bool = False, blocked_out: bool = False):
+    return lower_dense(bb, data, p, target)
+
+
+def _x86(target) -> bool:
+    # every LLVM CPU target that is not aarch64 gets these kernels (the int32 one needs no x86 feature)
+    return not is_aarch64(target)
+
+
+def _any(shape, p, blocked_in, blocked_out) -> bool:
+    return True
+
+
+_FAMILIES = (("x86_vnni", 20, lambda t: _x86(t) and has_vnni(t)),
+             ("x86_avx2", 19, lambda t: _x86(t) and _has(t, "avx2")),
+             ("x86_int32", 18, _x86))
+registry.register_conv(registry.Kernel("x86_depthwise", 30, _x86, common.is_depthwise_call, _lower_conv))
+for _name, _priority, _applies in _FAMILIES:
+    registry.register_conv(registry.Kernel(_name, _priority, _applies, _any, _lower_conv))
+    registry.register_dense(registry.Kernel(_name, _priority, _applies, _any, _lower_dense))

@@ -5,7 +5,7 @@ epilogue scatters each 16-channel register tile as single bytes, and the next ke
 back into blocks. Measured on ResNet-18's convs at 1 thread (scripts/bench_kernels.py --blocked): 7.98 ms
 with NCHW outputs, about 6.7 ms with blocked ones.
 
-Each qnn call gets a role from the lowering legalize will pick (``Lowering.blocked``):
+Each qnn call gets a role from the lowering legalize will pick (``Lowering.blocked``, qnn/registry.py):
 
 * ``PRODUCE`` (conv): takes NCHW or blocked input, can write a blocked output;
 * ``FOLLOW`` (add, requantize, max pool; ``R.concat`` of channel counts that are multiples of 16): its
@@ -25,8 +25,9 @@ from typing import Callable, Optional
 import tvm
 from tvm import relax
 
+from ..qnn.registry import CONSUME, FOLLOW, PRODUCE
+
 BLOCK = 16
-PRODUCE, FOLLOW, CONSUME = "produce", "follow", "consume"
 
 RoleOf = Callable[[relax.Call], Optional[str]]
 

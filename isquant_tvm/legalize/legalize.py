@@ -1,8 +1,10 @@
-"""Legalize qnn-level ops to plain Relax/TIR through the lowering registry.
+"""Legalize qnn-level ops to plain Relax/TIR through the lowering registry (qnn/registry.py).
 
-REGISTRY maps a qnn op to an ordered list of (name, applies(target, attrs), rule). The first rule
-whose predicate holds lowers the call; the reference rule (the op's function body) always applies,
-so adding a faster kernel is one `register(...)` call and never changes the results.
+For each qnn call the registry picks the highest-priority lowering that applies to the target, the op's
+attributes and the call's arguments (the kernels register one lowering per kernel, kernels/rules.py); the
+reference rule (the op's function body) always applies, so adding a faster kernel is one
+`register(...)` call and never changes the results. The report counts every call as
+``op:lowering`` (``qnn.conv2d:x86_amx_blocked``, ``qnn.add:glue``, ``qnn.dense:reference``).
 
 A lowering may also say how it handles channel-blocked (NCHW16c) activations (`blocked`, a role from
 passes/layout.py). With a target, legalize first plans which tensors stay blocked and then tells each
@@ -11,62 +13,24 @@ argument arrives with one more axis than the qnn function's parameter, and ``dat
 first argument's real channel count."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import tvm
 from tvm import relax
 
-from . import layout
 from ..qnn import ops as qnn_ops
+from ..qnn import registry
+from . import layout
+from .merge_concat_convs import merge_concat_convs
 
-Predicate = Callable[[Any, Mapping[str, Any]], bool]
-# (call args, attrs, target) -> layout.PRODUCE / FOLLOW / CONSUME, or None (NCHW only)
-BlockedRole = Callable[[Sequence[relax.Expr], Mapping[str, Any], Any], Optional[str]]
-
-
-@dataclass(frozen=True)
-class Lowering:
-    name: str
-    applies: Predicate
-    rule: qnn_ops.Rule
-    priority: int = 0
-    blocked: Optional[BlockedRole] = None
-
-
-REGISTRY: dict[str, list[Lowering]] = {
-    op: [Lowering("reference", lambda target, attrs: True, rule, priority=-1000)]
-    for op, rule in qnn_ops.REFERENCE_RULES.items()
-}
-
-
-# graph rewrites that pay only with some targets' lowerings (e.g. a merged conv whose kernel skips zero
-# taps): name -> (applies(target), module -> (module, rewrites made)), run before lowering
-PREPASSES: dict[str, tuple[Callable[[Any], bool], Callable[[tvm.IRModule], tuple[tvm.IRModule, int]]]] = {}
-
-
-def register_prepass(name: str, applies: Callable[[Any], bool],
-                     rewrite: Callable[[tvm.IRModule], tuple[tvm.IRModule, int]]) -> None:
-    PREPASSES[name] = (applies, rewrite)
-
-
-def register(op: str, name: str, applies: Predicate, rule: qnn_ops.Rule, priority: int = 0,
-             blocked: Optional[BlockedRole] = None) -> None:
-    """Add a lowering for `op`; higher priority wins among those that apply."""
-    entries = [e for e in REGISTRY.setdefault(op, []) if e.name != name]
-    entries.append(Lowering(name, applies, rule, priority, blocked))
-    REGISTRY[op] = sorted(entries, key=lambda e: -e.priority)
-
-
-def select(op: str, target: Any, attrs: Mapping[str, Any], only_reference: bool = False) -> Lowering:
-    if op not in REGISTRY:
-        raise KeyError(f"no lowering registered for {op}")
-    for entry in REGISTRY[op]:
-        if only_reference and entry.name != "reference":
-            continue
-        if entry.applies(target, attrs):
-            return entry
-    raise KeyError(f"no lowering of {op} applies to this target")
+# the registry lives in qnn/registry.py (below the kernels, which register there); these names stay
+# importable from the pass that uses them
+Lowering = registry.Lowering
+REGISTRY = registry.REGISTRY
+PREPASSES = registry.PREPASSES
+register = registry.register
+register_prepass = registry.register_prepass
+select = registry.select
 
 
 @relax.expr_functor.mutator
@@ -85,7 +49,7 @@ class LegalizeMutator(relax.PyExprMutator):
         if op is None:
             return None
         attrs = qnn_ops.attrs_of(self.mod_[call.op])
-        lowering = select(op, self.target, attrs, self.only_reference)
+        lowering = select(op, self.target, attrs, self.only_reference, args=list(call.args))
         return lowering.blocked(list(call.args), attrs, self.target) if lowering.blocked else None
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
@@ -101,13 +65,14 @@ class LegalizeMutator(relax.PyExprMutator):
         args = [self.visit_expr(a) for a in call.args]
         func = self.mod_[call.op]
         attrs = qnn_ops.attrs_of(func)
-        lowering = select(op, self.target, attrs, self.only_reference)
-        key = f"{op}:{lowering.name}"
-        self.chosen[key] = self.chosen.get(key, 0) + 1
         blocked_in = any(layout.is_blocked_arg(a, p) for a, p in zip(args, func.params))
         if self._out_blocked or blocked_in:
             attrs["out_layout"] = "NCHW16c" if self._out_blocked else "NCHW"
             attrs["data_channels"] = int(func.params[0].ty.shape[1])  # blocked data pads channels to 16
+        # the layout is part of what a kernel takes (x86_amx_blocked reads NCHW16c), so select after it
+        lowering = select(op, self.target, attrs, self.only_reference, args=args)
+        key = f"{op}:{lowering.name}"
+        self.chosen[key] = self.chosen.get(key, 0) + 1
         return lowering.rule(self.builder_, args, attrs, self.target)
 
     def transform(self) -> tvm.IRModule:
@@ -123,24 +88,27 @@ class LegalizeMutator(relax.PyExprMutator):
         return relax.transform.DeadCodeElimination(["main"])(mod)
 
 
-_FAST_RULES_LOADED = False
+_KERNELS_LOADED = False
 
 
-def _load_fast_rules() -> None:
-    """The kernels package registers its lowerings on first use (it imports TVM's schedule APIs)."""
-    global _FAST_RULES_LOADED
-    if not _FAST_RULES_LOADED:
+def load_kernel_lowerings() -> None:
+    """Register the kernels' lowerings and the prepasses that pay with them, once: on first use, because
+    the kernels import TVM's schedule APIs (seconds) that a reference-only legalize does not need."""
+    global _KERNELS_LOADED
+    if not _KERNELS_LOADED:
         from ..kernels import rules
 
         rules.register()
-        _FAST_RULES_LOADED = True
+        # a fire module's expand convs merged into one conv: pays where the conv kernel skips zero taps
+        register_prepass("merge_concat_convs", rules.skips_zero_taps, merge_concat_convs)
+        _KERNELS_LOADED = True
 
 
 def legalize(mod: tvm.IRModule, target: Any = None, only_reference: bool = False) -> tuple[tvm.IRModule, dict[str, int]]:
     """Lower every qnn op call in `mod`. Returns the module and which lowering each op used."""
     rewrites: dict[str, int] = {}
     if target is not None and not only_reference:
-        _load_fast_rules()
+        load_kernel_lowerings()
         for name, (applies, rewrite) in PREPASSES.items():
             if applies(target):
                 mod, count = rewrite(mod)

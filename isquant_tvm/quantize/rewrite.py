@@ -26,7 +26,7 @@ from tvm import relax
 
 from ..reference import fixed_point
 from ..util import tvm_compat
-from ..fold.layers import Layer, bindings
+from ..fold.layers import Layer
 from ..ranges.activation import ActivationRange
 from ..qnn import ops as qnn_ops
 
@@ -91,7 +91,7 @@ def _count_uses(func: relax.Function) -> dict[Any, int]:
         elif isinstance(expr, relax.TupleGetItem):
             visit(expr.tuple_value)
 
-    for binding in bindings(func):
+    for binding in tvm_compat.bindings(func):
         visit(binding.value)
     visit(func.body.body)
     return uses
@@ -99,7 +99,7 @@ def _count_uses(func: relax.Function) -> dict[Any, int]:
 
 def _feeds_output(func: relax.Function) -> set[Any]:
     """Vars whose value reaches the function output through data movement only."""
-    producers = {b.var: b.value for b in bindings(func)}
+    producers = {b.var: b.value for b in tvm_compat.bindings(func)}
     out: set[Any] = set()
     frontier = [func.body.body]
     while frontier:
@@ -127,7 +127,7 @@ def _pools_feeding_classifier(func: relax.Function, layer_of: Mapping[Any, Layer
     """Global pools whose only consumer, through data movement, is a dense layer whose result feeds the output."""
     consumer: dict[Any, Any] = {}
     values: dict[Any, Any] = {}
-    for b in bindings(func):
+    for b in tvm_compat.bindings(func):
         values[b.var] = b.value
         if isinstance(b.value, relax.Call):
             for a in b.value.args:

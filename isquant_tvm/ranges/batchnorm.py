@@ -23,7 +23,7 @@ import tvm
 from tvm import relax
 
 from ..util import tvm_compat
-from ..fold.layers import CONV, bindings
+from ..fold.layers import CONV
 from .activation import ActivationRange, mse_alpha
 from ..reference.interpreter import Interpreter
 
@@ -38,12 +38,12 @@ def conv_batchnorms(unfolded: tvm.IRModule) -> list[tuple[np.ndarray, np.ndarray
     """(γ, β) of the BatchNorm that follows each conv with a constant weight, in graph order."""
     producers = {}
     convs: list[Any] = []
-    for b in bindings(unfolded["main"]):
+    for b in tvm_compat.bindings(unfolded["main"]):
         producers[b.var] = b.value
         if _op(b.value) == CONV and tvm_compat.is_const(b.value.args[1]):
             convs.append(b.var)
     found: dict[Any, tuple[np.ndarray, np.ndarray]] = {}
-    for b in bindings(unfolded["main"]):
+    for b in tvm_compat.bindings(unfolded["main"]):
         if _op(b.value) != "relax.nn.batch_norm":
             continue
         src = b.value.args[0]
@@ -102,7 +102,7 @@ def bn_outputs(folded: tvm.IRModule, layer_vars: list[Any],
     are the conv binding vars of the folded module in the same order as `bn`."""
     bn_of = {v: s for v, s in zip(layer_vars, bn) if s is not None}
     out = {}
-    for b in bindings(folded["main"]):
+    for b in tvm_compat.bindings(folded["main"]):
         if _op(b.value) == "relax.add":
             args = list(b.value.args)
             vars_ = [a for a in args if isinstance(a, relax.Var)]
@@ -116,7 +116,7 @@ def propagate(folded: tvm.IRModule, layer_vars: list[Any], bn: list[tuple[np.nda
     the conv binding vars of the folded module in the same order as `bn`."""
     normalized = bn_outputs(folded, layer_vars, bn)
     dists: dict[Any, Dist] = {}
-    for b in bindings(folded["main"]):
+    for b in tvm_compat.bindings(folded["main"]):
         value, op = b.value, _op(b.value)
         args = list(value.args) if isinstance(value, relax.Call) else []
         if b.var in normalized:  # conv + folded BN bias: N(β, γ²)

@@ -17,7 +17,6 @@ from tvm import relax
 
 from . import fixed_point
 from ..util import tvm_compat
-from ..fold.layers import bindings
 
 Env = dict[Any, Any]
 
@@ -281,7 +280,7 @@ class Interpreter:
             env[param] = np.asarray(value)
             if observe is not None:
                 observe(param, env[param])
-        for i, binding in enumerate(bindings(self.main)):
+        for i, binding in enumerate(tvm_compat.bindings(self.main)):
             value = self._eval(binding.value, env, binding.var)
             if hooks and binding.var in hooks:
                 value = hooks[binding.var](value)
@@ -299,7 +298,7 @@ class Interpreter:
     def _last_uses(self) -> dict[int, list[Any]]:
         """binding index -> vars read for the last time there (the function's result excluded)."""
         last: dict[Any, int] = {}
-        for i, binding in enumerate(bindings(self.main)):
+        for i, binding in enumerate(tvm_compat.bindings(self.main)):
             relax.analysis.post_order_visit(binding.value, lambda e, i=i: last.__setitem__(e, i)
                                             if isinstance(e, relax.Var) else None)
         keep: set[Any] = set()

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import IsquantError, RPCError
 from ..build.export import read_metadata
-from .runner import Timing, VMRunner
+from .runner import Timing, VMRunner, read_inputs
 
 log = logging.getLogger(__name__)
 
@@ -526,12 +526,10 @@ def run_remote(library: str | Path, inputs: Mapping[str, np.ndarray] | str | Pat
                fill_mode: str = "random", quiet: bool = True
                ) -> tuple[list[np.ndarray], Timing | None, dict[str, Any]]:
     """`iq.run` on a board: outputs, timing (with repeat > 0) and the info dict (median_ms added when timed)."""
-    from ..api import _read_inputs
-
     runner, info = connect_runner(library, rpc=rpc, tracker=tracker, key=key, session_timeout=session_timeout,
                                   connect_timeout=connect_timeout, quiet=quiet)
     try:
-        feed = _read_inputs(inputs, runner, fill_mode)
+        feed = read_inputs(inputs, runner, fill_mode)
         outputs = runner.run(feed)
         timing = runner.benchmark(feed, repeat=repeat, number=number) if repeat > 0 else None
     finally:

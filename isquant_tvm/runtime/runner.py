@@ -163,3 +163,22 @@ def load_local(library: str | Path, num_threads: int | None = None) -> VMRunner:
         raise IsquantError(f"{path}: cannot load as a TVM library on this machine ({str(err).strip().splitlines()[-1]});"
                            " an aarch64 library runs on the board: use --rpc or --rpc-tracker") from err
     return VMRunner(lib, tvm.cpu(0), metadata)
+
+
+def read_inputs(inputs: Mapping[str, np.ndarray] | str | Path | None, runner: Any,
+                fill_mode: str = "random") -> dict[str, np.ndarray]:
+    """The feed of a run: arrays by name, an .npz path, or (None) inputs filled from the runner's metadata."""
+    if inputs is None:
+        if not runner.input_specs:
+            raise IsquantError("the library has no metadata JSON beside it: pass --inputs x.npz")
+        return fill_inputs(runner.input_specs, fill_mode)
+    if isinstance(inputs, (str, Path)):
+        path = Path(inputs)
+        if not path.exists():
+            raise IsquantError(f"{path}: no such inputs file (an .npz keyed by input name)")
+        try:
+            with np.load(path) as data:
+                return {k: data[k] for k in data.files}
+        except Exception as err:
+            raise IsquantError(f"{path}: not a readable .npz file ({err})") from err
+    return dict(inputs)

@@ -13,6 +13,7 @@ import tvm
 
 from ..util import tvm_compat
 from ..errors import TargetError
+from ..util.cpu import is_aarch64
 
 AARCH64_TRIPLE = "aarch64-linux-gnu"
 
@@ -119,11 +120,6 @@ def _tvm_tags() -> set[str]:
     from tvm.target import tag
 
     return set(tag.list_tags().keys())
-
-
-def is_aarch64(target: tvm.target.Target) -> bool:
-    triple = str(target.attrs.get("mtriple", "")) if "mtriple" in target.attrs else ""
-    return triple.startswith("aarch64") or triple.startswith("arm64")
 
 
 def needs_cross_compiler(target: tvm.target.Target) -> bool:

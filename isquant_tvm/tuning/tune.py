@@ -128,24 +128,17 @@ def capture_kernels() -> Iterator[dict[str, _Captured]]:
     its scheduled PrimFunc, with its unscheduled twin."""
     from ..kernels import common
 
-    original = common.build_conv_primfunc
     captured: dict[str, _Captured] = {}
 
-    @functools.wraps(original)
-    def build_conv_primfunc(g, p, in_dtype, cfg, blocked_out=False):
-        func = original(g, p, in_dtype, cfg, blocked_out)
+    def record(func, g, p, in_dtype, cfg, blocked_out) -> None:
         try:
             captured[shash(func)] = _Captured(unscheduled_conv_primfunc(g, p, in_dtype, cfg, blocked_out),
                                               cfg.intrin, int(g.macs))
         except Exception as err:  # noqa: BLE001 - a kernel we cannot re-derive is simply not tuned
             log.warning("cannot derive the unscheduled compute of %s: %s", cfg.name, err)
-        return func
 
-    common.build_conv_primfunc = build_conv_primfunc
-    try:
+    with common.conv_build_hook(record):
         yield captured
-    finally:
-        common.build_conv_primfunc = original
 
 
 def _call_counts(mod: tvm.IRModule) -> dict[str, int]:
@@ -472,7 +465,7 @@ class TuneReport:
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        from .. import __version__
+        from ..util.version import __version__
 
         return {"format": SUMMARY_FORMAT, "tool": "isquant-tvm", "tool_version": __version__,
                 "tvm_version": tvm_compat.TVM_VERSION, "source": self.source, "target": self.target,
@@ -716,8 +709,8 @@ def tune(model: Any, target: str | dict[str, Any] | tvm.target.Target = "x86", o
     trials: total trial budget (default trials_per_task x tasks); trials_per_task caps each task; the
     heaviest tasks (calls x MACs) come first. max_tasks / task_names restrict the tasks. number/repeat:
     runs averaged per measurement / measurements (default 3 / 5); timeout: builder and runner seconds."""
-    from ..api import load, prepare
-    from ..frontend.loader import ImportedModel
+    from ..fold.fold_bn import prepare
+    from ..frontend.loader import ImportedModel, load
     from ..pipeline import quantize_model
     from ..targets.presets import resolve_target
     from ..runtime.runner import set_thread_count
@@ -794,8 +787,9 @@ def load_kept(records: str | Path, target: tvm.target.Target) -> dict[str, tvm.t
 
 
 def apply_records(mod: tvm.IRModule, target: tvm.target.Target, records: str | Path) -> tuple[tvm.IRModule, list[str]]:
-    """Replace each kernel PrimFunc of `mod` that a kept task of `records` tuned; returns the module and the
-    names of the replaced functions."""
+    """Replace each kernel PrimFunc of `mod` that a kept task of `records` (a `tune -o` folder) tuned, i.e.
+    whose tuned schedule measured faster than our hand schedule; returns the module and the names of the
+    replaced functions."""
     kept = load_kept(records, target)
     applied: list[str] = []
     if not kept:

@@ -133,3 +133,10 @@ def deny_amx_permission() -> None:
     if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0 or \
             libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(fprog), 0, 0) != 0:
         raise IsquantError(f"could not install the seccomp filter that denies AMX: {os.strerror(ctypes.get_errno())}")
+
+
+def is_aarch64(target) -> bool:
+    """Whether a tvm Target generates 64-bit ARM code (its mtriple; no mtriple means the x86 host)."""
+    attrs = target.attrs
+    triple = str(attrs["mtriple"] or "") if "mtriple" in attrs else ""
+    return triple.startswith(("aarch64", "arm64"))

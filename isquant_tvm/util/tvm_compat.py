@@ -6,7 +6,7 @@ Everything else in the package goes through these helpers so the next rename is 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import tvm
@@ -166,3 +166,9 @@ def load_module(path: str) -> Any:
 
 def prim_float(value: float, dtype: str = "float32") -> Any:
     return relax.prim_value(tvm.tirx.FloatImm(dtype, value))
+
+
+def bindings(func: relax.Function) -> Iterator[relax.VarBinding]:
+    """Every var binding of a Relax function's body, block by block."""
+    for block in func.body.blocks:
+        yield from block.bindings

@@ -17,6 +17,7 @@ from tvm import relax
 
 from isquant_tvm import kernels
 from isquant_tvm.kernels import arm_dot, common
+from isquant_tvm.util.cpu import is_aarch64
 from isquant_tvm.kernels.common import QDenseParams
 
 from .test_x86_vnni import CASES, assert_exact, build_single, make_params, rand_data, run
@@ -54,7 +55,7 @@ def objdump_ops(path) -> collections.Counter:
 def test_target_dispatch():
     assert arm_dot.config_for(tvm.target.Target(RASP5)) is arm_dot.SDOT_CONFIG
     assert arm_dot.config_for(tvm.target.Target(RASP4B)) is arm_dot.NEON_CONFIG
-    assert kernels.is_aarch64(tvm.target.Target(RASP4B)) and not kernels.is_aarch64(tvm.target.Target(HOST))
+    assert is_aarch64(tvm.target.Target(RASP4B)) and not is_aarch64(tvm.target.Target(HOST))
 
 
 @needs_cross

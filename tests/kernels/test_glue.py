@@ -269,7 +269,7 @@ def test_dense_int32_input(tname, N, K, O, out_dt):
         lo, hi = lo_hi(out_dt)
         attrs.update(out_min=lo, out_max=hi)
         consts += [rng.integers(1 << 30, 1 << 31, O).astype(np.int64), np.full(O, 62, np.int64)]
-    out = run_rule(rules.dense_rule, [x], consts, attrs, target_of(tname))
+    out = run_rule(rules.selected_rule("qnn.dense"), [x], consts, attrs, target_of(tname))
     assert_exact(out, reference.qnn_dense([x] + consts, attrs))
 
 
@@ -295,7 +295,7 @@ def test_dense_pooled_features_accumulate_exactly_in_int32(tname, out_dt):
     else:
         attrs.update(out_min=-128, out_max=127)
         consts += [rng.integers(1 << 30, 1 << 31, 1000).astype(np.int64), np.full(1000, 52, np.int64)]
-    out = run_rule(rules.dense_rule, [x], consts, attrs, target_of(tname))
+    out = run_rule(rules.selected_rule("qnn.dense"), [x], consts, attrs, target_of(tname))
     assert_exact(out, reference.qnn_dense([x] + consts, attrs))
 
 
@@ -314,14 +314,14 @@ def test_conv_int32_out(tname, in_dt, C, H, O, k, groups):
     pad = (k // 2,) * 4
     attrs = {"strides": [1, 1], "padding": list(pad), "dilation": [1, 1], "groups": groups, "out_dtype": "int32",
              "out_min": 0, "out_max": 2**31 - 1}
-    out = run_rule(rules.conv2d_rule, [x], [w, bias], attrs, target_of(tname))
+    out = run_rule(rules.selected_rule("qnn.conv2d"), [x], [w, bias], attrs, target_of(tname))
     ref = reference.qnn_conv2d([x, w, bias], attrs)
     assert (ref == 0).any() and (ref > 0).any()  # the ReLU clip is exercised
     assert_exact(out, ref)
     p = QConv2dParams(weight=w, bias=bias, multiplier=np.zeros(O, np.int64), shift=np.ones(O, np.int64),
                       strides=(1, 1), padding=pad, groups=groups, out_dtype="int32", out_min=-7, out_max=10**6)
     attrs.update(out_min=-7, out_max=10**6)
-    out = run_rule(rules.conv2d_rule, [x], [w, bias], attrs, target_of(tname))
+    out = run_rule(rules.selected_rule("qnn.conv2d"), [x], [w, bias], attrs, target_of(tname))
     assert_exact(out, common.ref_conv2d(x, p))
 
 
@@ -331,7 +331,7 @@ def test_dense_int32_out():
     w = rng.integers(-127, 128, (40, 96)).astype(np.int8)
     bias = rng.integers(-20000, 20000, 40).astype(np.int32)
     attrs = {"out_dtype": "int32", "out_min": -1000, "out_max": 50000}
-    out = run_rule(rules.dense_rule, [x], [w, bias], attrs, target_of("avx512"))
+    out = run_rule(rules.selected_rule("qnn.dense"), [x], [w, bias], attrs, target_of("avx512"))
     assert_exact(out, reference.qnn_dense([x, w, bias], attrs))
     p = QDenseParams(weight=w, bias=bias, multiplier=np.zeros(40, np.int64), shift=np.ones(40, np.int64),
                      out_dtype="int32", out_min=-1000, out_max=50000)

@@ -15,7 +15,7 @@ from isquant_tvm.reference import interpreter as reference
 from isquant_tvm.fold.layers import find_layers
 from isquant_tvm.legalize import layout
 from isquant_tvm.qnn import ops as qnn_ops
-from isquant_tvm.legalize.legalize import LegalizeMutator, _load_fast_rules, legalize
+from isquant_tvm.legalize.legalize import LegalizeMutator, load_kernel_lowerings, legalize
 from isquant_tvm.quantize.rewrite import quantize_module
 from isquant_tvm.ranges.activation import choose, collect, synthetic_inputs
 from isquant_tvm.targets.presets import resolve_target
@@ -69,7 +69,7 @@ def _ops_of(mod: tvm.IRModule, blocked: set) -> dict[str, int]:
 
 
 def _plan(mod: tvm.IRModule, target: str, disable: str | None = None) -> set:
-    _load_fast_rules()
+    load_kernel_lowerings()
     mutator = LegalizeMutator(mod, resolve_target(target), only_reference=False)
 
     def role_of(call):
@@ -105,7 +105,7 @@ AMX = {"kind": "llvm", "mcpu": "rocketlake", "mattr": ["+amx-int8", "+amx-tile"]
 
 def test_amx_targets_plan_the_same_blocks(qnn_mod) -> None:
     # the AMX convs read and write NCHW16c too (kernels/x86_amx_blocked.py)
-    _load_fast_rules()
+    load_kernel_lowerings()
     mutator = LegalizeMutator(qnn_mod, tvm.target.Target(AMX), only_reference=False)
     assert layout.plan(qnn_mod["main"], mutator.role_of) == _plan(qnn_mod, "x86-avx512")
 
