@@ -7,6 +7,14 @@ add and a ReLU/ReLU6 follow with no other user, so they fold into one requantize
 residual adds become qnn.add, pools and data movement run on integers, and anything else stays
 float between a dequantize and a quantize, counted in the report.
 
+Dispatch is one table, RULES: Relax op name -> rule (a function of the mutator, the binding's var and
+value, the op and its arguments) that returns the integer value of the binding, or None to keep it
+float. Conv/dense layers are matched by binding (`layers.py` ids), before the table. An op with no rule,
+or whose rule returns None, goes to the explicit default, `keep_float`: the op runs in float between a
+dequantize and a quantize and is counted in the report's `fallbacks` (with `fallback_reasons` when a
+rule declined for a reason, e.g. a tensor without an activation range). Any other exception inside a
+rule is a bug and is raised as a RuleError naming the op and the tensor, never a silent float op.
+
 Decisions:
 - The model input is quantized once to int8 (zero point 0) at the start, the output dequantized at
   the end. The first conv therefore runs int8 x int8 like the others (its 3 channels are cheap).
@@ -18,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import tvm
@@ -73,6 +81,7 @@ class QuantizeResult:
     mod: tvm.IRModule
     tensors: list[dict[str, Any]] = field(default_factory=list)  # every quantized tensor: scale, dtype, rule
     fallbacks: dict[str, int] = field(default_factory=dict)  # float ops left in the graph
+    fallback_reasons: dict[str, str] = field(default_factory=dict)  # op -> why a rule kept it float
     tensor_map: list[tuple[Any, Any, float]] = field(default_factory=list)  # (float var, int var, scale)
 
 
@@ -170,6 +179,14 @@ def _safe(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_]", "_", name)
 
 
+class MissingRange(LookupError):
+    """A tensor a rule needs has no activation range (e.g. an integer side input): the op stays float."""
+
+
+class RuleError(RuntimeError):
+    """A quantize rule failed on an op it claimed: a bug, reported with the op and the tensor."""
+
+
 DATA_MOVEMENT = {"relax.reshape", "relax.flatten", "relax.squeeze", "relax.permute_dims", "relax.strided_slice",
                  "relax.expand_dims"}
 
@@ -214,7 +231,7 @@ class QuantizeMutator(relax.PyExprMutator):
     # --- values -------------------------------------------------------------------------------
     def _range(self, var: Any) -> ActivationRange:
         if var not in self.ranges:
-            raise KeyError(f"no activation range for {tvm_compat.var_name(var)}")
+            raise MissingRange(f"no activation range for {tvm_compat.var_name(var)}")
         return self.ranges[var]
 
     def _unsigned_hint(self, var: Any) -> bool:
@@ -263,7 +280,7 @@ class QuantizeMutator(relax.PyExprMutator):
         if isinstance(arg, relax.Var) and any(arg.same_as(p) for p in self.mod_["main"].params) and self.input_range:
             alpha, rule, unsigned = self.input_range, "input range", False
         elif rng is None:
-            raise KeyError(f"no activation range for {tvm_compat.var_name(arg)}")
+            raise MissingRange(f"no activation range for {tvm_compat.var_name(arg)}")
         else:
             alpha, rule, unsigned = rng.alpha, rng.rule, self._unsigned_hint(arg)
         dtype = "uint8" if unsigned else "int8"
@@ -381,12 +398,17 @@ class QuantizeMutator(relax.PyExprMutator):
         op = _op(value)
         try:
             handled = self._quantized(var, value, op)
-        except KeyError as err:  # no range for a tensor (e.g. an integer side input): keep float
-            log.debug("float fallback for %s: %s", op, err)
+        except MissingRange as err:  # no range for a tensor (e.g. an integer side input): keep float
+            log.info("%s stays float: %s", op, err)
+            if op is not None:
+                self.result.fallback_reasons[op.removeprefix("relax.")] = str(err)
             handled = None
+        except Exception as err:
+            raise RuleError(f"quantize rule for {op} (tensor {tvm_compat.var_name(var)}) failed:"
+                            f" {type(err).__name__}: {err}") from err
         if handled is not None:
             return handled
-        return self._fallback(value, op)
+        return self.keep_float(value, op)
 
     def _pending(self, arg: Any) -> Any:
         if isinstance(arg, relax.Var) and self.uses.get(arg, 0) == 1:
@@ -400,98 +422,121 @@ class QuantizeMutator(relax.PyExprMutator):
             return None
         args = list(value.args)
         if var in self.layer_of:
-            layer = self.layer_of[var]
-            qw = self.weights[layer.id]
-            q = qw.q if layer.kind == "conv2d" else qw.q.reshape(layer.weight.shape)
-            return PendingAcc(layer, self.quant_of(args[0]), q, np.asarray(qw.scale, np.float64), var)
-        if op == "relax.add":
-            a, b = args
-            for acc, const in ((a, b), (b, a)):
-                p = self._pending(acc)
-                if (isinstance(p, PendingAcc) and p.bias is None and p.lo is None and tvm_compat.is_const(const)
-                        and const.value.numpy().size == p.q.shape[0]):
-                    p.bias = tvm_compat.const_value(const).reshape(-1).astype(np.float64)
-                    p.var = var
-                    return p
-            if not tvm_compat.is_const(a) and not tvm_compat.is_const(b) and var in self.ranges:
-                return PendingAdd(self.quant_of(a), self.quant_of(b), var)
+            return self.rule_layer(var, value, op, args)
+        rule = RULES.get(op)
+        if rule is None:
             return None
-        if op in ("relax.nn.relu", "relax.clip"):
-            lo, hi = (0.0, None) if op == "relax.nn.relu" else (float(args[1].value), float(args[2].value))
-            p = self._pending(args[0])
-            if p is not None:
-                p.lo = lo if p.lo is None else max(p.lo, lo)
-                p.hi = hi if p.hi is None else (p.hi if hi is None else min(p.hi, hi))
+        if isinstance(rule, str):
+            return getattr(self, rule)(var, value, op, args)
+        return rule(self, var, value, op, args)
+
+    def rule_layer(self, var: Any, value: Any, op: str, args: list[Any]) -> Any:
+        """conv2d / dense (matmul) of a layer: a pending accumulator, requantized once its epilogue is known."""
+        layer = self.layer_of[var]
+        qw = self.weights[layer.id]
+        q = qw.q if layer.kind == "conv2d" else qw.q.reshape(layer.weight.shape)
+        return PendingAcc(layer, self.quant_of(args[0]), q, np.asarray(qw.scale, np.float64), var)
+
+    def rule_add(self, var: Any, value: Any, op: str, args: list[Any]) -> Any:
+        """A bias add folds into a pending accumulator; a residual add becomes a pending qnn.add."""
+        a, b = args
+        for acc, const in ((a, b), (b, a)):
+            p = self._pending(acc)
+            if (isinstance(p, PendingAcc) and p.bias is None and p.lo is None and tvm_compat.is_const(const)
+                    and const.value.numpy().size == p.q.shape[0]):
+                p.bias = tvm_compat.const_value(const).reshape(-1).astype(np.float64)
                 p.var = var
                 return p
-            return None
-        if op == "relax.nn.max_pool2d":
-            x = self.quant_of(args[0])
-            a = value.attrs
-            attrs = {"pool_size": [int(v) for v in a.pool_size], "strides": [int(v) for v in a.strides],
-                     "padding": [int(v) for v in a.padding], "dilation": [int(v) for v in a.dilation],
-                     "ceil_mode": bool(a.ceil_mode)}
-            return QTensor(self.call_qnn("qnn.max_pool2d", [x.expr], attrs, _safe(tvm_compat.var_name(var))),
-                           x.scale, x.dtype)
-        if self._is_global_pool(value, op):
-            p = self._pending(args[0])
-            if var in self.feeds_output and isinstance(p, PendingAcc) and p.layer.kind == "conv2d":
-                return self._classifier_pool(p, value, op, var)
-            x = self.quant_of(args[0])
-            shape = tvm_compat.expr_shape(args[0])
-            keepdims = op != "relax.mean" or bool(value.attrs.keepdims)
-            if var in self.pool_to_classifier:
-                # Pooled features feeding only the classifier: keep the int32 sums (scale s_x/HW);
-                # the classifier multiplies them in int64. Avoids an 8-bit range nobody can see data-free.
-                attrs = {"keepdims": keepdims, "out_dtype": "int32"}
-                expr = self.call_qnn("qnn.global_avg_pool2d", [x.expr], attrs, _safe(tvm_compat.var_name(var)))
-                return QTensor(expr, x.scale / (shape[2] * shape[3]), "int32",
-                               bound=(x.qmax if x.dtype == "uint8" else 128) * shape[2] * shape[3])
-            if var in self.feeds_output:
-                # Pooled logits leave the graph: dequantize the int32 sum, no 8-bit clipping.
-                dq = np.full(shape[1], x.scale / (shape[2] * shape[3]), np.float32)
-                attrs = {"keepdims": keepdims, "out_dtype": "float32"}
-                return self.call_qnn("qnn.global_avg_pool2d", [x.expr, qnn_ops.const(dq)], attrs,
-                                     _safe(tvm_compat.var_name(var)))
-            scale, dtype, out_min, out_max, rule = self._out_format(var, 0.0 if x.dtype == "uint8" else None, None)
-            m, n = fixed_point.quantize_multiplier(x.scale / (shape[2] * shape[3] * scale))
-            attrs = {"shift": int(n), "keepdims": keepdims, "out_dtype": dtype, "out_min": out_min, "out_max": out_max,
-                     "output_scale": scale}
-            q = QTensor(self.call_qnn("qnn.global_avg_pool2d", [x.expr, relax.const(np.int64(m), "int64")], attrs,
-                                      _safe(tvm_compat.var_name(var))), scale, dtype)
-            self._record(var, q, rule, "global_avg_pool")
-            return q
-        if op in DATA_MOVEMENT or (op == "relax.nn.pad" and float(value.attrs.pad_value) == 0.0
-                                   and str(value.attrs.pad_mode) == "constant"):
-            if not isinstance(args[0], relax.Var) or args[0] not in self.values:
-                return None
-            if not isinstance(self.values[args[0]], (QTensor, PendingAcc, PendingAdd)):
-                return None
-            x = self.quant_of(args[0])
-            new_args = [x.expr] + [self.expr_of(a) for a in args[1:]]
-            expr = self.builder_.emit(relax.Call(value.op, new_args, value.attrs))
-            return QTensor(expr, x.scale, x.dtype, x.bound)
-        if op == "relax.concat":
-            fields = list(args[0].fields)
-            # a conv still pending is requantized straight to the concat's scale (one rounding, no extra
-            # qnn.requantize pass over its output); other parts are aligned by a requantize
-            pending = {i: self.values[f] for i, f in enumerate(fields)
-                       if isinstance(f, relax.Var) and isinstance(self.values.get(f), PendingAcc)}
-            formats = {i: self._out_format(p.var, p.lo, p.hi)[:2] for i, p in pending.items()}
-            qs = {i: self.quant_of(f) for i, f in enumerate(fields) if i not in pending}
-            dtypes = [q.dtype for q in qs.values()] + [fmt[1] for fmt in formats.values()]
-            alphas = ([q.scale * q.qmax for q in qs.values()]
-                      + [sc * (255 if dt == "uint8" else 127) for sc, dt in formats.values()])
-            dtype = "uint8" if all(d == "uint8" for d in dtypes) else "int8"
-            scale = max(alphas) / (255 if dtype == "uint8" else 127)
-            for i, p in pending.items():
-                qs[i] = self._emit_acc(p, float_out=False, out_format=(scale, dtype))
-                self.values[fields[i]] = qs[i]
-            aligned = [self.requantize_to(qs[i], scale, dtype, _safe(f"{tvm_compat.var_name(var)}_{i}"))
-                       for i in range(len(fields))]
-            expr = self.builder_.emit(relax.op.concat([q.expr for q in aligned], axis=int(value.attrs.axis)))
-            return QTensor(expr, scale, dtype)
+        if not tvm_compat.is_const(a) and not tvm_compat.is_const(b) and var in self.ranges:
+            return PendingAdd(self.quant_of(a), self.quant_of(b), var)
         return None
+
+    def rule_activation(self, var: Any, value: Any, op: str, args: list[Any]) -> Any:
+        """ReLU / clip (ReLU6) after a pending result: its requantize bounds."""
+        lo, hi = (0.0, None) if op == "relax.nn.relu" else (float(args[1].value), float(args[2].value))
+        p = self._pending(args[0])
+        if p is not None:
+            p.lo = lo if p.lo is None else max(p.lo, lo)
+            p.hi = hi if p.hi is None else (p.hi if hi is None else min(p.hi, hi))
+            p.var = var
+            return p
+        return None
+
+    def rule_max_pool2d(self, var: Any, value: Any, op: str, args: list[Any]) -> Any:
+        x = self.quant_of(args[0])
+        a = value.attrs
+        attrs = {"pool_size": [int(v) for v in a.pool_size], "strides": [int(v) for v in a.strides],
+                 "padding": [int(v) for v in a.padding], "dilation": [int(v) for v in a.dilation],
+                 "ceil_mode": bool(a.ceil_mode)}
+        return QTensor(self.call_qnn("qnn.max_pool2d", [x.expr], attrs, _safe(tvm_compat.var_name(var))),
+                       x.scale, x.dtype)
+
+    def rule_global_pool(self, var: Any, value: Any, op: str, args: list[Any]) -> Any:
+        """mean over H, W / adaptive_avg_pool2d to 1x1 / a whole-map avg_pool2d: qnn.global_avg_pool2d."""
+        if not self._is_global_pool(value, op):
+            return None
+        p = self._pending(args[0])
+        if var in self.feeds_output and isinstance(p, PendingAcc) and p.layer.kind == "conv2d":
+            return self._classifier_pool(p, value, op, var)
+        x = self.quant_of(args[0])
+        shape = tvm_compat.expr_shape(args[0])
+        keepdims = op != "relax.mean" or bool(value.attrs.keepdims)
+        if var in self.pool_to_classifier:
+            # Pooled features feeding only the classifier: keep the int32 sums (scale s_x/HW);
+            # the classifier multiplies them in int64. Avoids an 8-bit range nobody can see data-free.
+            attrs = {"keepdims": keepdims, "out_dtype": "int32"}
+            expr = self.call_qnn("qnn.global_avg_pool2d", [x.expr], attrs, _safe(tvm_compat.var_name(var)))
+            return QTensor(expr, x.scale / (shape[2] * shape[3]), "int32",
+                           bound=(x.qmax if x.dtype == "uint8" else 128) * shape[2] * shape[3])
+        if var in self.feeds_output:
+            # Pooled logits leave the graph: dequantize the int32 sum, no 8-bit clipping.
+            dq = np.full(shape[1], x.scale / (shape[2] * shape[3]), np.float32)
+            attrs = {"keepdims": keepdims, "out_dtype": "float32"}
+            return self.call_qnn("qnn.global_avg_pool2d", [x.expr, qnn_ops.const(dq)], attrs,
+                                 _safe(tvm_compat.var_name(var)))
+        scale, dtype, out_min, out_max, rule = self._out_format(var, 0.0 if x.dtype == "uint8" else None, None)
+        m, n = fixed_point.quantize_multiplier(x.scale / (shape[2] * shape[3] * scale))
+        attrs = {"shift": int(n), "keepdims": keepdims, "out_dtype": dtype, "out_min": out_min, "out_max": out_max,
+                 "output_scale": scale}
+        q = QTensor(self.call_qnn("qnn.global_avg_pool2d", [x.expr, relax.const(np.int64(m), "int64")], attrs,
+                                  _safe(tvm_compat.var_name(var))), scale, dtype)
+        self._record(var, q, rule, "global_avg_pool")
+        return q
+
+    def rule_data_movement(self, var: Any, value: Any, op: str, args: list[Any]) -> Any:
+        """reshape / flatten / ... and zero constant padding: the same op on the integers, same scale."""
+        if op == "relax.nn.pad" and not (float(value.attrs.pad_value) == 0.0
+                                         and str(value.attrs.pad_mode) == "constant"):
+            return None
+        if not isinstance(args[0], relax.Var) or args[0] not in self.values:
+            return None
+        if not isinstance(self.values[args[0]], (QTensor, PendingAcc, PendingAdd)):
+            return None
+        x = self.quant_of(args[0])
+        new_args = [x.expr] + [self.expr_of(a) for a in args[1:]]
+        expr = self.builder_.emit(relax.Call(value.op, new_args, value.attrs))
+        return QTensor(expr, x.scale, x.dtype, x.bound)
+
+    def rule_concat(self, var: Any, value: Any, op: str, args: list[Any]) -> Any:
+        fields = list(args[0].fields)
+        # a conv still pending is requantized straight to the concat's scale (one rounding, no extra
+        # qnn.requantize pass over its output); other parts are aligned by a requantize
+        pending = {i: self.values[f] for i, f in enumerate(fields)
+                   if isinstance(f, relax.Var) and isinstance(self.values.get(f), PendingAcc)}
+        formats = {i: self._out_format(p.var, p.lo, p.hi)[:2] for i, p in pending.items()}
+        qs = {i: self.quant_of(f) for i, f in enumerate(fields) if i not in pending}
+        dtypes = [q.dtype for q in qs.values()] + [fmt[1] for fmt in formats.values()]
+        alphas = ([q.scale * q.qmax for q in qs.values()]
+                  + [sc * (255 if dt == "uint8" else 127) for sc, dt in formats.values()])
+        dtype = "uint8" if all(d == "uint8" for d in dtypes) else "int8"
+        scale = max(alphas) / (255 if dtype == "uint8" else 127)
+        for i, p in pending.items():
+            qs[i] = self._emit_acc(p, float_out=False, out_format=(scale, dtype))
+            self.values[fields[i]] = qs[i]
+        aligned = [self.requantize_to(qs[i], scale, dtype, _safe(f"{tvm_compat.var_name(var)}_{i}"))
+                   for i in range(len(fields))]
+        expr = self.builder_.emit(relax.op.concat([q.expr for q in aligned], axis=int(value.attrs.axis)))
+        return QTensor(expr, scale, dtype)
 
     @staticmethod
     def _is_global_pool(value: Any, op: str) -> bool:
@@ -507,7 +552,8 @@ class QuantizeMutator(relax.PyExprMutator):
                     not any(int(v) for v in value.attrs.padding) and not bool(value.attrs.ceil_mode))
         return False
 
-    def _fallback(self, value: Any, op: str | None) -> Any:
+    def keep_float(self, value: Any, op: str | None) -> Any:
+        """The default rule: the op runs in float on dequantized inputs, counted in `fallbacks`."""
         if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
             args = []
             for a in value.args:
@@ -526,6 +572,30 @@ class QuantizeMutator(relax.PyExprMutator):
         if isinstance(value, relax.TupleGetItem):
             return self.builder_.emit(relax.TupleGetItem(self.float_of(value.tuple_value), value.index))
         return self.builder_.emit(self.expr_of(value))
+
+
+# rule(mutator, var, value, op, args) -> the binding's integer value, or None to keep it float
+Rule = Callable[[Any, Any, Any, str, list], Any]
+
+# Relax op -> quantize rule: a QuantizeMutator method by name, or a Rule function (register_rule). An op
+# missing here stays float (QuantizeMutator.keep_float, counted).
+RULES: dict[str, str | Rule] = {
+    "relax.add": "rule_add",
+    "relax.nn.relu": "rule_activation",
+    "relax.clip": "rule_activation",
+    "relax.nn.max_pool2d": "rule_max_pool2d",
+    "relax.mean": "rule_global_pool",
+    "relax.nn.adaptive_avg_pool2d": "rule_global_pool",
+    "relax.nn.avg_pool2d": "rule_global_pool",
+    **{op: "rule_data_movement" for op in sorted(DATA_MOVEMENT)},
+    "relax.nn.pad": "rule_data_movement",
+    "relax.concat": "rule_concat",
+}
+
+
+def register_rule(op: str, rule: Rule) -> None:
+    """Add (or replace) the quantize rule of a Relax op: rule(mutator, var, value, op, args) -> value | None."""
+    RULES[op] = rule
 
 
 def quantize_module(mod: tvm.IRModule, layers: list[Layer], weights: Mapping[str, Any],

@@ -190,3 +190,29 @@ def test_registry_picks_higher_priority_rule_and_falls_back() -> None:
     finally:
         lg.REGISTRY["qnn.add"] = [e for e in lg.REGISTRY["qnn.add"] if e.name != "test-custom"]
 
+
+
+def test_rule_table_default_and_errors(monkeypatch) -> None:
+    """Dispatch is the RULES table: an op whose rule is missing stays float and is counted; a rule that
+    declines for a missing range is counted with the reason; a bug inside a rule is an error naming the op."""
+    from isquant_tvm.quantize import rewrite
+
+    assert rewrite.RULES["relax.nn.max_pool2d"] == "rule_max_pool2d"
+    monkeypatch.delitem(rewrite.RULES, "relax.mean")
+    result = _quantize(Before)
+    assert result.fallbacks == {"mean": 1}
+
+    def declines(m, var, value, op, args):
+        raise rewrite.MissingRange("no activation range for p")
+
+    monkeypatch.setitem(rewrite.RULES, "relax.mean", declines)
+    result = _quantize(Before)
+    assert result.fallbacks == {"mean": 1} and "no activation range" in result.fallback_reasons["mean"]
+
+    def broken(m, var, value, op, args):
+        return {}["missing"]
+
+    monkeypatch.setitem(rewrite.RULES, "relax.mean", broken)
+    # (TVM's FFI re-raises it as a RuntimeError with the same message)
+    with pytest.raises(RuntimeError, match=r"quantize rule for relax\.mean \(tensor p\) failed: KeyError"):
+        _quantize(Before)
