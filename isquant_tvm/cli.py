@@ -217,7 +217,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     report = export_qdq(model.onnx_model, args.output, rounding=args.rounding, granularity=args.granularity,
                         weight_bits=args.weight_bits, source=model.source)
     if args.report:
-        from .build.export import atomic_write_json
+        from .util.fileio import atomic_write_json
 
         atomic_write_json(Path(args.report), report)
     summary = report.get("summary", {})
@@ -243,7 +243,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         worst = min(rows, key=lambda r: r["sqnr_db"])
         print(f"per-layer SQNR: {len(rows)} tensors, min {worst['sqnr_db']:.1f} dB ({worst['tensor']})")
     if args.json:
-        from .build.export import atomic_write_json
+        from .util.fileio import atomic_write_json
 
         atomic_write_json(Path(args.json), result)
     plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
@@ -295,7 +295,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     if args.print_ir:
         print(result.mod.script(show_meta=False))
     if args.report and result.report:
-        from .build.export import atomic_write_json
+        from .util.fileio import atomic_write_json
 
         atomic_write_json(Path(args.report), result.report)
     summary = result.report.get("summary") if result.report else None
@@ -322,7 +322,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                   cross_compiler=args.cross_compiler, max_tasks=args.max_tasks, task_names=tasks,
                   min_speedup=args.min_speedup, seed=args.seed, num_threads=args.num_threads)
     if args.report and report.quant_report:
-        from .build.export import atomic_write_json
+        from .util.fileio import atomic_write_json
 
         atomic_write_json(Path(args.report), report.quant_report)
     print(report.table())
@@ -365,14 +365,14 @@ def _cmd_run(args: argparse.Namespace, bench: bool = False) -> int:
             where += f", {info['threads']} thread{'s' if info['threads'] > 1 else ''}"
         print(f"{where}: " + timing.table() if where else timing.table())
     if args.outputs:
-        from .build.export import atomic_write_bytes
+        from .util.fileio import atomic_write_bytes
         import io
 
         buf = io.BytesIO()
         np.savez(buf, **{f"output_{i}": o for i, o in enumerate(outputs)})
         atomic_write_bytes(Path(args.outputs), buf.getvalue())
     if args.json:
-        from .build.export import atomic_write_json
+        from .util.fileio import atomic_write_json
 
         doc: dict[str, Any] = dict(info)
         if timing:

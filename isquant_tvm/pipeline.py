@@ -1,5 +1,5 @@
 """The quantization stage of `compile`: weights (ISQuant/SQuant rounding) -> activation ranges ->
-qnn-level graph (passes/quantize.py) -> legalized integer Relax (passes/legalize.py)."""
+qnn-level graph (quantize/rewrite.py) -> legalized integer Relax (legalize/legalize.py)."""
 from __future__ import annotations
 
 import logging

@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from isquant_tvm.ranges.datasets import load_labelled
-    from isquant_tvm.build.export import atomic_write_bytes, atomic_write_json
+    from isquant_tvm.util.fileio import atomic_write_bytes, atomic_write_json
 
     start = time.perf_counter()
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",

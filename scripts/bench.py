@@ -220,7 +220,7 @@ def _worker_tvm(spec: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
 
 
 def worker_main(spec_path: str, result_path: str) -> int:
-    from isquant_tvm.build.export import atomic_write_json
+    from isquant_tvm.util.fileio import atomic_write_json
 
     spec = json.loads(Path(spec_path).read_text())
     x = np.load(spec["input"])
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         return worker_main(args._worker, args._result)
 
     from isquant_tvm.frontend import zoo
-    from isquant_tvm.build.export import atomic_write_json
+    from isquant_tvm.util.fileio import atomic_write_json
 
     try:
         models = list(dict.fromkeys(zoo.parse_builtin(m) for m in args.models))

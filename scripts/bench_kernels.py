@@ -13,7 +13,7 @@
 With 1 thread the reported ms is the minimum thread-CPU time per call (robust against other jobs on a
 shared machine), with more threads the minimum wall time. Each layer is timed as the whole Relax call (NCHW uint8 in -> requantized NCHW uint8 out, including the
 pack/unpack layout stages) and, with --blocked, as the kernel a compiled graph runs: NCHW16c output, and
-NCHW16c input where C is a multiple of 16 (passes/layout.py keeps activations blocked between kernels).
+NCHW16c input where C is a multiple of 16 (legalize/layout.py keeps activations blocked between kernels).
 GOP/s counts 2 ops per MAC. % of peak is against --peak GOP/s per core x threads; the default 466 is a
 register-resident vpdpbusd zmm loop measured on this machine's Zen 4 (1 vpdpbusd/cycle at ~3.6 GHz),
 --measure-peak re-measures it with gcc.
@@ -192,7 +192,7 @@ def bench_worker(args) -> list[dict]:
                 ga, _ = x86_amx_blocked.blocked_geom((1, C // 16, H, H, 16), p)
                 func = x86_amx_blocked.build_primfunc(ga, p, "uint8", blocked_out=True)
             else:
-                if C % 16 == 0:  # as in a compiled graph (passes/layout.py): NCHW16c in as well as out
+                if C % 16 == 0:  # as in a compiled graph (legalize/layout.py): NCHW16c in as well as out
                     gb = common.conv_geom((1, C // 16, H, H, 16), p, ow_tile_max=cfg.ow_tile_max, blocked_in=True,
                                           ic_dot=cfg.ic_dot)
                 func = x86_vnni.build_conv_primfunc(gb, p, "uint8", cfg, blocked_out=True)

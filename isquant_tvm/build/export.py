@@ -12,6 +12,7 @@ import tvm
 
 from ..util import tvm_compat
 from ..errors import ToolchainError
+from ..util.fileio import atomic_write_json
 from ..targets.presets import is_aarch64, needs_cross_compiler
 
 DEFAULT_CROSS_COMPILER = "aarch64-linux-gnu-gcc"
@@ -35,22 +36,6 @@ def resolve_cross_compiler(target: tvm.target.Target, cross_compiler: str | None
             " (Debian/Ubuntu), or pass --cross-compiler PATH"
         )
     return compiler
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def export_library(

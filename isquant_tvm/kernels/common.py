@@ -30,6 +30,8 @@ import numpy as np
 import tvm
 from tvm import te, tirx
 
+from ..reference import interpreter
+
 @contextlib.contextmanager
 def cheap_tvmscript_parsing():
     """TVMScript's T.prim_func calls inspect.stack(), which resolves the module and reads the source of
@@ -117,55 +119,36 @@ class QDenseParams:
 # numpy references (int64, exact)
 # ----------------------------------------------------------------------------------------------
 
-def _requant_np(acc: np.ndarray, p, axis: int) -> np.ndarray:
-    shape = [1] * acc.ndim
-    shape[axis] = -1
+def _qnn_args_attrs(p) -> tuple[list[np.ndarray], dict]:
+    """A kernel's parameters as the qnn op's constant arguments and attributes (qnn/ops.py)."""
+    args = [p.weight, p.bias]
+    attrs = {"out_dtype": p.out_dtype, "out_min": p.out_min, "out_max": p.out_max}
     if p.out_dtype == "float32":
-        return acc.astype(np.int32).astype(np.float32) * np.asarray(p.dequant_scale, np.float32).reshape(shape)
-    if p.out_dtype == "int32":
-        return np.clip(acc.astype(np.int64), p.out_min, p.out_max).astype(np.int32)
-    m = np.asarray(p.multiplier, np.int64).reshape(shape)
-    s = np.asarray(p.shift, np.int64).reshape(shape)
-    y = (acc.astype(np.int64) * m + (np.int64(1) << (s - 1))) >> s
-    return np.clip(y, p.out_min, p.out_max).astype(p.out_dtype)
+        args.append(np.asarray(p.dequant_scale, np.float32))
+    elif p.out_dtype != "int32":
+        args += [np.asarray(p.multiplier, np.int64), np.asarray(p.shift, np.int64)]
+    return args, attrs
 
 
 def ref_conv2d(data: np.ndarray, p: QConv2dParams) -> np.ndarray:
-    """numpy int64 reference of the contract."""
-    x = data.astype(np.int64)
-    w = p.weight.astype(np.int64)
-    n, c, h, wd = x.shape
-    o, cpg, kh, kw = w.shape
-    g = p.groups
-    opg = o // g
-    t, l, b, r = p.padding
-    sh, sw = p.strides
-    dh, dw = p.dilation
-    xp = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)))
-    oh = (h + t + b - (kh - 1) * dh - 1) // sh + 1
-    ow = (wd + l + r - (kw - 1) * dw - 1) // sw + 1
-    acc = np.zeros((n, o, oh, ow), np.int64)
-    for gi in range(g):
-        xs = xp[:, gi * cpg:(gi + 1) * cpg]
-        ws = w[gi * opg:(gi + 1) * opg]
-        for i in range(kh):
-            for j in range(kw):
-                patch = xs[:, :, i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw]
-                acc[:, gi * opg:(gi + 1) * opg] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
-    acc = acc + p.bias.astype(np.int64)[None, :, None, None]
-    return _requant_np(acc, p, 1)
+    """The contract's numpy oracle: the reference interpreter's qnn.conv2d (one conv2d and one requantize
+    oracle for the whole package, reference/)."""
+    args, attrs = _qnn_args_attrs(p)
+    attrs.update(strides=list(p.strides), padding=list(p.padding), dilation=list(p.dilation), groups=int(p.groups))
+    return interpreter.qnn_conv2d([data] + args, attrs)
 
 
 def ref_dense(data: np.ndarray, p: QDenseParams) -> np.ndarray:
-    acc = data.astype(np.int64) @ p.weight.astype(np.int64).T + p.bias.astype(np.int64)[None]
-    return _requant_np(acc, p, 1)
+    args, attrs = _qnn_args_attrs(p)
+    return interpreter.qnn_dense([data] + args, attrs)
 
 
 # ----------------------------------------------------------------------------------------------
 # geometry and constant packing
 # ----------------------------------------------------------------------------------------------
 
-def _ceil(a: int, b: int) -> int:
+def round_up(a: int, b: int) -> int:
+    """a rounded up to a multiple of b."""
     return -(-a // b) * b
 
 
@@ -237,7 +220,7 @@ def choose_ow_tile(ow: int, lo: int = 4, hi: int = 16) -> int:
         return ow
     best = None
     for t in range(hi, lo - 1, -1):
-        waste = _ceil(ow, t) - ow
+        waste = round_up(ow, t) - ow
         key = (waste, -t)
         if best is None or key < best[0]:
             best = (key, t)
@@ -264,13 +247,13 @@ def conv_geom(data_shape, p: QConv2dParams, ow_tile: Optional[int] = None, ic_bn
     dh, dw = (int(v) for v in p.dilation)
     OH = (H + pt + pb - (KH - 1) * dh - 1) // sh + 1
     OW = (W + pl + pr - (KW - 1) * dw - 1) // sw + 1
-    cpg4 = _ceil(cpg, OC_BN if blocked_in else IC_DOT)
+    cpg4 = round_up(cpg, OC_BN if blocked_in else IC_DOT)
     if blocked_in:
         ic_bn = OC_BN
     if ic_bn is None:
         ic_bn = 16 if cpg4 % 16 == 0 else (8 if cpg4 % 8 == 0 else 4)
     T = ow_tile or choose_ow_tile(OW, hi=ow_tile_max)
-    OWp = _ceil(OW, T)
+    OWp = round_up(OW, T)
     prestride = KH == 1 and KW == 1
     if prestride:
         Hp, Wp = OH, OWp
@@ -278,7 +261,7 @@ def conv_geom(data_shape, p: QConv2dParams, ow_tile: Optional[int] = None, ic_bn
         Hp = max(H + pt + pb, (OH - 1) * sh + (KH - 1) * dh + 1)
         Wp = max(W + pl + pr, (OWp - 1) * sw + (KW - 1) * dw + 1)
     return ConvGeom(N, C, H, W, O, KH, KW, sh, sw, pt, pl, pb, pr, dh, dw, g, cpg, O // g, cpg4,
-                    _ceil(O // g, OC_BN), ic_bn, OH, OW, OWp, T, Hp, Wp, prestride, blocked_in, ic_dot)
+                    round_up(O // g, OC_BN), ic_bn, OH, OW, OWp, T, Hp, Wp, prestride, blocked_in, ic_dot)
 
 
 def pack_conv_weight(weight: np.ndarray, g: ConvGeom, w_layout: str = "oc_ic", w_dtype: str = "int8") -> np.ndarray:

@@ -1,5 +1,5 @@
 """Scheduled lowerings of the qnn glue ops (everything but conv / 8-bit dense), bit-exact against
-reference.QNN_REFERENCE and the reference Relax lowerings in passes/qnn_ops.py.
+reference.QNN_REFERENCE and the reference Relax lowerings in qnn/ops.py.
 
 Each op is one TE compute with exactly the reference integer arithmetic (int64 products, round half
 up shifts, saturation), turned into a PrimFunc and hand-scheduled: elementwise ops are fused to one

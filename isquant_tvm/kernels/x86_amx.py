@@ -30,7 +30,7 @@ Implicit GEMM over "phase planes" (the depthwise kernel's trick, common.DwGeom):
   output (WQ > OW) the epilogue writes a (N, O, Mpad) buffer and a vectorised copy drops the extra columns.
 * ldtilecfg once per parallel task (the tile config is per thread), tilerelease at its end.
 
-Linux needs a per-process permission before the first tile instruction (targets/amx.py). The kernel asks
+Linux needs a per-process permission before the first tile instruction (util/cpu.py). The kernel asks
 for it itself once per call (one arch_prctl syscall, well under a microsecond; a no-op once granted) and
 fails with a TVM error instead of SIGILL when refused.
 
@@ -56,7 +56,7 @@ from ..util.cpu import ARCH_REQ_XCOMP_PERM, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA
 from ..util.cpu import target_uses_amx as has_amx  # noqa: F401 - the dispatcher's predicate
 from ..util.cpu import is_aarch64
 from . import common, registry
-from .common import OC_BN, QConv2dParams, QDenseParams, _ceil
+from .common import OC_BN, QConv2dParams, QDenseParams, round_up
 
 AMX_MIN_CIN = 16  # fewer input channels (and a 1-wide kernel): a tile row would be mostly padding -> VNNI
 FOLD_MAX_CIN = 16  # fewer input channels: kernel columns folded into the reduction (stem: 3 x 7 -> 21)
@@ -141,7 +141,7 @@ class AmxGeom:
 
 def choose_kc(cpg: int) -> int:
     """Bytes per tile row: 64 (padding the channels), or the whole (4-padded) channel count if smaller."""
-    return 64 if cpg >= 64 else _ceil(cpg, 4)
+    return 64 if cpg >= 64 else round_up(cpg, 4)
 
 
 def amx_geom(data_shape, p: QConv2dParams, dense: bool = False, fold: Optional[int] = None) -> AmxGeom:
@@ -159,7 +159,7 @@ def amx_geom(data_shape, p: QConv2dParams, dense: bool = False, fold: Optional[i
     if fold is None:
         fold = KW if (C < FOLD_MAX_CIN and KW > 1 and not dense) else 1
     kc = choose_kc(C * fold)
-    ICB = _ceil(C * fold, kc) // kc
+    ICB = round_up(C * fold, kc) // kc
     kws = range(KW) if fold == 1 else [0]
     phases, taps = [], []
     qw_max = qh_max = 0
@@ -214,7 +214,7 @@ def amx_consts(p: QConv2dParams, g: AmxGeom) -> dict[str, np.ndarray]:
 # the PrimFunc (built with the TIR IRBuilder: the tap loop and tile numbering are unrolled in Python)
 # ------------------------------------------------------------------------------------------
 
-def _intrin(name: str, *args):
+def tile_intrin(name: str, *args):
     from tvm.script.ir_builder import tirx as T
 
     T.evaluate(T.call_llvm_intrin("void", "llvm.x86." + name, *args))
@@ -370,14 +370,14 @@ def tile_tasks(g: AmxGeom, T, parallel: bool, tiles: list[tuple[int, int]], bloc
             T.buffer_store(cfg, T.uint8(colsb & 0xFF), [16 + 2 * t])
             T.buffer_store(cfg, T.uint8(colsb >> 8), [17 + 2 * t])
             T.buffer_store(cfg, T.uint8(nrows), [48 + t])
-        _intrin("ldtilecfg", T.address_of(cfg[0]))
+        tile_intrin("ldtilecfg", T.address_of(cfg[0]))
         with T.serial(0, pb_per) as pbi:
             pb = pbo * pb_per + pbi
             guard = split * pb_per != g.PB
             with T.If(pb < g.PB) if guard else contextlib.nullcontext():
                 with T.Then() if guard else contextlib.nullcontext():
                     block(n, ob, pb, ctile)
-        _intrin("tilerelease")
+        tile_intrin("tilerelease")
 
 
 def _gemm_stage(g: AmxGeom, p, T, pack, wpk, bias, epi, out, parallel):
@@ -412,21 +412,21 @@ def _gemm_block(g: AmxGeom, p, T, n, ob, pb, pack, wpk, bias, epi, dst, ctile, d
     # for int8 data - no +128 shift and no bias fold needed
     dot = "tdpbssd" if str(pack.dtype) == "int8" else "tdpbsud"
     for t in range(nC):
-        _intrin("tilezero", T.int8(t))
+        tile_intrin("tilezero", T.int8(t))
     with T.serial(0, g.ICB) as icb:
         for tap, ph_i, off in g.taps:
             base = ((n * g.ICB + icb) * P + ph_i) * KQ * plane + off  # pixel units of 4 bytes
             for mo in range(MO):
-                _intrin("tileloadd64", T.int8(tA + mo), T.address_of(wpk[ob * MO + mo, icb, tap, 0, 0]),
+                tile_intrin("tileloadd64", T.int8(tA + mo), T.address_of(wpk[ob * MO + mo, icb, tap, 0, 0]),
                         T.int64(kc))
             for mp in range(MP):
                 m0 = (pb * MP + mp) * g.pw
-                _intrin("tileloadd64", T.int8(tB + mp), T.address_of(pack[(base + m0) * 4]), T.int64(plane * 4))
+                tile_intrin("tileloadd64", T.int8(tB + mp), T.address_of(pack[(base + m0) * 4]), T.int64(plane * 4))
             for mo in range(MO):
                 for mp in range(MP):
-                    _intrin(dot, T.int8(mo * MP + mp), T.int8(tA + mo), T.int8(tB + mp))
+                    tile_intrin(dot, T.int8(mo * MP + mp), T.int8(tA + mo), T.int8(tB + mp))
     for t in range(nC):
-        _intrin("tilestored64", T.int8(t), T.address_of(ctile[t * OC_BN * 16]), T.int64(64))
+        tile_intrin("tilestored64", T.int8(t), T.address_of(ctile[t * OC_BN * 16]), T.int64(64))
     # ---- epilogue: per output channel (tile row), bias + requantize vectorised over the tile's pixels ----
     pw = g.pw
     for mo in range(MO):

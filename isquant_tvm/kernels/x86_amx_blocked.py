@@ -1,4 +1,4 @@
-"""Intel AMX int8 conv2d on channel-blocked (NCHW16c) activations, for the blocked chain of passes/layout.py.
+"""Intel AMX int8 conv2d on channel-blocked (NCHW16c) activations, for the blocked chain of legalize/layout.py.
 
 x86_amx computes C[16 channels x 16 pixels] with the weights as the A operand: each C row is one
 channel, so its outputs land as NCHW rows, and its input pack interleaves 4 NCHW planes byte by byte.
@@ -13,7 +13,7 @@ Here the GEMM is the other way round, C[16 pixels x 16 channels] += D[16 pixels 
   store into the NCHW16c output (or 16 strided stores into NCHW, for a chain's last conv);
 * a tile multiply costs the same for any row width up to 64 bytes, so with few channels the kernel
   columns are folded into the rows (blocked_geom), and all-zero taps are skipped per output block
-  (tap_runs: the merged convs of passes/merge_concat_convs.py).
+  (tap_runs: the merged convs of legalize/merge_concat_convs.py).
 
 Unsigned data (A) x signed weights (B) is ``tdpbusd``; int8 data ``tdpbssd``. Bit-exact vs ref_conv2d.
 Channels past the input's real count are read as whatever the blocked input holds: their weights are 0.
@@ -31,7 +31,7 @@ from tvm import relax, tirx
 from . import common, registry
 from .common import OC_BN, QConv2dParams
 from . import x86_amx
-from .x86_amx import PARALLEL_MIN_MACS, AmxGeom, _intrin, amx_geom, choose_kc, tile_permission, tile_tasks
+from .x86_amx import PARALLEL_MIN_MACS, AmxGeom, tile_intrin, amx_geom, choose_kc, tile_permission, tile_tasks
 
 
 def _tile_dots(Cp: int, KH: int, KW: int, fold: int) -> int:
@@ -169,7 +169,7 @@ def _gemm(g: AmxGeom, p, T, pack, wpk, bias, epi, out, blocked_out: bool):
 def tap_runs(g: AmxGeom, weight: np.ndarray) -> list[tuple[int, tuple]]:
     """(end ob, the taps with a nonzero weight in those output blocks) for runs of output-channel blocks
     (MO x 16 channels each) sharing a tap set. A conv merged from parts with different kernel sizes
-    (passes/merge_concat_convs.py: a 1x1 embedded in a 3x3) then skips the zero taps of each part."""
+    (legalize/merge_concat_convs.py: a 1x1 embedded in a 3x3) then skips the zero taps of each part."""
     O, C = weight.shape[:2]
     w = np.asarray(weight).reshape(O, C, g.KH, g.KW) != 0
     nz = w.any(axis=(1, 3)) if g.fold > 1 else w.reshape(O, C, g.KH * g.KW).any(axis=1)  # (O, taps)
@@ -207,7 +207,7 @@ def _block(g: AmxGeom, p, T, n, ob, pb, pack, wpk, bias, epi, out, ctile, blocke
     # plain int32 load, which LLVM lowers to vpmuldq; with `acc + bias` it widened the sum and used vpmullq
     for mp in range(MP):
         for mo in range(MO):
-            _intrin("tileloadd64", T.int8(mp * MO + mo), T.address_of(bias[(ob * MO + mo) * OC_BN]), T.int64(0))
+            tile_intrin("tileloadd64", T.int8(mp * MO + mo), T.address_of(bias[(ob * MO + mo) * OC_BN]), T.int64(0))
 
     def reduce(taps):
         if not taps:
@@ -217,17 +217,17 @@ def _block(g: AmxGeom, p, T, n, ob, pb, pack, wpk, bias, epi, out, ctile, blocke
                 base = ((n * g.ICB + icb) * P + ph_i) * plane + off  # in pixels of kc bytes
                 for mp in range(MP):
                     m0 = (pb * MP + mp) * g.pw
-                    _intrin("tileloadd64", T.int8(tA + mp), T.address_of(pack[(base + m0) * kc]), T.int64(kc))
+                    tile_intrin("tileloadd64", T.int8(tA + mp), T.address_of(pack[(base + m0) * kc]), T.int64(kc))
                 for mo in range(MO):
-                    _intrin("tileloadd64", T.int8(tB + mo), T.address_of(wpk[ob * MO + mo, icb, tap, 0, 0, 0]),
+                    tile_intrin("tileloadd64", T.int8(tB + mo), T.address_of(wpk[ob * MO + mo, icb, tap, 0, 0, 0]),
                             T.int64(4 * OC_BN))
                 for mp in range(MP):
                     for mo in range(MO):
-                        _intrin(dot, T.int8(mp * MO + mo), T.int8(tA + mp), T.int8(tB + mo))
+                        tile_intrin(dot, T.int8(mp * MO + mo), T.int8(tA + mp), T.int8(tB + mo))
 
     _by_ob_runs(T, ob, runs, reduce)
     for t in range(nC):
-        _intrin("tilestored64", T.int8(t), T.address_of(ctile[t * 16 * OC_BN]), T.int64(4 * OC_BN))
+        tile_intrin("tilestored64", T.int8(t), T.address_of(ctile[t * 16 * OC_BN]), T.int64(4 * OC_BN))
     OCB = -(-g.O // OC_BN)
     for mp in range(MP):
         for mo in range(MO):

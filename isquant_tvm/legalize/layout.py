@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import tvm
 from tvm import relax
 
-from ..qnn.registry import CONSUME, FOLLOW, PRODUCE
+from ..qnn.registry import CONSUME, FOLLOW, PRODUCE  # noqa: F401 - the roles, by their planner
 
 BLOCK = 16
 

@@ -7,7 +7,7 @@ reference rule (the op's function body) always applies, so adding a faster kerne
 ``op:lowering`` (``qnn.conv2d:x86_amx_blocked``, ``qnn.add:glue``, ``qnn.dense:reference``).
 
 A lowering may also say how it handles channel-blocked (NCHW16c) activations (`blocked`, a role from
-passes/layout.py). With a target, legalize first plans which tensors stay blocked and then tells each
+legalize/layout.py). With a target, legalize first plans which tensors stay blocked and then tells each
 rule through its attrs: ``out_layout`` is "NCHW16c" for a call whose result stays blocked, a blocked
 argument arrives with one more axis than the qnn function's parameter, and ``data_channels`` gives the
 first argument's real channel count."""

@@ -161,7 +161,7 @@ def tracker_summary(host: str, port: int, timeout: float = 10.0) -> dict[str, An
         client.close()
 
 
-def _registered_keys(summary: Mapping[str, Any]) -> list[str]:
+def registered_keys(summary: Mapping[str, Any]) -> list[str]:
     keys = {str(item.get("key", "")).split(":", 1)[-1] for item in summary.get("server_info", [])}
     keys |= {k for k, q in summary.get("queue_info", {}).items() if q.get("free", 0)}
     return sorted(k for k in keys if k)
@@ -401,7 +401,7 @@ def open_session(rpc: str | None = None, tracker: str | None = None, key: str | 
             summary = client.summary()
             servers = [s for s in summary.get("server_info", []) if str(s.get("key", "")).split(":", 1)[-1] == key]
             if not servers and not summary.get("queue_info", {}).get(key, {}).get("free"):
-                keys = _registered_keys(summary)
+                keys = registered_keys(summary)
                 raise RPCError(f"no board with key {key!r} is registered at the tracker {thost}:{tport}"
                                f" (registered: {', '.join(keys) or 'none'}); start the board's server with"
                                f" --tracker {thost}:{tport} --key {key}, or, if it was there before, it stopped or"

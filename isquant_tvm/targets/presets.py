@@ -13,7 +13,7 @@ import tvm
 
 from ..util import tvm_compat
 from ..errors import TargetError
-from ..util.cpu import is_aarch64
+from ..util.cpu import is_aarch64  # noqa: F401 - export and the tests use it from here
 
 AARCH64_TRIPLE = "aarch64-linux-gnu"
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..errors import IsquantError
+from ..util.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +141,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _write_atomic(path: Path, text: str, mode: int | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    if mode is not None:
-        tmp.chmod(mode)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode(), mode=0o644 if mode is None else mode)
 
 
 def _read(path: Path) -> str:

@@ -125,7 +125,7 @@ def plot_sqnr(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..build.export import atomic_write_bytes
+    from ..util.fileio import atomic_write_bytes
     import io
 
     values = [min(r["sqnr_db"], 80.0) for r in rows]

@@ -134,7 +134,7 @@ def export_qdq(
         raise IsquantError(f"{source}: cannot serialise the QDQ model ({err}); models over 2 GiB "
                            "are not supported") from err
 
-    from ..build.export import atomic_write_bytes
+    from ..util.fileio import atomic_write_bytes
 
     try:
         atomic_write_bytes(output, data)

@@ -258,10 +258,10 @@ def check_board(rpc_tracker: str | None, rpc_key: str | None, timeout: float = 1
     if not (rpc_tracker and rpc_key):
         raise IsquantError("tuning on a board needs both --rpc-tracker HOST[:PORT] and --rpc-key KEY")
     from ..errors import RPCError
-    from ..runtime.rpc import _registered_keys, tracker_summary
+    from ..runtime.rpc import registered_keys, tracker_summary
 
     host, port = parse_tracker(rpc_tracker)
-    keys = _registered_keys(tracker_summary(host, port, timeout))
+    keys = registered_keys(tracker_summary(host, port, timeout))
     if rpc_key not in keys:
         raise RPCError(f"the tracker at {host}:{port} has no server with key {rpc_key!r}"
                        f" (registered: {', '.join(keys) or 'none'}); start one with python -m tvm.exec.rpc_server"
@@ -674,7 +674,7 @@ def best_schedule(database: Any, workload: tvm.tirx.PrimFunc, target: tvm.target
 
 
 def write_summary(report: TuneReport) -> Path:
-    from ..build.export import atomic_write_json
+    from ..util.fileio import atomic_write_json
 
     path = report.out_dir / SUMMARY
     atomic_write_json(path, report.to_json())

@@ -20,7 +20,8 @@ from isquant_tvm.kernels import arm_dot, common
 from isquant_tvm.util.cpu import is_aarch64
 from isquant_tvm.kernels.common import QDenseParams
 
-from .test_x86_vnni import CASES, assert_exact, build_single, make_params, rand_data, run
+from ..helpers import CONV_CASES as CASES
+from ..helpers import assert_exact, build_single, make_params, rand_data, run
 
 RASP5 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}
 RASP4B = "raspberry-pi/4b-aarch64"

@@ -17,6 +17,10 @@ REFERENCE_OPS = {"relax.nn.conv2d", "relax.matmul", "relax.nn.max_pool2d", "rela
                  "relax.right_shift", "relax.multiply", "relax.clip"}
 
 
+KERNEL_NAMES = {"x86_amx_blocked", "x86_amx", "x86_depthwise", "x86_vnni", "x86_avx2", "x86_int32", "dense_i64",
+                "glue"}
+
+
 def _inputs(shape, seed: int) -> list[np.ndarray]:
     x = ((np.random.default_rng(seed).random(shape, dtype=np.float32) - 0.45) / 0.225).astype(np.float32)
     return [x, (x * np.float32(4.0)).astype(np.float32)]  # the second one saturates: exercises every clip
@@ -39,7 +43,10 @@ def test_builtin_bit_exact_with_kernels(name: str) -> None:
 
 def _check_kernels_and_outputs(name: str, model, result) -> None:
     lowerings = {k: v for k, v in result.report["lowerings"].items() if k.startswith("qnn.")}
-    assert lowerings and all(k.endswith(":kernels") for k in lowerings), lowerings
+    # the report names the kernel of every call (kernels/registry.py), never the reference lowering
+    assert lowerings and all(k.split(":")[1] in KERNEL_NAMES for k in lowerings), lowerings
+    if name == "mobilenet_v2":
+        assert any(k.endswith("_depthwise") for k in lowerings), lowerings
     ops: set[str] = set()
     relax.analysis.post_order_visit(result.mod["main"], lambda e: ops.add(e.op.name) if isinstance(e, relax.Call)
                                     and isinstance(e.op, tvm.ir.Op) else None)
@@ -53,7 +60,7 @@ def _check_kernels_and_outputs(name: str, model, result) -> None:
         assert not bad.any(), f"{name}: {bad.sum()} / {bad.size} outputs differ"
 
 
-# Counts of NCHW16c tensors planned on x86-avx512 (passes/layout.py): every activation between two kernels
+# Counts of NCHW16c tensors planned on x86-avx512 (legalize/layout.py): every activation between two kernels
 # that take the blocked layout. ResNet-18: all but the input, the pooled features and the logits; the CIFAR
 # ResNet-20: its first stage only (its option-A shortcuts, a strided slice and a channel pad, need NCHW, which
 # unblocks the adds after them and, through them, their stages); SqueezeNet: every
@@ -70,6 +77,8 @@ def test_builtin_bit_exact_with_blocked_layout(name: str) -> None:
     result = iq.compile(model, target="x86-avx512", quantize="isquant", progress=False,
                         quant_options={"synthetic_count": 2})
     assert result.report["lowerings"].get("layout:NCHW16c") == BLOCKED_TENSORS[name]
+    assert "qnn.conv2d:x86_vnni" in result.report["lowerings"]
+    assert not any("amx" in k for k in result.report["lowerings"]), result.report["lowerings"]
     five_d = [b for blk in result.mod["main"].body.blocks for b in blk.bindings
               if len(getattr(b.var.ty, "shape", None) or ()) == 5]
     assert len(five_d) >= BLOCKED_TENSORS[name]
@@ -82,7 +91,7 @@ AMX_TARGET = {"kind": "llvm", "mcpu": "rocketlake", "mattr": ["+amx-int8", "+amx
 
 
 # AMX builds chain NCHW16c as well, and merge each fire module's expand convs and concat into one conv
-# (passes/merge_concat_convs.py): SqueezeNet then has 8 concats and 16 conv outputs fewer to plan.
+# (legalize/merge_concat_convs.py): SqueezeNet then has 8 concats and 16 conv outputs fewer to plan.
 # ResNet-20's later stages stay NCHW (option-A shortcuts) and use the NCHW AMX kernel.
 AMX_BLOCKED = {"resnet18": 29, "resnet20-cifar": 9, "squeezenet1_1": 21, "mobilenet_v2": 62}
 AMX_MERGED = {"resnet18": 0, "resnet20-cifar": 0, "squeezenet1_1": 8, "mobilenet_v2": 0}
@@ -91,6 +100,7 @@ AMX_MERGED = {"resnet18": 0, "resnet20-cifar": 0, "squeezenet1_1": 8, "mobilenet
 def _check_amx_build(name: str, result) -> None:
     assert any("amx_blk" in gv.name_hint for gv in result.mod.functions), "no blocked AMX kernel was used"
     lowerings = result.report["lowerings"]
+    assert lowerings.get("qnn.conv2d:x86_amx_blocked", 0) > 0, lowerings
     assert lowerings.get("layout:NCHW16c") == AMX_BLOCKED[name]
     assert lowerings.get("rewrite:merge_concat_convs", 0) == AMX_MERGED[name]
 

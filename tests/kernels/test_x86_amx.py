@@ -2,7 +2,6 @@
 code, dispatch (AMX only for targets with amx-int8 and eligible layers), the Linux permission helper."""
 from __future__ import annotations
 
-import dataclasses
 import zlib
 
 import numpy as np
@@ -14,42 +13,9 @@ from isquant_tvm.kernels import common, lower_conv2d, lower_dense, x86_amx
 from isquant_tvm.kernels.common import QDenseParams
 from isquant_tvm.util import cpu as amx
 
-from .test_x86_vnni import assert_exact, build_single, make_params, rand_data, run
-
-# LLVM calls this host "rocketlake" (no AMX): AMX must be named explicitly.
-AMX_SPR = {"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 2}
-AMX_MATTR = {"kind": "llvm", "mcpu": "rocketlake", "mattr": ["+amx-int8", "+amx-tile"], "num-cores": 2}
-NO_AMX = {"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2}
-
-needs_amx = pytest.mark.skipif(not amx.host_has_amx(), reason="host CPU has no AMX (amx_tile / amx_int8)")
-
-
-def _int32_range(p):
-    return dataclasses.replace(p, out_min=-2 ** 31, out_max=2 ** 31 - 1) if p.out_dtype == "int32" else p
-
-
-# (name, N, C, H, W, O, k, strides, padding, dilation): remainders in every dimension
-CASES = [
-    ("3x3_c20_o24", 1, 20, 9, 11, 24, 3, (1, 1), (1, 1, 1, 1), (1, 1)),  # kc = 20, M and O remainders
-    ("3x3_s2_asym_pad", 1, 16, 13, 10, 32, 3, (2, 2), (0, 1, 1, 0), (1, 1)),  # 4 stride phases
-    ("1x1_batch2", 2, 36, 7, 7, 40, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
-    ("1x1_s2", 1, 64, 14, 14, 128, 1, (2, 2), (0, 0, 0, 0), (1, 1)),  # only phase (0, 0) used
-    ("3x3_c96_o72", 1, 96, 12, 12, 72, 3, (1, 1), (1, 1, 1, 1), (1, 1)),  # channels padded 96 -> 128
-    ("3x3_c160", 1, 160, 7, 7, 48, 3, (1, 1), (1, 1, 1, 1), (1, 1)),  # 3 chunks, M = 63 -> 64
-    ("dilated_folded", 1, 8, 12, 12, 16, 3, (1, 1), (2, 2, 2, 2), (2, 2)),  # 8 ch: columns folded, kc = 24
-    ("stem_folded", 1, 3, 23, 21, 16, 7, (2, 2), (3, 3, 3, 3), (1, 1)),  # RGB stem: (c, kw) -> 21 channels
-    ("c5_s2x1_folded", 2, 5, 13, 11, 20, 3, (2, 1), (1, 0, 2, 1), (1, 2)),
-    ("1x1_c8", 1, 8, 6, 7, 24, 1, (1, 1), (0, 0, 0, 0), (1, 1)),  # kc = 8 (not folded: 1 column)
-    ("wide_ow_o17", 1, 32, 5, 37, 17, 3, (1, 1), (1, 1, 1, 1), (1, 1)),  # O % 16 == 1
-    ("1x1_s3_padded", 1, 20, 11, 10, 48, 1, (3, 2), (1, 1, 0, 1), (1, 1)),
-    ("5x5_s2_dil", 1, 24, 17, 15, 36, 5, (2, 1), (2, 3, 1, 2), (1, 2)),  # stride/dilation phases mixed
-    ("tiny_m", 1, 64, 2, 3, 16, 1, (1, 1), (0, 0, 0, 0), (1, 1)),  # M = 6 < 16: 6-row tiles
-    # 1x1 with a partial last pixel tile written straight to NCHW (729 = 45*16 + 9): a per-pixel `if` loop
-    # here was mis-compiled (wrote the 7 padded pixels into the next channel); squeezenet's classifier
-    ("1x1_partial_tile", 1, 128, 27, 27, 32, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
-    ("1x1_classifier_o1000", 1, 512, 13, 13, 1000, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
-]
-DTYPES = [("uint8", "uint8"), ("int8", "int8"), ("uint8", "float32"), ("int8", "int32"), ("int8", "uint8")]
+from ..helpers import AMX_CASES as CASES
+from ..helpers import AMX_DTYPES as DTYPES
+from ..helpers import AMX_MATTR, AMX_SPR, NO_AMX, assert_exact, build_single, int32_range, make_params, needs_amx, rand_data, run
 
 
 @needs_amx
@@ -60,7 +26,7 @@ def test_conv_amx_bit_exact(case):
     for in_dtype, out_dtype in DTYPES:
         rng = np.random.default_rng(zlib.crc32(f"{name}{in_dtype}{out_dtype}".encode()))
         x = rand_data(rng, (N, C, H, W), in_dtype)
-        p = _int32_range(make_params(rng, O, C, k, out_dtype, s, pad, dil, 1, data=x, relu6=(in_dtype == "int8")))
+        p = int32_range(make_params(rng, O, C, k, out_dtype, s, pad, dil, 1, data=x, relu6=(in_dtype == "int8")))
         ex = build_single(x86_amx.lower_conv2d, x.shape, in_dtype, p, target)
         assert_exact(run(ex, x), common.ref_conv2d(x, p))
 
@@ -75,7 +41,7 @@ def test_conv_amx_bit_exact(case):
 def test_dense_amx_bit_exact(N, K, O, in_dtype, out_dtype):
     rng = np.random.default_rng(K + O)
     x = rand_data(rng, (N, K), in_dtype)
-    cp = _int32_range(make_params(rng, O, K, 1, out_dtype, padding=(0, 0, 0, 0), data=x.reshape(N, K, 1, 1)))
+    cp = int32_range(make_params(rng, O, K, 1, out_dtype, padding=(0, 0, 0, 0), data=x.reshape(N, K, 1, 1)))
     p = QDenseParams(weight=cp.weight[:, :, 0, 0], bias=cp.bias, multiplier=cp.multiplier, shift=cp.shift,
                      out_dtype=out_dtype, out_min=cp.out_min, out_max=cp.out_max, dequant_scale=cp.dequant_scale)
     ex = build_single(x86_amx.lower_dense, x.shape, in_dtype, p, tvm.target.Target(AMX_MATTR))

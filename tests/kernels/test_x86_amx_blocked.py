@@ -13,8 +13,9 @@ from tvm import relax
 
 from isquant_tvm.kernels import common, lower_conv2d_blocked, x86_amx_blocked, x86_vnni
 
-from .test_x86_amx import AMX_SPR, CASES, DTYPES, NO_AMX, _int32_range, needs_amx
-from .test_x86_vnni import assert_exact, make_params, rand_data, run
+from ..helpers import AMX_CASES as CASES
+from ..helpers import AMX_DTYPES as DTYPES
+from ..helpers import AMX_SPR, NO_AMX, assert_exact, int32_range, make_params, needs_amx, rand_data, run
 
 
 def _build(x_shape, in_dtype, p, target, blocked_out: bool, lower=x86_amx_blocked.lower_conv2d):
@@ -41,7 +42,7 @@ def test_conv_amx_blocked_bit_exact(case):
     in_dtype, out_dtype = DTYPES[i % len(DTYPES)]
     rng = np.random.default_rng(zlib.crc32(f"{name}{in_dtype}{out_dtype}".encode()))
     x = rand_data(rng, (N, C, H, W), in_dtype)
-    p = _int32_range(make_params(rng, O, C, k, out_dtype, s, pad, dil, 1, data=x, relu6=(in_dtype == "int8")))
+    p = int32_range(make_params(rng, O, C, k, out_dtype, s, pad, dil, 1, data=x, relu6=(in_dtype == "int8")))
     mod = _build(x.shape, in_dtype, p, target, blocked_out=bool(i % 2))
     assert_exact(run(relax.build(mod, target=target), x), common.ref_conv2d(x, p))
 

@@ -11,93 +11,11 @@ from tvm import relax
 from isquant_tvm.kernels import common, x86_vnni
 from isquant_tvm.kernels.common import QConv2dParams, QDenseParams
 
-# Cascade Lake is the AVX-512 VNNI baseline both Intel (Xeon) and AMD (Zen 4) hosts can run.
-AVX512 = {"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2}
-AVX2 = {"kind": "llvm", "mcpu": "haswell"}
-
-
-def host_has(feature: str) -> bool:
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return feature in flags
+from ..helpers import CONV_CASES as CASES
+from ..helpers import AVX2, AVX512, assert_exact, build_single, host_has, make_params, rand_data, run
 
 
 needs_vnni = pytest.mark.skipif(not host_has("avx512_vnni"), reason="host CPU has no AVX-512 VNNI")
-
-
-def out_range(out_dtype: str, relu6: bool = False):
-    if out_dtype == "uint8":
-        return (0, 97) if relu6 else (0, 255)
-    if out_dtype == "int8":
-        return (-128, 127)
-    return (0, 0)
-
-
-def make_params(rng, O, cpg, k, out_dtype, strides=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), groups=1,
-                data=None, relu6=False, kw=None):
-    kh, kw = (k, k) if kw is None else (k, kw)
-    w = rng.integers(-127, 128, (O, cpg, kh, kw)).astype(np.int8)
-    bias = rng.integers(-20000, 20000, O).astype(np.int32)
-    lo, hi = out_range(out_dtype, relu6)
-    p = QConv2dParams(weight=w, bias=bias, multiplier=np.full(O, 2 ** 30, np.int64), shift=np.full(O, 1, np.int64),
-                      strides=strides, padding=padding, dilation=dilation, groups=groups, out_dtype="float32",
-                      out_min=lo, out_max=hi, dequant_scale=np.ones(O, np.float32))
-    # pick shifts so outputs spread over the output range (exercise clipping and rounding both)
-    acc = common.ref_conv2d(data, p).astype(np.float64)
-    std = np.maximum(acc.std(axis=(0, 2, 3)), 1.0)
-    shift = np.clip(np.round(np.log2(std / 40.0)).astype(np.int64) + 31, 1, 62)
-    mult = rng.integers(2 ** 30, 2 ** 31, O).astype(np.int64)
-    dq = (rng.random(O).astype(np.float32) + 0.5) * np.float32(1e-3)
-    return QConv2dParams(weight=w, bias=bias, multiplier=mult, shift=shift, strides=strides, padding=padding,
-                         dilation=dilation, groups=groups, out_dtype=out_dtype, out_min=lo, out_max=hi,
-                         dequant_scale=dq)
-
-
-def rand_data(rng, shape, dtype):
-    lo, hi = (0, 256) if dtype == "uint8" else (-128, 128)
-    return rng.integers(lo, hi, shape).astype(dtype)
-
-
-def build_single(lower, x_shape, x_dtype, p, target, dense=False):
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(x_shape, x_dtype))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y = lower(bb, x, p, target)
-            o = bb.emit_output(y)
-        bb.emit_func_output(o)
-    return relax.build(bb.get(), target=target)
-
-
-def run(ex, x):
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    return vm["main"](tvm.runtime.tensor(x)).numpy()
-
-
-def assert_exact(out, ref):
-    assert out.shape == ref.shape and out.dtype == ref.dtype
-    bad = out != ref
-    assert not bad.any(), f"{bad.sum()} / {bad.size} mismatches, max |diff| {np.abs(out.astype(np.float64) - ref).max()}"
-
-
-# (name, N, C, H, W, O, k, strides, padding, dilation, groups)
-CASES = [
-    ("3x3", 1, 20, 9, 11, 24, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
-    ("3x3_s2_asym_pad", 1, 16, 13, 10, 32, 3, (2, 2), (0, 1, 1, 0), (1, 1), 1),
-    ("1x1", 2, 36, 7, 7, 40, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
-    ("1x1_s2", 1, 64, 14, 14, 128, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),
-    ("grouped", 1, 12, 8, 9, 20, 3, (1, 1), (1, 1, 1, 1), (1, 1), 2),
-    ("depthwise", 1, 24, 10, 9, 24, 3, (1, 1), (1, 1, 1, 1), (1, 1), 24),
-    ("depthwise_s2_mult2", 1, 5, 11, 11, 10, 3, (2, 2), (1, 1, 1, 1), (1, 1), 5),
-    ("stem_3ch", 1, 3, 23, 21, 16, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1),
-    ("dilated", 1, 8, 12, 12, 16, 3, (1, 1), (2, 2, 2, 2), (2, 2), 1),
-    ("wide_ow", 1, 8, 5, 37, 17, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
-    ("1x1_s2_padded_dw", 1, 16, 9, 8, 16, 1, (2, 2), (1, 0, 0, 1), (1, 1), 16),
-    ("1x1_s3_padded", 1, 20, 11, 10, 48, 1, (3, 2), (1, 1, 0, 1), (1, 1), 1),
-    ("dw_dilated_s2", 1, 8, 13, 11, 8, 3, (2, 1), (2, 1, 2, 2), (2, 2), 8),
-]
 
 
 @needs_vnni
@@ -183,7 +101,7 @@ def test_bad_params_rejected():
 @pytest.mark.parametrize("ends", [False, True], ids=["transforms", "chain_ends"])
 def test_blocked_chain_bit_exact(in_dtype, ends):
     """Two convs chained in NCHW16c equal two NCHW convs. transforms: NCHW -> NCHW16c -> conv (blocked in/out)
-    -> conv (blocked in/out, 1x1/2) -> NCHW. chain_ends: what passes/layout.py plans at a chain's ends, a conv
+    -> conv (blocked in/out, 1x1/2) -> NCHW. chain_ends: what legalize/layout.py plans at a chain's ends, a conv
     reading NCHW and writing NCHW16c, then one reading NCHW16c (24 channels: 8 padded lanes) and writing NCHW
     (3x3/2), no layout transform."""
     rng = np.random.default_rng(5)

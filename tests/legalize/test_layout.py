@@ -1,4 +1,4 @@
-"""The NCHW16c layout plan (passes/layout.py) and legalize with it: which tensors stay blocked, the fixed
+"""The NCHW16c layout plan (legalize/layout.py) and legalize with it: which tensors stay blocked, the fixed
 point when one op cannot take blocks, and the blocked graph bit-exact against the numpy reference."""
 from __future__ import annotations
 

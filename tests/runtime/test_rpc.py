@@ -446,7 +446,7 @@ def test_tune_on_the_board_then_compile_with_its_records(board_env, tmp_path) ->
         pytest.skip("no aarch64 cross compiler")
     from isquant_tvm import api
     from isquant_tvm.reference import interpreter as reference
-    from tests.tuning.test_tune import tiny_conv_onnx
+    from tests.helpers import tiny_conv_onnx
 
     model = tiny_conv_onnx(tmp_path / "tiny.onnx")
     records = tmp_path / "records"

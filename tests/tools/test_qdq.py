@@ -301,7 +301,7 @@ def test_failing_export_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monke
         raise OSError(28, "No space left on device")
 
     # A failure inside the write itself: the temporary file is removed, nothing appears.
-    import isquant_tvm.build.export as export_mod
+    import isquant_tvm.util.fileio as export_mod
 
     real_replace = export_mod.os.replace
     monkeypatch.setattr(export_mod.os, "replace", boom)

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ..helpers import tiny_conv_onnx
+
 TARGET = "x86-avx512"  # VNNI kernels everywhere (the host preset may send convs to AMX)
 
 
@@ -28,26 +30,6 @@ def _host_has_vnni() -> bool:
 
 
 pytestmark = pytest.mark.skipif(not _host_has_vnni(), reason="needs an AVX-512 VNNI host to run the kernels")
-
-
-def tiny_conv_onnx(path: Path, c: int = 16, o: int = 32, hw: int = 8) -> Path:
-    """Conv3x3(c->o) + ReLU + Conv1x1(o->o): two int8 conv kernels after quantization."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array((rng.standard_normal((o, c, 3, 3)) * 0.2).astype(np.float32), "w1"),
-             numpy_helper.from_array((rng.standard_normal(o) * 0.1).astype(np.float32), "b1"),
-             numpy_helper.from_array((rng.standard_normal((o, o, 1, 1)) * 0.2).astype(np.float32), "w2"),
-             numpy_helper.from_array((rng.standard_normal(o) * 0.1).astype(np.float32), "b2")]
-    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
-             helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["output"], kernel_shape=[1, 1])]
-    graph = helper.make_graph(nodes, "tiny",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, c, hw, hw])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, o, hw, hw])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
