@@ -149,7 +149,7 @@ def bench_worker(args) -> list[dict]:
     import tvm
     from tvm import relax
 
-    from isquant_tvm.kernels import QDenseParams, common, lower_conv2d, lower_dense, x86_amx, x86_amx_blocked, x86_vnni
+    from isquant_tvm.kernels import QDenseParams, geometry, lower_conv2d, lower_dense, x86_amx, x86_amx_blocked, x86_vnni
 
     target = tvm.target.Target(json.loads(args.target))
     rng = np.random.default_rng(0)
@@ -178,7 +178,7 @@ def bench_worker(args) -> list[dict]:
         xd = tvm.runtime.tensor(rng.integers(0, 256, x_shape).astype("uint8"))
         stats: dict = {}
         ms, cpu_ms = time_call(lambda: vm["main"](xd), args, single_thread=args.threads_now == 1, stats=stats)
-        g = common.conv_geom((1, C, max(H, 1), max(H, 1)), p)
+        g = geometry.conv_geom((1, C, max(H, 1), max(H, 1)), p)
         macs = g.macs
         shape = f"{C}x{H}x{H}->{O} k{k} s{stride}" + (f" g{groups}" if groups > 1 else "")
         row = {"layer": name, "shape": shape, "count": count, "macs": macs,
@@ -193,7 +193,7 @@ def bench_worker(args) -> list[dict]:
                 func = x86_amx_blocked.build_primfunc(ga, p, "uint8", blocked_out=True)
             else:
                 if C % 16 == 0:  # as in a compiled graph (legalize/layout.py): NCHW16c in as well as out
-                    gb = common.conv_geom((1, C // 16, H, H, 16), p, ow_tile_max=cfg.ow_tile_max, blocked_in=True,
+                    gb = geometry.conv_geom((1, C // 16, H, H, 16), p, ow_tile_max=cfg.ow_tile_max, blocked_in=True,
                                           ic_dot=cfg.ic_dot)
                 func = x86_vnni.build_conv_primfunc(gb, p, "uint8", cfg, blocked_out=True)
             func = func.with_attr("global_symbol", "main")

@@ -33,7 +33,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import registry
-from .common import QConv2dParams, QDenseParams, emit_layout, ref_conv2d, ref_dense
+from .common import QConv2dParams, QDenseParams, ref_conv2d, ref_dense
+from .emit import emit_layout
 
 __all__ = ["QConv2dParams", "QDenseParams", "ref_conv2d", "ref_dense", "lower_conv2d", "lower_dense",
            "lower_conv2d_blocked", "to_blocked", "from_blocked", "conv_kernel", "dense_kernel"]

@@ -5,7 +5,7 @@
 * plain NEON (Cortex-A72 / Raspberry Pi 4): the shipped ``dot_4x4_i8i8s32_neon`` intrinsic
   (smull + saddlp + addp), same packing.
 
-Same compute as the x86 kernel (common.conv_compute): data packed to NCHW[ic_bn]c, weights pre-packed to
+Same compute as the x86 kernel (compute.conv_compute): data packed to NCHW[ic_bn]c, weights pre-packed to
 (OCB, ICB4, KH, KW, 16, 4) with the 16 output channels split 4 x 4 for the intrinsic, bias/requant/clip on
 each register tile (ow_tile x 16 channels = ow_tile x 4 q-registers).
 """
@@ -19,7 +19,7 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 from ..util.cpu import is_aarch64
-from . import common, registry
+from . import common, depthwise, emit, geometry, registry, schedule
 from .common import QConv2dParams, QDenseParams
 
 # Copies of the shipped s_tir/tensor_intrin/arm_cpu.py intrinsics (dot_4x4_i8i8s32_sdot / _neon), registered
@@ -85,9 +85,9 @@ def register_intrinsics() -> None:
 
 register_intrinsics()
 
-SDOT_CONFIG = common.KernelConfig(dot_in_dtype="int8", intrin=SDOT_INTRIN, intrin_oc=4, w_layout="oc_ic",
+SDOT_CONFIG = schedule.KernelConfig(dot_in_dtype="int8", intrin=SDOT_INTRIN, intrin_oc=4, w_layout="oc_ic",
                                   ow_tile_max=6, name="qconv2d_sdot", parallel_min_macs=1_000_000)
-NEON_CONFIG = common.KernelConfig(dot_in_dtype="int8", intrin=NEON_INTRIN, intrin_oc=4, w_layout="oc_ic",
+NEON_CONFIG = schedule.KernelConfig(dot_in_dtype="int8", intrin=NEON_INTRIN, intrin_oc=4, w_layout="oc_ic",
                                   ow_tile_max=4, name="qconv2d_neon", parallel_min_macs=500_000)
 
 
@@ -97,52 +97,52 @@ def has_dotprod(target: tvm.target.Target) -> bool:
     return tvm_compat.has_feature(target, "dotprod")
 
 
-def config_for(target: tvm.target.Target) -> common.KernelConfig:
+def config_for(target: tvm.target.Target) -> schedule.KernelConfig:
     return SDOT_CONFIG if has_dotprod(target) else NEON_CONFIG
 
 
-def portable_config(cfg: common.KernelConfig) -> common.KernelConfig:
+def portable_config(cfg: schedule.KernelConfig) -> schedule.KernelConfig:
     """The same compute, packing and loop nest with the intrinsic left out: builds for any LLVM target,
     which is how the ARM kernels are checked bit for bit on an x86 host."""
-    return common.KernelConfig(dot_in_dtype=cfg.dot_in_dtype, intrin=None, intrin_oc=cfg.intrin_oc,
+    return schedule.KernelConfig(dot_in_dtype=cfg.dot_in_dtype, intrin=None, intrin_oc=cfg.intrin_oc,
                                w_layout=cfg.w_layout, ow_tile_max=cfg.ow_tile_max, name=cfg.name + "_portable",
                                parallel_min_macs=cfg.parallel_min_macs)
 
 
-def build_conv_primfunc(g: common.ConvGeom, p: QConv2dParams, in_dtype: str,
-                        cfg: common.KernelConfig = SDOT_CONFIG, blocked_out: bool = False) -> tirx.PrimFunc:
-    return common.build_conv_primfunc(g, p, in_dtype, cfg, blocked_out)
+def build_conv_primfunc(g: geometry.ConvGeom, p: QConv2dParams, in_dtype: str,
+                        cfg: schedule.KernelConfig = SDOT_CONFIG, blocked_out: bool = False) -> tirx.PrimFunc:
+    return schedule.build_conv_primfunc(g, p, in_dtype, cfg, blocked_out)
 
 
 def lower_conv2d(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dParams, target: tvm.target.Target,
-                 name: Optional[str] = None, cfg: Optional[common.KernelConfig] = None) -> relax.Expr:
+                 name: Optional[str] = None, cfg: Optional[schedule.KernelConfig] = None) -> relax.Expr:
     """Emit a quantized conv for an aarch64 target (sdot if +dotprod, else NEON smull); NCHW output."""
-    return common.lower_conv2d_with(bb, data, p, cfg or config_for(target), name)
+    return emit.lower_conv2d_with(bb, data, p, cfg or config_for(target), name)
 
 
 def lower_dense(bb: relax.BlockBuilder, data: relax.Expr, p: QDenseParams, target: tvm.target.Target,
-                name: Optional[str] = None, cfg: Optional[common.KernelConfig] = None) -> relax.Expr:
-    return common.lower_dense_with(bb, data, p, cfg or config_for(target), name)
+                name: Optional[str] = None, cfg: Optional[schedule.KernelConfig] = None) -> relax.Expr:
+    return emit.lower_dense_with(bb, data, p, cfg or config_for(target), name)
 
 
 def lower_conv2d_blocked(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dParams, target: tvm.target.Target,
                          name: Optional[str] = None, blocked_in: bool = True,
-                         cfg: Optional[common.KernelConfig] = None, blocked_out: bool = True) -> relax.Expr:
+                         cfg: Optional[schedule.KernelConfig] = None, blocked_out: bool = True) -> relax.Expr:
     """Chaining variant: input NCHW16c (N, ceil(C/16), H, W, 16) (or NCHW with blocked_in=False), output
     NCHW16c (N, ceil(O/16), OH, OW, 16) (or NCHW with blocked_out=False); padded output channels hold
     requant(0) (0 unless out_min > 0) and padded input channels are ignored. groups == 1 only."""
-    return common.lower_conv2d_blocked_with(bb, data, p, cfg or config_for(target), name, blocked_in,
+    return emit.lower_conv2d_blocked_with(bb, data, p, cfg or config_for(target), name, blocked_in,
                                             blocked_out)
 
 
 def to_blocked(bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
     """NCHW -> NCHW16c (channels zero padded to a multiple of 16)."""
-    return common.emit_layout(bb, x, True)
+    return emit.emit_layout(bb, x, True)
 
 
 def from_blocked(bb: relax.BlockBuilder, x: relax.Expr, channels: int) -> relax.Expr:
     """NCHW16c -> NCHW with the first `channels` channels."""
-    return common.emit_layout(bb, x, False, channels)
+    return emit.emit_layout(bb, x, False, channels)
 
 
 # registered kernels (kernels/registry.py): config_for's choice, by name
@@ -162,7 +162,7 @@ def _any(shape, p, blocked_in, blocked_out) -> bool:
 
 
 _FAMILIES = (("arm_sdot", 20, lambda t: is_aarch64(t) and has_dotprod(t)), ("arm_neon", 19, is_aarch64))
-registry.register_conv(registry.Kernel("arm_depthwise", 30, is_aarch64, common.is_depthwise_call, _lower_conv))
+registry.register_conv(registry.Kernel("arm_depthwise", 30, is_aarch64, depthwise.is_depthwise_call, _lower_conv))
 for _name, _priority, _applies in _FAMILIES:
     registry.register_conv(registry.Kernel(_name, _priority, _applies, _any, _lower_conv))
     registry.register_dense(registry.Kernel(_name, _priority, _applies, _any, _lower_dense))

@@ -19,12 +19,12 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
-from .common import prim_func_attrs
+from .compute import prim_func_attrs
 
 ELEMENTWISE_DTYPES = ("int8", "uint8", "int32")
 
 # Below these sizes a kernel runs single-threaded (~20 us on one core): waking TVM's worker threads costs
-# ~5-10 us after a gap (see common.DW_PARALLEL_MIN_MACS).
+# ~5-10 us after a gap (see schedule.DW_PARALLEL_MIN_MACS).
 PARALLEL_MIN_ELEMS = 1 << 17  # elementwise ops (int64 arithmetic per element)
 PARALLEL_MIN_WINDOW_READS = 1 << 18  # pools: outputs x window size
 PARALLEL_MIN_DENSE_MACS = 1 << 18  # int64 dense

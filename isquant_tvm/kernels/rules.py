@@ -21,7 +21,8 @@ from ..qnn.registry import CONSUME, FOLLOW, PRODUCE
 from ..util import tvm_compat
 from ..util.cpu import is_aarch64
 from . import glue, registry
-from .common import OUT_DTYPES, QConv2dParams, QDenseParams, is_blocked_depthwise
+from .common import OUT_DTYPES, QConv2dParams, QDenseParams
+from .depthwise import is_blocked_depthwise
 
 _IN_DTYPES = ("int8", "uint8")
 

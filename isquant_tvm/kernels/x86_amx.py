@@ -10,7 +10,7 @@ data shift and no bias fold (the VNNI kernel's vpdpbusd needs both). Each C tile
 channel over 16 consecutive pixels, so the epilogue is vectorised over pixels with per-channel scalar
 constants and stores 16 contiguous outputs.
 
-Implicit GEMM over "phase planes" (the depthwise kernel's trick, common.DwGeom):
+Implicit GEMM over "phase planes" (the depthwise kernel's trick, depthwise.DwGeom):
 
 * the zero-padded input is packed per stride phase (ph, pw), 4 channels interleaved per pixel (the
   VNNI-4 layout a B tile wants): ``pack[n, icb, phase, k4, hq*WQ + wq, 4] =
@@ -55,8 +55,9 @@ from tvm import relax, tirx
 from ..util.cpu import ARCH_REQ_XCOMP_PERM, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA
 from ..util.cpu import target_uses_amx as has_amx  # noqa: F401 - the dispatcher's predicate
 from ..util.cpu import is_aarch64
-from . import common, registry
-from .common import OC_BN, QConv2dParams, QDenseParams, round_up
+from . import compute, depthwise, emit, geometry, registry
+from .common import OC_BN, QConv2dParams, QDenseParams
+from .geometry import round_up
 
 AMX_MIN_CIN = 16  # fewer input channels (and a 1-wide kernel): a tile row would be mostly padding -> VNNI
 FOLD_MAX_CIN = 16  # fewer input channels: kernel columns folded into the reduction (stem: 3 x 7 -> 21)
@@ -205,7 +206,7 @@ def pack_weight(weight: np.ndarray, g: AmxGeom) -> np.ndarray:
 def amx_consts(p: QConv2dParams, g: AmxGeom) -> dict[str, np.ndarray]:
     w = np.asarray(p.weight, np.int8)
     out = {"wpk": pack_weight(w, g), "bias": np.asarray(p.bias, np.int32).reshape(-1)}
-    for k, v in common.epilogue_consts(p, g.O).items():
+    for k, v in geometry.epilogue_consts(p, g.O).items():
         out[k] = v  # (O,): the epilogue never reads padded channels
     return out
 
@@ -224,7 +225,7 @@ def build_amx_primfunc(g: AmxGeom, p, in_dtype: str, request_perm: bool = True) 
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
 
-    epi_np = common.epilogue_consts(p, g.O)
+    epi_np = geometry.epilogue_consts(p, g.O)
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("qconv2d_amx")
@@ -242,7 +243,7 @@ def build_amx_primfunc(g: AmxGeom, p, in_dtype: str, request_perm: bool = True) 
             T.func_attr({"tirx.noalias": True})
             with tile_permission(T) if request_perm else contextlib.nullcontext():
                 _body(g, p, T, data, wpk, bias, epi, out)
-    return common.prim_func_attrs(ib.get(), "qconv2d_amx")
+    return compute.prim_func_attrs(ib.get(), "qconv2d_amx")
 
 
 def tile_permission(T):
@@ -438,7 +439,7 @@ def _gemm_block(g: AmxGeom, p, T, n, ob, pb, pack, wpk, bias, epi, dst, ctile, d
 
                 def store(px, o=o, t=t, i0=i0, j=j):
                     acc = ctile[(t * OC_BN + j) * 16 + px] + bias[o]
-                    y = common.requant_expr(acc, o, p, epi)
+                    y = geometry.requant_expr(acc, o, p, epi)
                     i = i0 + px
                     if g.dense:
                         T.buffer_store(dst, y, [i, o])
@@ -474,7 +475,7 @@ def _gemm_block(g: AmxGeom, p, T, n, ob, pb, pack, wpk, bias, epi, dst, ctile, d
 
 def eligible_conv(data_shape, p: QConv2dParams) -> bool:
     """Where AMX pays (measured): groups == 1 and enough input channels to fill a tile row."""
-    if int(p.groups) != 1 or common.is_depthwise(data_shape, p):
+    if int(p.groups) != 1 or depthwise.is_depthwise(data_shape, p):
         return False
     return p.weight.shape[1] >= AMX_MIN_CIN or p.weight.shape[3] > 1  # few channels: folded columns
 
@@ -489,32 +490,32 @@ def eligible_dense(data_shape, p: QDenseParams) -> bool:
 def lower_conv2d(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dParams, target: tvm.target.Target,
                  name: Optional[str] = None) -> relax.Expr:
     """AMX conv (groups == 1); callers check eligible_conv (the dispatcher sends the rest to VNNI)."""
-    common.check_out_range(p)
-    shape, in_dtype = common.expr_shape_dtype(data)
+    geometry.check_out_range(p)
+    shape, in_dtype = emit.expr_shape_dtype(data)
     if in_dtype not in ("int8", "uint8"):
         raise ValueError(f"quantized conv needs int8/uint8 data, got {in_dtype}")
     g = amx_geom(shape, p)
     func = build_amx_primfunc(g, p, in_dtype)
     consts = amx_consts(p, g)
-    return common.emit_call(bb, data, func, consts, name or "qconv2d_amx", (g.N, g.O, g.OH, g.OW), p.out_dtype)
+    return emit.emit_call(bb, data, func, consts, name or "qconv2d_amx", (g.N, g.O, g.OH, g.OW), p.out_dtype)
 
 
 def dense_geom(data_shape, p: QDenseParams) -> AmxGeom:
     N, K = (int(v) for v in data_shape)
-    g = amx_geom((1, K, N, 1), common.dense_as_conv(p))
+    g = amx_geom((1, K, N, 1), compute.dense_as_conv(p))
     return dataclasses.replace(g, dense=True)
 
 
 def lower_dense(bb: relax.BlockBuilder, data: relax.Expr, p: QDenseParams, target: tvm.target.Target,
                 name: Optional[str] = None) -> relax.Expr:
     """(N, K) x (O, K)^T: the rows of the data are the pixels of a 1x1 conv (no reshape / transpose)."""
-    common.check_out_range(p)
-    shape, in_dtype = common.expr_shape_dtype(data)
-    pc = common.dense_as_conv(p)
+    geometry.check_out_range(p)
+    shape, in_dtype = emit.expr_shape_dtype(data)
+    pc = compute.dense_as_conv(p)
     g = dense_geom(shape, p)
     func = build_amx_primfunc(g, pc, in_dtype)
     consts = amx_consts(pc, g)
-    return common.emit_call(bb, data, func, consts, name or "qdense_amx", (shape[0], g.O), p.out_dtype)
+    return emit.emit_call(bb, data, func, consts, name or "qdense_amx", (shape[0], g.O), p.out_dtype)
 
 
 # registered kernels (kernels/registry.py)

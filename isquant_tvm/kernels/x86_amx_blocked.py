@@ -28,7 +28,7 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
-from . import common, registry
+from . import compute, emit, geometry, registry
 from .common import OC_BN, QConv2dParams
 from . import x86_amx
 from .x86_amx import PARALLEL_MIN_MACS, AmxGeom, tile_intrin, amx_geom, choose_kc, tile_permission, tile_tasks
@@ -74,7 +74,7 @@ def consts(p: QConv2dParams, g: AmxGeom) -> dict[str, np.ndarray]:
     bias = np.zeros((g.O_pad,), np.int32)
     bias[:g.O] = np.asarray(p.bias, np.int32).reshape(-1)
     out = {"wpk": pack_weight(np.asarray(p.weight, np.int8), g), "bias": bias}
-    out.update(common.epilogue_consts(p, g.O, g.O_pad))
+    out.update(geometry.epilogue_consts(p, g.O, g.O_pad))
     return out
 
 
@@ -82,7 +82,7 @@ def build_primfunc(g: AmxGeom, p: QConv2dParams, in_dtype: str, blocked_out: boo
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
 
-    epi_np = common.epilogue_consts(p, g.O, g.O_pad)
+    epi_np = geometry.epilogue_consts(p, g.O, g.O_pad)
     CB = g.C // OC_BN
     with IRBuilder() as ib:
         with T.prim_func():
@@ -99,7 +99,7 @@ def build_primfunc(g: AmxGeom, p: QConv2dParams, in_dtype: str, blocked_out: boo
                 pack = T.alloc_buffer((g.N * g.ICB * len(g.phases) * g.plane * g.kc,), in_dtype)
                 _pack(g, T, data, pack)
                 _gemm(g, p, T, pack, wpk, bias, epi, outf, blocked_out)
-    return common.prim_func_attrs(ib.get(), "qconv2d_amx_blk")
+    return compute.prim_func_attrs(ib.get(), "qconv2d_amx_blk")
 
 
 PARALLEL_MIN_OUTPUTS = 32768  # the pack and the epilogue scale with pixels x channels, not with MACs
@@ -252,7 +252,7 @@ def _store_row(g: AmxGeom, p, T, n, ocb, pix, ctile, row, epi, out, blocked_out:
     """One C row (16 channels of output pixel `pix` = oh*OW + ow) requantized into `out` (flat)."""
     def value(j):
         o = ocb * OC_BN + j
-        return common.requant_expr(ctile[row * OC_BN + j], o, p, epi)
+        return geometry.requant_expr(ctile[row * OC_BN + j], o, p, epi)
 
     plane = g.OH * g.OW
     if blocked_out:
@@ -274,19 +274,19 @@ def eligible(data_shape, p: QConv2dParams) -> bool:
 def lower_conv2d(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dParams, target: tvm.target.Target,
                  name: Optional[str] = None, blocked_out: bool = True) -> relax.Expr:
     """NCHW16c in -> NCHW16c out (padded channels = requant(0)), or NCHW out with blocked_out=False."""
-    common.check_out_range(p)
-    shape, in_dtype = common.expr_shape_dtype(data)
+    geometry.check_out_range(p)
+    shape, in_dtype = emit.expr_shape_dtype(data)
     if in_dtype not in ("int8", "uint8"):
         raise ValueError(f"quantized conv needs int8/uint8 data, got {in_dtype}")
     g, pp = blocked_geom(shape, p)
     func = build_primfunc(g, p, in_dtype, blocked_out)
-    return common.emit_call(bb, data, func, consts(pp, g), name or "qconv2d_amx_blk", _out_shape(g, blocked_out),
+    return emit.emit_call(bb, data, func, consts(pp, g), name or "qconv2d_amx_blk", _out_shape(g, blocked_out),
                             p.out_dtype)
 
 
 def _out_shape(g: AmxGeom, blocked_out: bool) -> tuple[int, ...]:
     nchw = (g.N, g.O, g.OH, g.OW)
-    return common.blocked_shape(nchw) if blocked_out else nchw
+    return emit.blocked_shape(nchw) if blocked_out else nchw
 
 
 # registered kernel (kernels/registry.py): every groups == 1 conv whose input is NCHW16c on AMX targets

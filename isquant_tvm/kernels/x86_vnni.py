@@ -11,7 +11,7 @@ Layout: NCHW in/out at the kernel boundary; inside, data is packed to NCHW[ic_bn
 1x1 stride folded in), weights are pre-packed constants (OCB, ICB, KH, KW, 16, ic_dot), each register tile
 (ow_tile pixels x 16 output channels) is accumulated in registers and bias + requantize + clip run on the
 tile right after its reduction, writing NCHW (or NCHW16c for the chaining variant). Parallel over
-(n, oc-block, oh). Depthwise convs use common.build_dw_primfunc (vectorised int32).
+(n, oc-block, oh). Depthwise convs use depthwise.build_dw_primfunc (vectorised int32).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tvm.script import tirx as T
 from tvm.s_tir import TensorIntrin
 
 from ..util.cpu import is_aarch64
-from . import common, registry
+from . import common, depthwise, emit, geometry, registry, schedule
 from .common import OC_BN, QConv2dParams, QDenseParams
 
 VNNI_INTRIN = "dot_16x4_vnni_llvm22"
@@ -119,18 +119,18 @@ def vector_lanes_i32(target: tvm.target.Target) -> int:
 # kernel configs and Relax lowering rules
 # ------------------------------------------------------------------------------------------
 
-VNNI_CONFIG = common.KernelConfig(dot_in_dtype="uint8", intrin=VNNI_INTRIN, intrin_oc=OC_BN, w_layout="oc_ic",
+VNNI_CONFIG = schedule.KernelConfig(dot_in_dtype="uint8", intrin=VNNI_INTRIN, intrin_oc=OC_BN, w_layout="oc_ic",
                                   ow_tile_max=16, name="qconv2d_vnni")
 # AVX2 without VNNI (Haswell .. Zen 3): same packing and loop nest, exact vpmaddwd-based intrinsic
-AVX2_CONFIG = common.KernelConfig(dot_in_dtype="uint8", intrin=AVX2_INTRIN, intrin_oc=OC_BN, w_layout="oc_ic",
+AVX2_CONFIG = schedule.KernelConfig(dot_in_dtype="uint8", intrin=AVX2_INTRIN, intrin_oc=OC_BN, w_layout="oc_ic",
                                   ow_tile_max=6, name="qconv2d_avx2", ic_dot=2, w_dtype="int16",
                                   parallel_min_macs=1_500_000)
 # anything else (generic x86-64, SSE only): same packing, int32 multiply-add vectorised over 16 oc
-FALLBACK_CONFIG = common.KernelConfig(dot_in_dtype="uint8", intrin=None, w_layout="ic_oc", ow_tile_max=8,
+FALLBACK_CONFIG = schedule.KernelConfig(dot_in_dtype="uint8", intrin=None, w_layout="ic_oc", ow_tile_max=8,
                                       name="qconv2d_i32", parallel_min_macs=500_000)
 
 
-def config_for(target: tvm.target.Target) -> common.KernelConfig:
+def config_for(target: tvm.target.Target) -> schedule.KernelConfig:
     if has_vnni(target):
         return VNNI_CONFIG
     if _has(target, "avx2"):
@@ -138,9 +138,9 @@ def config_for(target: tvm.target.Target) -> common.KernelConfig:
     return FALLBACK_CONFIG
 
 
-def build_conv_primfunc(g: common.ConvGeom, p: QConv2dParams, in_dtype: str,
-                        cfg: common.KernelConfig = VNNI_CONFIG, blocked_out: bool = False) -> tirx.PrimFunc:
-    return common.build_conv_primfunc(g, p, in_dtype, cfg, blocked_out)
+def build_conv_primfunc(g: geometry.ConvGeom, p: QConv2dParams, in_dtype: str,
+                        cfg: schedule.KernelConfig = VNNI_CONFIG, blocked_out: bool = False) -> tirx.PrimFunc:
+    return schedule.build_conv_primfunc(g, p, in_dtype, cfg, blocked_out)
 
 
 def lower_conv2d(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dParams,
@@ -149,13 +149,13 @@ def lower_conv2d(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dParams,
 
     AVX-512 VNNI targets get the vpdpbusd kernel, others the vectorised int32 fallback; depthwise
     convs (groups == C) always use the vectorised int32 depthwise kernel."""
-    return common.lower_conv2d_with(bb, data, p, config_for(target), name)
+    return emit.lower_conv2d_with(bb, data, p, config_for(target), name)
 
 
 def lower_dense(bb: relax.BlockBuilder, data: relax.Expr, p: QDenseParams,
                 target: tvm.target.Target, name: Optional[str] = None) -> relax.Expr:
     """(N, K) uint8/int8 x (O, K) int8 -> (N, O), same epilogue contract."""
-    return common.lower_dense_with(bb, data, p, config_for(target), name)
+    return emit.lower_dense_with(bb, data, p, config_for(target), name)
 
 
 def lower_conv2d_blocked(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dParams, target: tvm.target.Target,
@@ -163,17 +163,17 @@ def lower_conv2d_blocked(bb: relax.BlockBuilder, data: relax.Expr, p: QConv2dPar
     """Chaining variant: input NCHW16c (N, ceil(C/16), H, W, 16) (or NCHW with blocked_in=False), output
     NCHW16c (N, ceil(O/16), OH, OW, 16) (or NCHW with blocked_out=False); padded output channels hold
     requant(0) (0 unless out_min > 0) and padded input channels are ignored. groups == 1 only."""
-    return common.lower_conv2d_blocked_with(bb, data, p, config_for(target), name, blocked_in, blocked_out)
+    return emit.lower_conv2d_blocked_with(bb, data, p, config_for(target), name, blocked_in, blocked_out)
 
 
 def to_blocked(bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
     """NCHW -> NCHW16c (channels zero padded to a multiple of 16)."""
-    return common.emit_layout(bb, x, True)
+    return emit.emit_layout(bb, x, True)
 
 
 def from_blocked(bb: relax.BlockBuilder, x: relax.Expr, channels: int) -> relax.Expr:
     """NCHW16c -> NCHW with the first `channels` channels."""
-    return common.emit_layout(bb, x, False, channels)
+    return emit.emit_layout(bb, x, False, channels)
 
 
 # ------------------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def _any(shape, p, blocked_in, blocked_out) -> bool:
 _FAMILIES = (("x86_vnni", 20, lambda t: _x86(t) and has_vnni(t)),
              ("x86_avx2", 19, lambda t: _x86(t) and _has(t, "avx2")),
              ("x86_int32", 18, _x86))
-registry.register_conv(registry.Kernel("x86_depthwise", 30, _x86, common.is_depthwise_call, _lower_conv))
+registry.register_conv(registry.Kernel("x86_depthwise", 30, _x86, depthwise.is_depthwise_call, _lower_conv))
 for _name, _priority, _applies in _FAMILIES:
     registry.register_conv(registry.Kernel(_name, _priority, _applies, _any, _lower_conv))
     registry.register_dense(registry.Kernel(_name, _priority, _applies, _any, _lower_dense))

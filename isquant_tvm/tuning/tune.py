@@ -3,7 +3,7 @@
 Design (`python -m isquant_tvm tune` / :func:`tune`):
 
 * The model is imported and quantized exactly as `compile` does. While the qnn ops are legalized, every
-  hand-scheduled conv/dense kernel (kernels.common.build_conv_primfunc) is captured together with its
+  hand-scheduled conv/dense kernel (kernels.schedule.build_conv_primfunc) is captured together with its
   *unscheduled* twin: the same TE compute (pack -> conv -> epilogue [-> unpack]) before our schedule.
 * Each distinct kernel PrimFunc of the legalized module is one task. Its unscheduled twin is tuned with
   MetaSchedule (``tvm.s_tir.meta_schedule``); on targets whose kernel config has a tensor intrinsic (x86
@@ -78,7 +78,7 @@ def _as_main(func: tvm.tirx.PrimFunc) -> tvm.IRModule:
 
 def _drop_in(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     """A tuned PrimFunc with the attributes our kernels carry (no global symbol, marked scheduled)."""
-    from ..kernels.common import prim_func_attrs
+    from ..kernels.compute import prim_func_attrs
 
     return prim_func_attrs(func, "")
 
@@ -111,12 +111,12 @@ class _Captured:
 
 
 def unscheduled_conv_primfunc(g: Any, p: Any, in_dtype: str, cfg: Any, blocked_out: bool = False) -> tvm.tirx.PrimFunc:
-    """The TE compute of kernels.common.build_conv_primfunc before schedule_conv (same parameters)."""
+    """The TE compute of kernels.schedule.build_conv_primfunc before schedule_conv (same parameters)."""
     from tvm import te
 
-    from ..kernels import common
+    from ..kernels import compute
 
-    data, wpk, bias, epi, outs = common.conv_compute(g, p, in_dtype, cfg.dot_in_dtype, blocked_out, cfg.w_layout,
+    data, wpk, bias, epi, outs = compute.conv_compute(g, p, in_dtype, cfg.dot_in_dtype, blocked_out, cfg.w_layout,
                                                      cfg.w_dtype)
     func = te.create_prim_func([data, wpk, bias] + [epi[k] for k in sorted(epi)] + outs)
     return func.with_attr("tirx.noalias", True)
@@ -124,9 +124,9 @@ def unscheduled_conv_primfunc(g: Any, p: Any, in_dtype: str, cfg: Any, blocked_o
 
 @contextlib.contextmanager
 def capture_kernels() -> Iterator[dict[str, _Captured]]:
-    """While active, every conv/dense kernel built by kernels.common is recorded by the structural hash of
+    """While active, every conv/dense kernel built by kernels.schedule is recorded by the structural hash of
     its scheduled PrimFunc, with its unscheduled twin."""
-    from ..kernels import common
+    from ..kernels import schedule
 
     captured: dict[str, _Captured] = {}
 
@@ -137,7 +137,7 @@ def capture_kernels() -> Iterator[dict[str, _Captured]]:
         except Exception as err:  # noqa: BLE001 - a kernel we cannot re-derive is simply not tuned
             log.warning("cannot derive the unscheduled compute of %s: %s", cfg.name, err)
 
-    with common.conv_build_hook(record):
+    with schedule.conv_build_hook(record):
         yield captured
 
 

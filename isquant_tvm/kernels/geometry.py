@@ -1,0 +1,218 @@
+"""Conv geometry and constant packing of the int8 kernels: the blocked loop extents (ConvGeom), the
+pre-packed weights, the bias with the data shift folded in, the requantize epilogue's constants."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from tvm import te, tirx
+
+from .common import IC_DOT, OC_BN, OUT_DTYPES, QConv2dParams
+
+
+def round_up(a: int, b: int) -> int:
+    """a rounded up to a multiple of b."""
+    return -(-a // b) * b
+
+
+@dataclass(frozen=True)
+class ConvGeom:
+    N: int
+    C: int
+    H: int
+    W: int
+    O: int
+    KH: int
+    KW: int
+    sh: int
+    sw: int
+    pt: int
+    pl: int
+    pb: int
+    pr: int
+    dh: int
+    dw: int
+    groups: int
+    cpg: int  # input channels per group
+    opg: int  # output channels per group
+    cpg4: int  # cpg padded to a multiple of ic_bn
+    opgB: int  # opg padded to a multiple of OC_BN
+    ic_bn: int  # packed-input inner block (multiple of 4, divides cpg4)
+    OH: int
+    OW: int
+    OWp: int  # OW padded to a multiple of the ow register tile
+    ow_tile: int
+    Hp: int
+    Wp: int
+    prestride: bool = False  # 1x1 conv: the pack stage subsamples (stride applied while packing)
+    blocked_in: bool = False  # data arrives as NCHW16c
+    ic_dot: int = IC_DOT  # input channels per dot lane: 4 (vpdpbusd, sdot), 2 (vpmaddwd)
+
+    @property
+    def csh(self) -> int:  # stride the conv stage sees
+        return 1 if self.prestride else self.sh
+
+    @property
+    def csw(self) -> int:
+        return 1 if self.prestride else self.sw
+
+    @property
+    def ICB4(self) -> int:  # ic_dot-channel blocks per group (the dot instruction's reduction chunks)
+        return self.cpg4 // self.ic_dot
+
+    @property
+    def OCBg(self) -> int:  # 16-channel output blocks per group
+        return self.opgB // OC_BN
+
+    @property
+    def OCB(self) -> int:
+        return self.groups * self.OCBg
+
+    @property
+    def CB(self) -> int:  # packed input blocks (all groups)
+        return self.groups * self.cpg4 // self.ic_bn
+
+    @property
+    def macs(self) -> int:
+        return self.N * self.O * self.OH * self.OW * self.cpg * self.KH * self.KW
+
+
+def choose_ow_tile(ow: int, lo: int = 4, hi: int = 16) -> int:
+    """Register tile along output width: the tile in [lo, hi] wasting least padding (prefer larger)."""
+    if ow <= hi:
+        return ow
+    best = None
+    for t in range(hi, lo - 1, -1):
+        waste = round_up(ow, t) - ow
+        key = (waste, -t)
+        if best is None or key < best[0]:
+            best = (key, t)
+    return best[1]
+
+
+def conv_geom(data_shape, p: QConv2dParams, ow_tile: Optional[int] = None, ic_bn: Optional[int] = None,
+              ow_tile_max: int = 16, blocked_in: bool = False, ic_dot: int = IC_DOT) -> ConvGeom:
+    """data_shape is NCHW, or (N, ceil(C/16), H, W, 16) with blocked_in (C taken from the weight)."""
+    if blocked_in:
+        N, CB, H, W, cb = (int(v) for v in data_shape)
+        C = p.weight.shape[1] * int(p.groups)
+        if int(p.groups) != 1 or cb != OC_BN or CB != -(-C // OC_BN):
+            raise ValueError(f"blocked conv input must be (N, ceil(C/16), H, W, 16) with groups 1, got "
+                             f"{tuple(data_shape)} for C={C}, groups={p.groups}")
+    else:
+        N, C, H, W = (int(v) for v in data_shape)
+    O, cpg, KH, KW = p.weight.shape
+    g = int(p.groups)
+    if C != cpg * g or O % g:
+        raise ValueError(f"conv: data channels {C}, weight {p.weight.shape}, groups {g} do not agree")
+    pt, pl, pb, pr = (int(v) for v in p.padding)
+    sh, sw = (int(v) for v in p.strides)
+    dh, dw = (int(v) for v in p.dilation)
+    OH = (H + pt + pb - (KH - 1) * dh - 1) // sh + 1
+    OW = (W + pl + pr - (KW - 1) * dw - 1) // sw + 1
+    cpg4 = round_up(cpg, OC_BN if blocked_in else IC_DOT)
+    if blocked_in:
+        ic_bn = OC_BN
+    if ic_bn is None:
+        ic_bn = 16 if cpg4 % 16 == 0 else (8 if cpg4 % 8 == 0 else 4)
+    T = ow_tile or choose_ow_tile(OW, hi=ow_tile_max)
+    OWp = round_up(OW, T)
+    prestride = KH == 1 and KW == 1
+    if prestride:
+        Hp, Wp = OH, OWp
+    else:
+        Hp = max(H + pt + pb, (OH - 1) * sh + (KH - 1) * dh + 1)
+        Wp = max(W + pl + pr, (OWp - 1) * sw + (KW - 1) * dw + 1)
+    return ConvGeom(N, C, H, W, O, KH, KW, sh, sw, pt, pl, pb, pr, dh, dw, g, cpg, O // g, cpg4,
+                    round_up(O // g, OC_BN), ic_bn, OH, OW, OWp, T, Hp, Wp, prestride, blocked_in, ic_dot)
+
+
+def pack_conv_weight(weight: np.ndarray, g: ConvGeom, w_layout: str = "oc_ic", w_dtype: str = "int8") -> np.ndarray:
+    """(O, cpg, KH, KW) int8 -> (OCB, ICB4, KH, KW, 16, 4) int8 ("oc_ic") or (..., 4, 16) ("ic_oc"),
+    zero padded per group."""
+    w = np.zeros((g.groups, g.opgB, g.cpg4, g.KH, g.KW), w_dtype)
+    w[:, :g.opg, :g.cpg] = weight.reshape(g.groups, g.opg, g.cpg, g.KH, g.KW)
+    w = w.reshape(g.groups, g.OCBg, OC_BN, g.ICB4, g.ic_dot, g.KH, g.KW)
+    # -> (groups, OCBg, ICB4, KH, KW, 16, 4)
+    if w_layout == "oc_ic":
+        w = w.transpose(0, 1, 3, 5, 6, 2, 4)
+        return np.ascontiguousarray(w.reshape(g.OCB, g.ICB4, g.KH, g.KW, OC_BN, g.ic_dot))
+    w = w.transpose(0, 1, 3, 5, 6, 4, 2)
+    return np.ascontiguousarray(w.reshape(g.OCB, g.ICB4, g.KH, g.KW, g.ic_dot, OC_BN))
+
+
+def folded_bias(bias: np.ndarray, weight: np.ndarray, data_shift: int) -> np.ndarray:
+    """Bias after feeding ``data + data_shift`` to the dot product: acc = acc' - data_shift * sum(w)."""
+    wsum = weight.reshape(weight.shape[0], -1).astype(np.int64).sum(axis=1)
+    b = bias.astype(np.int64) - int(data_shift) * wsum
+    if np.abs(b).max(initial=0) >= 2 ** 31:
+        raise ValueError("folded bias overflows int32")
+    return b.astype(np.int32)
+
+
+def data_shift_for(in_dtype: str, dot_in_dtype: str) -> int:
+    """Offset added to the data so it becomes `dot_in_dtype` (uint8 for VNNI, int8 for sdot)."""
+    if in_dtype == dot_in_dtype:
+        return 0
+    if in_dtype == "int8" and dot_in_dtype == "uint8":
+        return 128
+    if in_dtype == "uint8" and dot_in_dtype == "int8":
+        return -128
+    raise ValueError(f"unsupported data dtype {in_dtype}")
+
+
+def epilogue_consts(p, O: int, O_pad: Optional[int] = None) -> dict[str, np.ndarray]:
+    """Per-channel epilogue constants, zero/one padded to O_pad."""
+    O_pad = O_pad or O
+    if p.out_dtype not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {p.out_dtype}")
+    if p.out_dtype == "float32":
+        dq = np.zeros((O_pad,), np.float32)
+        dq[:O] = np.asarray(p.dequant_scale, np.float32).reshape(-1)
+        return {"dq": dq}
+    if p.out_dtype == "int32":
+        return {}
+    m = np.zeros((O_pad,), np.int64)
+    s = np.ones((O_pad,), np.int64)
+    m[:O] = np.asarray(p.multiplier, np.int64).reshape(-1)
+    s[:O] = np.asarray(p.shift, np.int64).reshape(-1)
+    if (s < 1).any() or (s > 62).any():
+        raise ValueError("shift must be in [1, 62]")
+    if np.abs(m).max(initial=0) < 2 ** 31:
+        # int32 storage: sext(acc) * sext(m) lowers to vpmuldq (32x32->64) instead of a 64-bit multiply
+        m = m.astype(np.int32)
+    return {"mult": m, "rnd": (np.int64(1) << (s - 1)).astype(np.int64), "shift": s}
+
+
+def requant_expr(acc_i32, o, p, tensors):
+    """TE expression of the epilogue for channel index `o` given an int32 accumulator (bias included)."""
+    if p.out_dtype == "float32":
+        return acc_i32.astype("float32") * tensors["dq"][o]
+    if p.out_dtype == "int32":
+        return te.max(te.min(acc_i32, tirx.const(int(p.out_max), "int32")), tirx.const(int(p.out_min), "int32"))
+    y = (acc_i32.astype("int64") * tensors["mult"][o].astype("int64") + tensors["rnd"][o]) >> tensors["shift"][o]
+    y = te.max(te.min(y, tirx.const(int(p.out_max), "int64")), tirx.const(int(p.out_min), "int64"))
+    return y.astype(p.out_dtype)
+
+
+def bias_in_rounding(p) -> bool:
+    """8-bit outputs fold the bias into the rounding constant: (acc + b)*m + rnd = acc*m + (b*m + rnd), exact in
+    int64. The epilogue then multiplies the plain int32 accumulator, which LLVM lowers to vpmuldq; with
+    `acc + b` it widened the sum (sext of an nsw add) and used vpmullq, 3 uops of 15 cycles' latency."""
+    return p.out_dtype in ("int8", "uint8")
+
+
+def with_bias(acc, bias_o, p):
+    """The accumulator the epilogue starts from (see bias_in_rounding)."""
+    return acc if bias_in_rounding(p) else acc + bias_o
+
+
+def check_out_range(p) -> None:
+    if p.out_dtype == "float32":
+        if p.dequant_scale is None:
+            raise ValueError("out_dtype float32 needs dequant_scale")
+        return
+    info = np.iinfo(p.out_dtype)
+    if not (info.min <= p.out_min <= p.out_max <= info.max):
+        raise ValueError(f"out_min/out_max {p.out_min}/{p.out_max} outside {p.out_dtype}")
