@@ -22,7 +22,6 @@ from tvm import relax, tirx
 from tvm.script import tirx as T
 from tvm.s_tir import TensorIntrin
 
-from ..util.cpu import is_aarch64
 from . import common, depthwise, emit, geometry, registry, schedule
 from .common import OC_BN, QConv2dParams, QDenseParams
 
@@ -179,6 +178,11 @@ def from_blocked(bb: relax.BlockBuilder, x: relax.Expr, channels: int) -> relax.
 # ------------------------------------------------------------------------------------------
 # registered kernels (kernels/registry.py): config_for's choice, by name
 # ------------------------------------------------------------------------------------------
+
+# imported here, not at the top: the TVMScript intrinsics above keep their source line numbers,
+# which TVM writes into the libraries' debug line tables (so edits up there change the .so bytes)
+from ..util.cpu import is_aarch64  # noqa: E402
+
 
 def _lower_conv(bb, data, p, target, blocked_in: bool = False, blocked_out: bool = False):
     if blocked_in or blocked_out:
