@@ -88,6 +88,8 @@ def load(
         raise ModelLoadError(f"{path}: no such file (give an .onnx or .pt2 file, or builtin:NAME)")
     if path.is_dir():
         raise ModelLoadError(f"{path}: is a directory, expected an .onnx or .pt2 file")
+    if not path.is_file():  # a FIFO or device would block or stream forever in onnx.load
+        raise ModelLoadError(f"{path}: not a regular file (a pipe or device?); save the model to a file first")
     if path.suffix == ".pt2":
         return _load_pt2(path)
     return _load_onnx_file(path, shapes)
@@ -188,12 +190,10 @@ def _load_torch_module(module: Any, example_inputs: Sequence[Any] | None) -> Imp
 
 
 def _load_pt2(path: Path) -> ImportedModel:
-    torch = _require_torch()
-    try:
-        program = torch.export.load(str(path))
-    except Exception as err:
-        raise ModelLoadError(f"{path}: not a torch.export program ({str(err).strip().splitlines()[0]})") from err
-    return _from_program(program, source=str(path))
+    from .safe_load import load_exported_program
+
+    _require_torch()
+    return _from_program(load_exported_program(path), source=str(path))
 
 
 def _from_program(program: Any, source: str) -> ImportedModel:
