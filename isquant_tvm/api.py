@@ -66,12 +66,15 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
     quant_options: Mapping[str, Any] | None = None,
     progress: bool = True,
     tuning_records: str | Path | None = None,
+    transaction: Any = None,
 ) -> CompileResult:
     """Import (if needed), fold BN, optionally quantize to an integer graph, build for `target` and,
     with `output`, export a .so plus `<output>.json`.
 
     tuning_records: a folder written by `tune` (or its summary.json); the kernels whose tuned schedule
-    measured faster than the hand schedule are swapped in (see targets/tune.py)."""
+    measured faster than the hand schedule are swapped in (see targets/tune.py).
+    transaction: an outputs.Transaction to stage the .so + .json in (the caller commits it with its other
+    outputs); by default they are committed here."""
     if quantize not in QUANTIZE_MODES:
         raise IsquantError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
     tgt = resolve_target(target)
@@ -124,7 +127,8 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
                                quantized=qres)
         if output is not None:
             bar.set_postfix_str("export")
-            result.output = _export.export_library(executable, output, tgt, metadata, cross_compiler)
+            result.output = _export.export_library(executable, output, tgt, metadata, cross_compiler,
+                                                   transaction=transaction)
         bar.update()
     finally:
         bar.close()

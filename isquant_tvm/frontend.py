@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import tvm
 
-from . import tvm_compat
+from . import tvm_compat, validate
 from .errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def _onnx_inputs(proto: Any, shapes: dict[str, list[int]], source: str) -> list[
     specs = []
     for inp in graph_inputs:
         ttype = inp.type.tensor_type
-        dtype = _ONNX_DTYPES.get(ttype.elem_type, "float32")
+        dtype = validate.check_input_dtype(inp.name, ttype.elem_type, source)
         if inp.name in shapes:
             shape = shapes[inp.name]
         else:
@@ -135,6 +135,7 @@ def _onnx_inputs(proto: Any, shapes: dict[str, list[int]], source: str) -> list[
                     f"pass --input-shapes \"{inp.name}:[1,3,224,224]\" (your sizes)"
                 )
             shape = [int(d) for d in dims]
+        validate.check_dims(inp.name, shape, source)
         specs.append(InputSpec(inp.name, tuple(shape), dtype))
     return specs
 
@@ -142,8 +143,12 @@ def _onnx_inputs(proto: Any, shapes: dict[str, list[int]], source: str) -> list[
 def _load_onnx_proto(proto: Any, shapes: dict[str, list[int]], source: str) -> ImportedModel:
     from .onnx_fold import fold_constants
 
+    validate.check_opsets(proto, source)
     inputs = _onnx_inputs(proto, shapes, source)
-    proto = fold_constants(_with_static_inputs(proto, inputs))
+    static = _with_static_inputs(proto, inputs)
+    validate.check_nodes(static, source)
+    validate.check_memory(static, source)
+    proto = fold_constants(static)
     try:
         mod = tvm_compat.relax_from_onnx(
             proto, {i.name: list(i.shape) for i in inputs}, {i.name: i.dtype for i in inputs}

@@ -71,6 +71,7 @@ def export_qdq(
     granularity: str = "per-tensor",
     weight_bits: int = 8,
     source: str = "",
+    transaction: Any = None,
 ) -> dict[str, Any]:
     """Write ``model`` as a weight-only QDQ ONNX file at ``output``; return a JSON-able report.
 
@@ -137,7 +138,10 @@ def export_qdq(
     from .targets.export import atomic_write_bytes
 
     try:
-        atomic_write_bytes(output, data)
+        if transaction is not None:  # the CLI's outputs.Transaction: renamed with --report, or not at all
+            transaction.write_bytes(output, data)
+        else:
+            atomic_write_bytes(output, data)
     except OSError as err:
         raise IsquantError(f"{output}: cannot write the QDQ model ({err.strerror or err}); "
                            "choose a writable output path") from err
