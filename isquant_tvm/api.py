@@ -52,8 +52,16 @@ def load(model: str | Path | Any, input_shapes: Mapping[str, Sequence[int]] | st
 
 
 def prepare(model: ImportedModel) -> tvm.IRModule:
-    """The float graph every later stage starts from: BatchNorm folded, constants evaluated."""
-    return fold_batchnorm()(model.mod)
+    """The float graph every later stage starts from: BatchNorm folded, constants evaluated. This is the first
+    pass that infers every op's shapes, so a graph the importer took but that cannot run (a conv whose
+    dilation leaves a negative output size) fails here: named as the model's fault, in one line."""
+    try:
+        return fold_batchnorm()(model.mod)
+    except Exception as err:  # noqa: BLE001 - TVM raises ValueError / TVMError with its own wording
+        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+        log.debug("preparing %s failed", model.source, exc_info=True)
+        raise IsquantError(f"{model.source}: TVM cannot shape the imported graph ({(lines[-1] if lines else type(err).__name__)[:240]});"
+                           " check the model's op attributes and input shapes") from None
 
 
 def compile(  # noqa: A001 - mirrors `isquant_tvm compile`

@@ -6,7 +6,8 @@ Everything else in the package goes through these helpers so the next rename is 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import contextlib
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import tvm
@@ -166,3 +167,32 @@ def load_module(path: str) -> Any:
 
 def prim_float(value: float, dtype: str = "float32") -> Any:
     return relax.prim_value(tvm.tirx.FloatImm(dtype, value))
+
+
+# TVM's C++ warnings that follow a failure we already report in one line (printed to fd 2, not via logging)
+_NATIVE_NOISE = ("BlockBuilder destroyed with remaining blocks",)
+
+
+@contextlib.contextmanager
+def native_stderr_filtered() -> Iterator[None]:
+    """Within the block, fd 2 goes to a temporary file; on exit its lines are replayed except TVM's known
+    after-failure noise. C++ writes to the file descriptor directly, so Python-level redirection cannot."""
+    import os
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(noise in line for noise in _NATIVE_NOISE):
+                    sys.stderr.write(line)
+            sys.stderr.flush()

@@ -117,6 +117,16 @@ def check_nodes(proto: Any, source: str) -> None:
     inits = {init.name: init for init in proto.graph.initializer}
     users: dict[str, str] = {}
     for node in proto.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise ModelLoadError(f"{source}: node {node.name or node.output[0]!r} is {node.op_type} of domain"
+                                 f" {node.domain!r}; only standard ONNX ops (domain ai.onnx) are supported:"
+                                 " re-export the model without custom ops")
+        for attr in node.attribute:
+            values = [attr.f] if attr.type == 1 else list(attr.floats) if attr.type == 6 else []
+            if any(not math.isfinite(v) for v in values):
+                raise ModelLoadError(f"{source}: {node.op_type} node {node.name or node.output[0]!r} has attribute"
+                                     f" {attr.name} = {values if len(values) > 1 else values[0]}; it must be finite:"
+                                     " fix the model")
         for inp in node.input:
             users.setdefault(inp, f"{node.op_type} node {node.name or node.output[0]!r}")
         if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2 or node.input[1] not in inits:

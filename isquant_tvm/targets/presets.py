@@ -91,6 +91,15 @@ def resolve_target(spec: str | dict[str, Any] | tvm.target.Target) -> tvm.target
     """Accept a preset name, a TVM tag, a JSON dict / JSON string / JSON file, or an old tvmc string; refuse
     what the int8 kernels cannot serve. The review's `--target nvidia/geforce-rtx-3090` wrote a CUDA .so with
     exit 0 and `apple/m1-gpu` ran for minutes in TVM's GPU pipeline (issue 19, finding 8)."""
+    declared = spec.get("kind") if isinstance(spec, dict) else None
+    if isinstance(spec, str) and spec.strip().startswith("{"):
+        try:
+            declared = json.loads(spec).get("kind")
+        except (ValueError, AttributeError):
+            declared = None  # _resolve_any says what is wrong with it
+    if declared is not None and declared not in ("llvm", "c"):  # before TVM builds it and warns about CUDA
+        raise TargetError(f"target {_spec_text(spec)!r} is a {declared} target; isquant-tvm builds CPU libraries"
+                          " only (llvm kind: presets x86, x86-avx2, x86-avx512, x86-amx, arm, rasp4b, rasp5)")
     target = _resolve_any(spec)
     kind = target.kind.name
     host = target.host.kind.name if target.host is not None else None

@@ -34,6 +34,12 @@ DEFAULT_CONNECT_TIMEOUT = 30.0
 RESTART_HINT = ("restart the server (emulated board: python scripts/board.py restart; a real board: stop and start"
                 " python -m tvm.exec.rpc_server again)")
 
+# Where to listen: the board's own LAN address, not 0.0.0.0 — TVM RPC runs any uploaded library for anyone
+# who can reach the port (issue 19, finding 10).
+LAN_HINT = "<the board's LAN address>"
+NO_AUTH_NOTE = ("TVM RPC has no authentication: whoever reaches the port can run code on the board, so listen"
+                " on a trusted LAN address only, never 0.0.0.0 on an open network")
+
 # tvm/rpc/base.py
 RPC_TRACKER_MAGIC = 0x2F271
 TRACKER_SUCCESS = 0
@@ -112,8 +118,8 @@ class TrackerClient:
             raise RPCError(f"the RPC tracker at {self.address} did not answer within {timeout:g}s") from err
         except OSError as err:
             raise RPCError(f"no RPC tracker at {self.address} ({err.strerror or err}): start one with"
-                           f" python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port}"
-                           " (emulated board: python scripts/board.py start)") from err
+                           f" python -m tvm.exec.rpc_tracker --host {LAN_HINT} --port {port}"
+                           f" ({NO_AUTH_NOTE}; emulated board: python scripts/board.py start)") from err
         if magic != RPC_TRACKER_MAGIC:
             self.close()
             raise RPCError(f"{self.address} is not a TVM RPC tracker")
@@ -427,8 +433,8 @@ def open_session(rpc: str | None = None, tracker: str | None = None, key: str | 
         cause = str(err.__cause__ or err)
         if re.search(r"Connect to .* failed|refused", cause):
             raise RPCError(f"no RPC server listening at {address}: start one on the board with"
-                           f" python -m tvm.exec.rpc_server --host 0.0.0.0 --port {port}"
-                           " (emulated board: python scripts/board.py start)") from err
+                           f" python -m tvm.exec.rpc_server --host {LAN_HINT} --port {port}"
+                           f" ({NO_AUTH_NOTE}; emulated board: python scripts/board.py start)") from err
         if re.search(r"mismatch|cannot find server that matches", cause, re.I):
             raise RPCError(f"the RPC server at {address} refused key {conn_key!r}: a server registered at a tracker"
                            " only takes sessions handed out by that tracker (use --rpc-tracker HOST:PORT"
@@ -507,6 +513,9 @@ def connect_runner(library: str | Path, rpc: str | None = None, tracker: str | N
     if path.suffix in (".tar", ".o"):
         raise RPCError(f"{path}: a {path.suffix} makes the board link it with its own C compiler; export a .so"
                        " (compile -o model.so cross-links it on this host)")
+    from .libcheck import check_library
+
+    check_library(path)  # a truncated .so crashed the board server's child: refuse it before the upload
     metadata = read_metadata(path)
     remote, sess, info = open_session(rpc, tracker, key, session_timeout, connect_timeout, path, metadata, quiet)
     name = path.name

@@ -107,8 +107,9 @@ def fill_inputs(meta_inputs: Sequence[Mapping[str, Any]], fill_mode: str = "rand
 class VMRunner:
     """A relax.VirtualMachine over a loaded library on some device (local, or remote through RPC)."""
 
-    def __init__(self, lib: Any, device: Any, metadata: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, lib: Any, device: Any, metadata: Mapping[str, Any] | None = None, source: str = "") -> None:
         self.device = device
+        self.source = source
         self.metadata = dict(metadata or {})
         if _device_type(device) == 1:  # local CPU (kDLCPU; RPC devices carry a session mask)
             _amx_permission(self.metadata)
@@ -126,9 +127,11 @@ class VMRunner:
         try:
             out = self.vm["main"](*args)
         except Exception as err:  # noqa: BLE001 - the VM checks arity/shape/dtype with its own messages
-            text = str(err).strip().splitlines()
-            raise LibraryError(f"the library rejected the inputs ({text[0][:200] if text else type(err).__name__});"
-                               " its .so.json may belong to another build: rebuild both with `compile`") from err
+            log.debug("the VM refused the inputs", exc_info=True)
+            where = f"{self.source}: " if self.source else ""
+            raise LibraryError(f"{where}the library does not take the inputs its .so.json describes"
+                               f" ({_describe(self.input_specs)}); the .so.json belongs to another build: rebuild"
+                               " both with `compile`") from None
         return _flatten_outputs(out)
 
     def benchmark(self, inputs: Mapping[str, np.ndarray], repeat: int = 10, number: int = 1,
@@ -208,4 +211,4 @@ def load_local(library: str | Path, num_threads: int | None = None) -> VMRunner:
     except Exception as err:
         raise IsquantError(f"{path}: cannot load as a TVM library on this machine ({str(err).strip().splitlines()[-1]});"
                            " an aarch64 library runs on the board: use --rpc or --rpc-tracker") from err
-    return VMRunner(lib, tvm.cpu(0), metadata)
+    return VMRunner(lib, tvm.cpu(0), metadata, source=str(path))
