@@ -55,13 +55,19 @@ def prepare(model: ImportedModel) -> tvm.IRModule:
     """The float graph every later stage starts from: BatchNorm folded, constants evaluated. This is the first
     pass that infers every op's shapes, so a graph the importer took but that cannot run (a conv whose
     dilation leaves a negative output size) fails here: named as the model's fault, in one line."""
-    try:
-        return fold_batchnorm()(model.mod)
-    except Exception as err:  # noqa: BLE001 - TVM raises ValueError / TVMError with its own wording
-        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-        log.debug("preparing %s failed", model.source, exc_info=True)
-        raise IsquantError(f"{model.source}: TVM cannot shape the imported graph ({(lines[-1] if lines else type(err).__name__)[:240]});"
-                           " check the model's op attributes and input shapes") from None
+    failure = None
+    with tvm_compat.native_stderr_filtered():
+        try:
+            return fold_batchnorm()(model.mod)
+        except Exception as err:  # noqa: BLE001 - TVM raises ValueError / TVMError with its own wording
+            lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+            failure = (lines[-1] if lines else type(err).__name__)[:240]
+            log.debug("preparing %s failed", model.source, exc_info=True)
+        import gc
+
+        gc.collect()  # the failed pass's BlockBuilder warns from C++ when freed: inside the filter
+    raise IsquantError(f"{model.source}: TVM cannot shape the imported graph ({failure}); check the model's op"
+                       " attributes and input shapes")
 
 
 def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
@@ -107,7 +113,13 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
 
             options = {"rounding": "rtn" if quantize == "rtn" else "squant", "progress": progress,
                        **dict(quant_options or {})}
-            qres = quantize_model(imported, mod, tgt, **options)
+            from .reference import UnsupportedOp
+
+            try:
+                qres = quantize_model(imported, mod, tgt, **options)
+            except UnsupportedOp as err:
+                raise IsquantError(f"{imported.source}: {err}, so this op cannot be quantized yet; build the model"
+                                   " in float with --quantize none") from None
             mod, report, quant_meta = qres.mod, qres.report, qres.metadata
         bar.update()
         bar.set_postfix_str("build")

@@ -428,7 +428,7 @@ def _cmd_run(args: argparse.Namespace, bench: bool = False) -> int:
         from .targets.rpc import connect_runner
 
         runner, info = connect_runner(args.library, rpc=args.rpc, tracker=args.rpc_tracker, key=args.rpc_key,
-                                      session_timeout=args.session_timeout)
+                                      session_timeout=args.session_timeout, quiet=not args.verbose)
     else:
         runner = load_local(args.library, args.num_threads)
         info = {"device": "local cpu", "threads": int(os.environ.get("TVM_NUM_THREADS", "0")) or None}

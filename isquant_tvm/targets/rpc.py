@@ -30,7 +30,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_TRACKER_PORT = 9190
-DEFAULT_CONNECT_TIMEOUT = 30.0
+DEFAULT_CONNECT_TIMEOUT = 15.0
+# Every remote step (version query, upload, load, one run, one timed measurement) must answer within this, or
+# within 4x the step's measured duration when that is longer: a board that vanished without a TCP reset
+# (power cut, cable) used to be noticed only when the 600 s session timeout ran out (about 630 s, issue 19
+# finding 6); now within STEP_TIMEOUT_S of its last answer.
+STEP_TIMEOUT_S = 45.0
 RESTART_HINT = ("restart the server (emulated board: python scripts/board.py restart; a real board: stop and start"
                 " python -m tvm.exec.rpc_server again)")
 
@@ -226,12 +231,17 @@ class _Session:
         self.started = time.monotonic()
         self.remote: Any = None
         self.dead: str | None = None
+        self.step_timeout = STEP_TIMEOUT_S
 
-    def _timeout(self) -> float | None:
+    def _timeout(self) -> float:
         if self.session_timeout <= 0:
-            return None  # the caller asked for an unlimited session
+            return self.step_timeout  # no session deadline: each step still has its own
         remaining = self.session_timeout - (time.monotonic() - self.started)
-        return max(remaining, 0.0) + max(self.connect_timeout, 10.0)
+        return min(max(remaining, 0.0) + max(self.connect_timeout, 10.0), self.step_timeout)
+
+    def learn_step(self, seconds: float) -> None:
+        """A step took `seconds`: allow slow boards 4x that per step (never less than STEP_TIMEOUT_S)."""
+        self.step_timeout = max(self.step_timeout, 4.0 * seconds)
 
     def call(self, fn: Callable[[], T], stage: str, timeout: float | None = -1.0) -> T:
         if self.dead:
@@ -483,11 +493,30 @@ class RemoteRunner(VMRunner):
         session.call(lambda: VMRunner.__init__(self, lib, device, metadata), "starting the Relax VM")
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.call(lambda: VMRunner.run(self, inputs), "running the model")
+        started = time.monotonic()
+        out = self.session.call(lambda: VMRunner.run(self, inputs), "running the model")
+        self.session.learn_step(time.monotonic() - started)
+        return out
 
     def benchmark(self, inputs: Mapping[str, np.ndarray], repeat: int = 10, number: int = 1,
                   warmup: int = 1) -> Timing:
-        return self.session.call(lambda: VMRunner.benchmark(self, inputs, repeat, number, warmup), "timing the model")
+        """One watched remote call per measurement, so a vanished board is noticed within a step's timeout
+        and a Ctrl-C between measurements at once."""
+        from ..errors import InputError
+
+        if repeat < 1 or number < 1:
+            raise InputError("--repeat and --number must be at least 1")
+        args = self.session.call(lambda: self._device_args(inputs), "uploading the inputs")
+        for i in range(warmup):
+            started = time.monotonic()
+            self.session.call(lambda: self.vm["main"](*args), "warm-up run")
+            self.session.learn_step((time.monotonic() - started) * number)
+        timer = self.session.call(lambda: self.vm.time_evaluator("main", self.device, number=number, repeat=1),
+                                  "preparing the timer")
+        results: list[float] = []
+        for i in range(repeat):
+            results.extend(self.session.call(lambda: list(timer(*args).results), f"timed run {i + 1}/{repeat}"))
+        return Timing.from_seconds(results, number)
 
     def close(self) -> None:
         """Drop the VM and the session (the server ends the session and takes the next one)."""
@@ -519,7 +548,9 @@ def connect_runner(library: str | Path, rpc: str | None = None, tracker: str | N
     metadata = read_metadata(path)
     remote, sess, info = open_session(rpc, tracker, key, session_timeout, connect_timeout, path, metadata, quiet)
     name = path.name
-    sess.call(lambda: remote.upload(str(path), name), f"uploading {name}")
+    # at least 1 MB/s on top of the step timeout: a 45 MB ResNet library over slow Wi-Fi still fits
+    sess.call(lambda: remote.upload(str(path), name), f"uploading {name}",
+              timeout=sess.step_timeout + path.stat().st_size / 1e6)
     lib = sess.call(lambda: remote.load_module(name), f"loading {name}")
     runner = RemoteRunner(remote, lib, metadata, sess)
     info["library"] = str(path)
