@@ -476,8 +476,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The error boundary: a user's mistake is one line and exit 2; Ctrl-C 130, SIGTERM 143; -v tracebacks."""
+    import traceback
+
     from . import lifecycle
-    from .errors import IsquantError
 
     lifecycle.install()
     parser = build_parser()
@@ -488,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[args.command](args)
     except IsquantError as err:
         if args.verbose:
-            raise
+            traceback.print_exc()
         print(f"error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, lifecycle.Terminated) as err:  # raised by lifecycle's handlers
@@ -499,16 +500,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except MemoryError:
         if args.verbose:
-            raise
+            traceback.print_exc()
         print("error: out of memory: the model's tensors do not fit in this machine's RAM (check the declared input"
               " shapes, --input-shapes)", file=sys.stderr)
         return 2
     except Exception as err:  # an internal failure: keep it to one line unless asked
         if args.verbose:
-            raise
+            traceback.print_exc()
         first = str(err).strip().splitlines()
         print(f"error: internal error ({type(err).__name__}: {first[-1][:300] if first else ''}); please report it"
-              " (run with -v for the traceback)", file=sys.stderr)
+              + ("" if args.verbose else " (run with -v for the traceback)"), file=sys.stderr)
         return 1
 
 
