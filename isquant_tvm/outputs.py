@@ -8,7 +8,7 @@ report left a new .so beside a stale state; temporaries were mkstemp's 0600 what
 Now a command opens one `Transaction`, validates every output path before any work (`check_outputs`), and
 stages each output as a temporary in the output's own folder (so the final rename never crosses a file
 system). `commit()` renames them all with interrupts deferred (lifecycle.deferred_interrupts); any failure
-before it removes the temporaries and leaves the previous files byte-identical. The live temporaries are also
+before it removes the temporaries and leaves the previous files byte-identical. The temporaries are also
 announced to the CLI's supervisor process (lifecycle), which removes them if it has to kill the worker.
 Files get the mode a plain `open()` would give (0666 & ~umask; 0777 & ~umask for a .so, like the linker).
 """
@@ -17,15 +17,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import OutputPathError
 from .lifecycle import deferred_interrupts, notify
 
-_LIVE: set[str] = set()
-_LIVE_LOCK = threading.Lock()
 _UMASK: int | None = None
 
 
@@ -39,18 +36,6 @@ def _umask() -> int:
 
 def file_mode(executable: bool = False) -> int:
     return (0o777 if executable else 0o666) & ~_umask()
-
-
-def remove_live_temporaries() -> None:
-    """Unlink every staged temporary of this process (called on the hard-exit path; never raises)."""
-    with _LIVE_LOCK:
-        names = list(_LIVE)
-        _LIVE.clear()
-    for name in names:
-        try:
-            os.unlink(name)
-        except OSError:
-            pass
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -121,8 +106,6 @@ class Transaction:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
         os.close(fd)
-        with _LIVE_LOCK:
-            _LIVE.add(tmp)
         notify("+" + tmp)
         self._staged.append((Path(tmp), path, file_mode(executable)))
         return Path(tmp)
@@ -145,8 +128,6 @@ class Transaction:
                 os.chmod(tmp, mode)
             for tmp, final, _ in self._staged:
                 os.replace(tmp, final)
-                with _LIVE_LOCK:
-                    _LIVE.discard(str(tmp))
                 notify("-" + str(tmp))
             self.committed = True
             self._staged.clear()
@@ -157,8 +138,6 @@ class Transaction:
                 tmp.unlink()
             except OSError:
                 pass
-            with _LIVE_LOCK:
-                _LIVE.discard(str(tmp))
             notify("-" + str(tmp))
         self._staged.clear()
 

@@ -126,7 +126,7 @@ class VMRunner:
         args = self._device_args(inputs)
         try:
             out = self.vm["main"](*args)
-        except Exception as err:  # noqa: BLE001 - the VM checks arity/shape/dtype with its own messages
+        except Exception:  # noqa: BLE001 - the VM checks arity/shape/dtype with its own messages
             log.debug("the VM refused the inputs", exc_info=True)
             where = f"{self.source}: " if self.source else ""
             raise LibraryError(f"{where}the library does not take the inputs its .so.json describes"
