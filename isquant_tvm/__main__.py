@@ -1,3 +1,3 @@
-from .cli import main
+from .cli import cli_entry
 
-raise SystemExit(main())
+raise SystemExit(cli_entry())

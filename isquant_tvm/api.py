@@ -23,7 +23,10 @@ from .fold import fold_bn
 from .build import export as _export
 from .build.build import build
 from .targets.presets import describe, resolve_target
+from .reference.interpreter import UnsupportedOp
 from .runtime.runner import Timing, VMRunner, load_local, read_inputs
+from .runtime.runner import check_finite as _check_finite
+from .util.fileio import Transaction
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +69,15 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
     quant_options: Mapping[str, Any] | None = None,
     progress: bool = True,
     tuning_records: str | Path | None = None,
+    transaction: Transaction | None = None,
 ) -> CompileResult:
     """Import (if needed), fold BN, optionally quantize to an integer graph, build for `target` and,
     with `output`, export a .so plus `<output>.json`.
 
     tuning_records: a folder written by `tune` (or its summary.json); the kernels whose tuned schedule
-    measured faster than the hand schedule are swapped in (see tuning/tune.py)."""
+    measured faster than the hand schedule are swapped in (see tuning/tune.py).
+    transaction: a util.fileio.Transaction to stage the .so + .json in (the caller commits it with its other
+    outputs); by default they are committed here."""
     if quantize not in QUANTIZE_MODES:
         raise IsquantError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
     tgt = resolve_target(target)
@@ -96,7 +102,11 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
 
             options = {"rounding": "rtn" if quantize == "rtn" else "squant", "progress": progress,
                        **dict(quant_options or {})}
-            qres = quantize_model(imported, mod, tgt, **options)
+            try:
+                qres = quantize_model(imported, mod, tgt, **options)
+            except UnsupportedOp as err:
+                raise IsquantError(f"{imported.source}: {err}, so this op cannot be quantized yet; build the model"
+                                   " in float with --quantize none") from None
             mod, report, quant_meta = qres.mod, qres.report, qres.metadata
         bar.update()
         bar.set_postfix_str("build")
@@ -126,7 +136,8 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
                                quantized=qres)
         if output is not None:
             bar.set_postfix_str("export")
-            result.output = _export.export_library(executable, output, tgt, metadata, cross_compiler)
+            result.output = _export.export_library(executable, output, tgt, metadata, cross_compiler,
+                                                   transaction=transaction)
         bar.update()
     finally:
         bar.close()
@@ -154,13 +165,14 @@ def tune(
 
 def run(library: str | Path | CompileResult, inputs: Mapping[str, np.ndarray] | str | Path | None = None,
         repeat: int = 0, number: int = 1, fill_mode: str = "random",
-        num_threads: int | None = None) -> tuple[list[np.ndarray], Timing | None]:
+        num_threads: int | None = None, check_finite: bool = False) -> tuple[list[np.ndarray], Timing | None]:
     """Run `library` locally once and, with repeat > 0, time it (median/mean/min/max/std ms).
 
     inputs: arrays by input name, an .npz path, or None to fill them from the metadata JSON (fill_mode
-    random / zeros / ones)."""
+    random / zeros / ones). NaN/Inf inputs print a warning, or with check_finite raise an InputError."""
     runner = library.runner() if isinstance(library, CompileResult) else load_local(library, num_threads)
     feed = read_inputs(inputs, runner, fill_mode)
+    _check_finite(feed, strict=check_finite, source=str(inputs) if isinstance(inputs, (str, Path)) else None)
     outputs = runner.run(feed)
     timing = runner.benchmark(feed, repeat=repeat, number=number) if repeat > 0 else None
     return outputs, timing
@@ -169,7 +181,8 @@ def run(library: str | Path | CompileResult, inputs: Mapping[str, np.ndarray] | 
 def run_remote(library: str | Path, inputs: Mapping[str, np.ndarray] | str | Path | None = None,
                rpc: str | None = None, rpc_tracker: str | None = None, rpc_key: str | None = None,
                repeat: int = 0, number: int = 1, fill_mode: str = "random", session_timeout: float = 600.0,
-               quiet: bool = True) -> tuple[list[np.ndarray], Timing | None, dict[str, Any]]:
+               quiet: bool = True, check_finite: bool = False
+               ) -> tuple[list[np.ndarray], Timing | None, dict[str, Any]]:
     """`run` on a board: an RPC server reached directly (rpc="HOST:PORT") or a board of a tracker
     (rpc_tracker="HOST[:9190]", rpc_key="rasp4b"). Returns the outputs, the timing (repeat > 0) and what
     the session reported about the board (device, threads, versions; median_ms when timed). quiet=False
@@ -177,7 +190,7 @@ def run_remote(library: str | Path, inputs: Mapping[str, np.ndarray] | str | Pat
     from .runtime.rpc import run_remote as _run_remote
 
     return _run_remote(library, inputs, rpc=rpc, tracker=rpc_tracker, key=rpc_key, repeat=repeat, number=number,
-                       session_timeout=session_timeout, fill_mode=fill_mode, quiet=quiet)
+                       session_timeout=session_timeout, fill_mode=fill_mode, quiet=quiet, check_finite=check_finite)
 
 
 def inspect(model: ImportedModel | str | Path | Any, input_shapes: Mapping[str, Sequence[int]] | str | None = None,

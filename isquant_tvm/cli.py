@@ -2,20 +2,60 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .errors import IsquantError
+from .util import lifecycle
+from .util.fileio import Transaction, atomic_write_json, check_output_path, check_outputs
 from .util.version import __version__
 
 EPILOG = "Models: an .onnx file, a torch.export .pt2 file, or builtin:NAME (resnet18, resnet20-cifar, squeezenet1_1, mobilenet_v2)."
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+MAX_SESSION_TIMEOUT = 86400.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (usage stays in --help), exit code 2 like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _int_at_least(low: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ({what})") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low} ({what})")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float, what: str, low_open: bool = True) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number ({what})") from None
+        if not np.isfinite(value) or value < low or (low_open and value == low) or value > high:
+            bound = f"above {low:g}" if low_open else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {what} must be {bound} and at most {high:g}")
+        return value
+
+    return parse
 
 
 def _command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
@@ -53,7 +93,7 @@ def _add_quant_args(p: argparse.ArgumentParser, default_quantize: str) -> None:
                    help="weight rounding stage(s) to use (default: squant for --quantize isquant, rtn for rtn)")
     g.add_argument("--granularity", choices=["per-tensor", "per-channel"], default="per-tensor",
                    help="weight scale granularity: one symmetric scale per tensor (ISQuant, default) or per output channel")
-    g.add_argument("--weight-bits", type=int, default=8, metavar="B",
+    g.add_argument("--weight-bits", type=_weight_bits, default=8, metavar="B",
                    help="weight bit width, 2..8 (default 8; the integer graph needs 8, lower widths are for research)")
     g.add_argument("--activation-ranges", choices=["auto", "bn", "synthetic", "calibration"], default="auto",
                    help="how activation scales are set: auto = BatchNorm statistics where the model had BN, synthetic"
@@ -62,35 +102,47 @@ def _add_quant_args(p: argparse.ArgumentParser, default_quantize: str) -> None:
                    help="folder of images or .npz of preprocessed inputs for calibrated activation ranges (optional)")
     g.add_argument("--calibration-method", choices=["minmax", "percentile"], default="percentile",
                    help="how calibration samples set a range (default: percentile 99.99)")
-    g.add_argument("--calibration-count", type=int, default=64, metavar="N",
+    g.add_argument("--calibration-count", type=_int_at_least(1, "calibration samples"), default=64, metavar="N",
                    help="calibration samples to use: the first N images of a folder / arrays of an .npz, or N"
                         " evenly spaced images of a labelled set (default 64)")
     g.add_argument("--report", metavar="PATH", help="write the per-layer quantization report (JSON) here")
 
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
+def _weight_bits(text: str) -> int:
+    value = _int_at_least(2, "weight bits: 2..8")(text)
+    if value > 8:
+        raise argparse.ArgumentTypeError(f"{value} is above 8 (weight bits: 2..8)")
+    return value
+
+
+def _add_run_args(p: argparse.ArgumentParser, bench: bool = False) -> None:
     p.add_argument("library", help="a .so written by `compile`")
     p.add_argument("-i", "--inputs", metavar="NPZ", help=".npz of inputs keyed by input name (default: random)")
     p.add_argument("-o", "--outputs", metavar="NPZ", help="save outputs to this .npz (output_0, output_1, ...)")
     p.add_argument("--fill-mode", choices=["random", "zeros", "ones"], default="random",
                    help="how to make inputs when --inputs is not given (default random, seeded)")
-    p.add_argument("--repeat", type=int, default=None, metavar="N",
+    p.add_argument("--repeat", type=_int_at_least(1 if bench else 0, "timed measurements"), default=None, metavar="N",
                    help="timed measurements (each averages --number runs); default 0 for run, 20 for bench")
-    p.add_argument("--number", type=int, default=1, metavar="M", help="runs averaged per measurement (default 1)")
-    p.add_argument("--num-threads", type=int, metavar="T", help="TVM worker threads (default: all cores)")
+    p.add_argument("--number", type=_int_at_least(1, "runs per measurement"), default=1, metavar="M",
+                   help="runs averaged per measurement (default 1)")
+    p.add_argument("--num-threads", type=_int_at_least(1, "threads"), metavar="T",
+                   help="TVM worker threads (default: all cores)")
+    p.add_argument("--check-finite", action="store_true",
+                   help="refuse inputs holding NaN or Inf (default: a warning; int8 quantization clips them to finite values)")
     p.add_argument("--print-time", action="store_true", help="print the timing table (implied by bench)")
-    p.add_argument("--print-top", type=int, metavar="K", help="print the top-K classes of the first output")
+    p.add_argument("--print-top", type=_int_at_least(1, "classes to print"), metavar="K", help="print the top-K classes of the first output")
     p.add_argument("--json", metavar="PATH", help="write timing and output summary as JSON")
     g = p.add_argument_group("remote board (TVM RPC)")
     g.add_argument("--rpc", metavar="HOST:PORT", help="run on an RPC server reached directly")
     g.add_argument("--rpc-tracker", metavar="HOST[:PORT]", help="run on a board from this tracker (port default 9190)")
     g.add_argument("--rpc-key", metavar="KEY", help="the board's key at the tracker (e.g. rasp4b)")
-    g.add_argument("--session-timeout", type=float, default=600.0, metavar="S",
-                   help="seconds before the remote session is closed (default 600)")
+    g.add_argument("--session-timeout", type=_float_in(0.0, MAX_SESSION_TIMEOUT, "--session-timeout"), default=600.0,
+                   metavar="S", help="seconds before the remote session is closed (default 600; above 0, at most"
+                                     f" {MAX_SESSION_TIMEOUT:g})")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m isquant_tvm",
         description="Data-free int8 deployment of CNNs with Apache TVM: ISQuant weight rounding, an integer"
                     " Relax graph, x86 and aarch64 shared libraries, local or RPC runs.",
@@ -127,24 +179,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="records folder (created; an existing database there is extended)")
     _add_quant_args(p, default_quantize="isquant")
     g = p.add_argument_group("tuning budget and measurement")
-    g.add_argument("--trials", type=int, metavar="N",
+    g.add_argument("--trials", type=_int_at_least(1, "trials"), metavar="N",
                    help="total trial budget over all tasks, heaviest (calls x MACs) first"
                         " (default: --trials-per-task x number of tasks)")
-    g.add_argument("--trials-per-task", type=int, default=16, metavar="N",
+    g.add_argument("--trials-per-task", type=_int_at_least(1, "trials per task"), default=16, metavar="N",
                    help="at most N measured candidates per task (default 16; about 5-10 s each on 2 cores)")
-    g.add_argument("--max-tasks", type=int, metavar="K", help="tune only the K heaviest tasks")
+    g.add_argument("--max-tasks", type=_int_at_least(1, "tasks"), metavar="K", help="tune only the K heaviest tasks")
     g.add_argument("--tasks", metavar="NAMES", help="tune only these kernels (comma-separated function names)")
-    g.add_argument("--timeout", type=float, default=120.0, metavar="S",
+    g.add_argument("--timeout", type=_float_in(0.0, MAX_SESSION_TIMEOUT, "--timeout"), default=120.0, metavar="S",
                    help="seconds allowed for one candidate's build and for one run (default 120)")
-    g.add_argument("--number", type=int, default=3, metavar="M", help="runs averaged per measurement (default 3)")
-    g.add_argument("--repeat", type=int, default=5, metavar="N", help="measurements per candidate (default 5)")
-    g.add_argument("--min-speedup", type=float, default=1.02, metavar="X",
+    g.add_argument("--number", type=_int_at_least(1, "runs per measurement"), default=3, metavar="M",
+                   help="runs averaged per measurement (default 3)")
+    g.add_argument("--repeat", type=_int_at_least(1, "measurements per candidate"), default=5, metavar="N",
+                   help="measurements per candidate (default 5)")
+    g.add_argument("--min-speedup", type=_float_in(0.0, 1000.0, "--min-speedup"), default=1.02, metavar="X",
                    help="keep a tuned kernel only if it measured at least X times faster than the hand"
                         " schedule (default 1.02: noise does not flip a tie); then the whole model is timed"
                         " with and without the kept kernels and they are dropped unless it is faster"
                         " (local runner; X < 1 keeps them regardless)")
     g.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
-    g.add_argument("--num-threads", type=int, metavar="T",
+    g.add_argument("--num-threads", type=_int_at_least(1, "threads"), metavar="T",
                    help="threads the kernels are timed with (default: TVM_NUM_THREADS, else all cores); tune with"
                         " the thread count the library will run with: a schedule that wins on 1 core can lose on 2")
     g = p.add_argument_group("remote board (TVM RPC)")
@@ -157,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p = sub.add_parser("bench", help="time a compiled .so (run with --repeat 20 --print-time)",
                        description="Benchmark a library: median/mean/min/max/std over --repeat measurements.")
-    _add_run_args(p)
+    _add_run_args(p, bench=True)
 
     p = sub.add_parser("inspect", help="op counts and IR of the imported graph",
                        description="Import a model, fold BatchNorm and print its op counts (and the Relax IR).",
@@ -176,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight rounding: squant (SQuant E+K+C flips, default), a single stage, or rtn")
     p.add_argument("--granularity", choices=["per-tensor", "per-channel"], default="per-tensor",
                    help="one symmetric scale per tensor (ISQuant, default) or per output channel")
-    p.add_argument("--weight-bits", type=int, default=8, metavar="B", help="weight bit width 2..8 (default 8)")
+    p.add_argument("--weight-bits", type=_weight_bits, default=8, metavar="B", help="weight bit width 2..8 (default 8)")
     p.add_argument("--report", metavar="PATH", help="write the per-layer weight report (JSON) here")
 
     p = sub.add_parser("eval", help="accuracy of the int8 build vs the float model on labelled images",
@@ -186,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--data", required=True, metavar="DIR_OR_NPZ",
                    help="ImageNet-style folder (images/ + labels.txt, center crop) or CIFAR-style .npz (images, labels)")
-    p.add_argument("--limit", type=int, metavar="N", help="evaluate N evenly spaced images (default: all)")
+    p.add_argument("--limit", type=_int_at_least(1, "images"), metavar="N", help="evaluate N evenly spaced images (default: all)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--plot", metavar="PNG", help="write a per-layer SQNR bar chart (default: beside --json)")
     _add_quant_args(p, default_quantize="isquant")
@@ -208,18 +262,30 @@ def _quant_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _model_input(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The command's input files, which no output may replace."""
+    model = getattr(args, "model", None)
+    found = [("MODEL", model if model and not str(model).startswith("builtin:") else None)]
+    for flag in ("calibration", "tuning_records", "inputs", "data"):
+        if getattr(args, flag, None):
+            found.append((f"--{flag.replace('_', '-')}", getattr(args, flag)))
+    if getattr(args, "library", None):
+        found += [("LIBRARY", args.library), ("LIBRARY's metadata", args.library + ".json")]
+    return found
+
+
 @_command("quantize")
 def _cmd_quantize(args: argparse.Namespace) -> int:
+    check_outputs([("-o", args.output), ("--report", args.report)], _model_input(args))
     from .api import load
     from .tools.qdq import export_qdq
 
     model = load(args.model)
-    report = export_qdq(model.onnx_model, args.output, rounding=args.rounding, granularity=args.granularity,
-                        weight_bits=args.weight_bits, source=model.source)
-    if args.report:
-        from .util.fileio import atomic_write_json
-
-        atomic_write_json(Path(args.report), report)
+    with Transaction() as txn:
+        report = export_qdq(model.onnx_model, args.output, rounding=args.rounding, granularity=args.granularity,
+                            weight_bits=args.weight_bits, source=model.source, transaction=txn)
+        if args.report:
+            txn.write_json(Path(args.report), report)
     summary = report.get("summary", {})
     print(f"wrote {args.output}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
     return 0
@@ -227,6 +293,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 @_command("eval")
 def _cmd_eval(args: argparse.Namespace) -> int:
+    plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    check_outputs([("--json", args.json), ("--plot", plot), ("--report", args.report)], _model_input(args))
     from .api import load
     from .tools.evaluate import evaluate, plot_sqnr
 
@@ -242,13 +310,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if rows:
         worst = min(rows, key=lambda r: r["sqnr_db"])
         print(f"per-layer SQNR: {len(rows)} tensors, min {worst['sqnr_db']:.1f} dB ({worst['tensor']})")
-    if args.json:
-        from .util.fileio import atomic_write_json
-
-        atomic_write_json(Path(args.json), result)
-    plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    with Transaction() as txn:
+        if args.json:
+            txn.write_json(Path(args.json), result)
+        if plot and rows:
+            plot_sqnr(rows, plot, f"{Path(result['model']).name}: per-layer SQNR (int8 vs fp32)", transaction=txn)
     if plot and rows:
-        plot_sqnr(rows, plot, f"{Path(result['model']).name}: per-layer SQNR (int8 vs fp32)")
         print(f"wrote {plot}")
     return 0
 
@@ -285,19 +352,23 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 @_command("compile")
 def _cmd_compile(args: argparse.Namespace) -> int:
+    if Path(args.output).suffix not in (".so", ".tar"):
+        raise IsquantError(f"-o {args.output}: the output must end in .so (shared library) or .tar")
+    meta = Path(args.output + ".json")  # build.export.metadata_path, without importing TVM first
+    check_outputs([("-o", args.output), (f"-o's metadata ({meta.name})", meta), ("--report", args.report)],
+                  _model_input(args))
     from .api import compile
 
     quant_options = _quant_options(args)
-    result = compile(args.model, target=args.target, output=args.output, quantize=args.quantize,
-                     cross_compiler=args.cross_compiler, input_shapes=args.input_shapes,
-                     quant_options=quant_options if args.quantize != "none" else None,
-                     tuning_records=args.tuning_records)
+    with Transaction() as txn:  # the .so, its .json and --report appear together, or none of them
+        result = compile(args.model, target=args.target, output=args.output, quantize=args.quantize,
+                         cross_compiler=args.cross_compiler, input_shapes=args.input_shapes,
+                         quant_options=quant_options if args.quantize != "none" else None,
+                         tuning_records=args.tuning_records, transaction=txn)
+        if args.report and result.report:
+            txn.write_json(Path(args.report), result.report)
     if args.print_ir:
         print(result.mod.script(show_meta=False))
-    if args.report and result.report:
-        from .util.fileio import atomic_write_json
-
-        atomic_write_json(Path(args.report), result.report)
     summary = result.report.get("summary") if result.report else None
     if summary:
         print(summary_line(summary))
@@ -312,6 +383,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 @_command("tune")
 def _cmd_tune(args: argparse.Namespace) -> int:
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise IsquantError(f"-o {args.output}: exists and is not a folder; `tune` writes a records folder")
+    check_output_path(Path(args.output) / "summary.json", "-o")
+    check_outputs([("--report", args.report)], _model_input(args) + [("-o", str(Path(args.output) / "summary.json"))])
     from .api import tune
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
@@ -322,8 +397,6 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                   cross_compiler=args.cross_compiler, max_tasks=args.max_tasks, task_names=tasks,
                   min_speedup=args.min_speedup, seed=args.seed, num_threads=args.num_threads)
     if args.report and report.quant_report:
-        from .util.fileio import atomic_write_json
-
         atomic_write_json(Path(args.report), report.quant_report)
     print(report.table())
     print(f"wrote {report.out_dir}/summary.json and the MetaSchedule database; use it with"
@@ -338,6 +411,7 @@ def summary_line(summary: dict[str, Any]) -> str:
 
 @_command("run")
 def _cmd_run(args: argparse.Namespace, bench: bool = False) -> int:
+    check_outputs([("--outputs", args.outputs), ("--json", args.json)], _model_input(args))
     from . import api
 
     repeat = args.repeat if args.repeat is not None else (20 if bench else 0)
@@ -345,12 +419,14 @@ def _cmd_run(args: argparse.Namespace, bench: bool = False) -> int:
         outputs, timing, info = api.run_remote(args.library, args.inputs or None, rpc=args.rpc,
                                                rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, repeat=repeat,
                                                number=args.number, fill_mode=args.fill_mode,
-                                               session_timeout=args.session_timeout, quiet=False)
+                                               session_timeout=args.session_timeout, quiet=not args.verbose,
+                                               check_finite=args.check_finite)
         for key in ("mean_ms", "median_ms", "min_ms", "max_ms", "std_ms", "repeat", "number"):
             info.pop(key, None)  # the timing fields come from `timing` below, as for a local run
     else:
         outputs, timing = api.run(args.library, args.inputs or None, repeat=repeat, number=args.number,
-                                  fill_mode=args.fill_mode, num_threads=args.num_threads)
+                                  fill_mode=args.fill_mode, num_threads=args.num_threads,
+                                  check_finite=args.check_finite)
         info = {"device": "local cpu", "threads": int(os.environ.get("TVM_NUM_THREADS", "0")) or None}
     for i, out in enumerate(outputs):
         print(f"output_{i}: shape {list(out.shape)} {out.dtype}  min {out.min():.4g}  max {out.max():.4g}"
@@ -364,21 +440,17 @@ def _cmd_run(args: argparse.Namespace, bench: bool = False) -> int:
         if info.get("threads"):
             where += f", {info['threads']} thread{'s' if info['threads'] > 1 else ''}"
         print(f"{where}: " + timing.table() if where else timing.table())
-    if args.outputs:
-        from .util.fileio import atomic_write_bytes
-        import io
-
-        buf = io.BytesIO()
-        np.savez(buf, **{f"output_{i}": o for i, o in enumerate(outputs)})
-        atomic_write_bytes(Path(args.outputs), buf.getvalue())
-    if args.json:
-        from .util.fileio import atomic_write_json
-
-        doc: dict[str, Any] = dict(info)
-        if timing:
-            doc.update(timing.to_json())
-        doc["outputs"] = [{"shape": list(o.shape), "dtype": str(o.dtype)} for o in outputs]
-        atomic_write_json(Path(args.json), doc)
+    with Transaction() as txn:
+        if args.outputs:
+            buf = io.BytesIO()
+            np.savez(buf, **{f"output_{i}": o for i, o in enumerate(outputs)})
+            txn.write_bytes(Path(args.outputs), buf.getvalue())
+        if args.json:
+            doc: dict[str, Any] = dict(info)
+            if timing:
+                doc.update(timing.to_json())
+            doc["outputs"] = [{"shape": list(o.shape), "dtype": str(o.dtype)} for o in outputs]
+            txn.write_json(Path(args.json), doc)
     return 0
 
 
@@ -388,29 +460,45 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The error boundary: a user's mistake is one line and exit 2; Ctrl-C 130, SIGTERM 143; -v tracebacks."""
+    lifecycle.install()
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    from .errors import IsquantError
-
     try:
         return _COMMANDS[args.command](args)
     except IsquantError as err:
         if args.verbose:
-            raise
-        print(f"error: {err}", file=sys.stderr)
+            traceback.print_exc()
+        print(f"error: {_one_line(str(err))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, lifecycle.Terminated) as err:  # raised by lifecycle's handlers
+        lifecycle.interrupted_message()
+        return lifecycle.exit_code(err)
     except BrokenPipeError:  # `... | head`: the reader left; not an error worth a message
         sys.stdout = open(os.devnull, "w")
         return 0
+    except MemoryError:
+        if args.verbose:
+            traceback.print_exc()
+        print("error: out of memory: the model's tensors do not fit in this machine's RAM (check the declared input"
+              " shapes, --input-shapes)", file=sys.stderr)
+        return 2
     except Exception as err:  # an internal failure: keep it to one line unless asked
         if args.verbose:
-            raise
+            traceback.print_exc()
         first = str(err).strip().splitlines()
-        print(f"error: {type(err).__name__}: {first[-1] if first else ''} (run with -v for the traceback)",
-              file=sys.stderr)
+        print(f"error: internal error ({type(err).__name__}: {first[-1][:300] if first else ''}); please report it"
+              + ("" if args.verbose else " (run with -v for the traceback)"), file=sys.stderr)
         return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+
+
+def cli_entry() -> int:
+    """`python -m isquant_tvm` and the `isquant-tvm` script: `main` in a worker under the supervisor
+    (util/lifecycle.py), so Ctrl-C and SIGTERM always end the command cleanly."""
+    return lifecycle.supervise(main)

@@ -20,3 +20,15 @@ class ToolchainError(IsquantError):
 
 class RPCError(IsquantError):
     pass
+
+
+class OutputPathError(IsquantError):
+    """An output path that cannot be written, or that would overwrite another output or an input."""
+
+
+class InputError(IsquantError):
+    """Inputs (an .npz, a flag value) that do not fit the library or the command."""
+
+
+class LibraryError(IsquantError):
+    """A compiled library or its metadata that is damaged, foreign or missing."""

@@ -2,6 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +157,66 @@ def tiny_conv_onnx(path: Path, c: int = 16, o: int = 32, hw: int = 8) -> Path:
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, o, hw, hw])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
     return path
+
+
+# --- loopback TVM RPC servers (tests/runtime) ---------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def spawn_logged(cmd: list[str], log: Path, tmp: Path) -> subprocess.Popen:
+    env = dict(os.environ, TVM_USE_RUNTIME_LIB="1", TMPDIR=str(tmp), PYTHONUNBUFFERED="1")
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+
+
+def wait_bind(proc: subprocess.Popen, log: Path, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"bind to 127\.0\.0\.1:(\d+)", log.read_text(errors="replace"))
+        if found:
+            return int(found.group(1))
+        assert proc.poll() is None, f"server exited: {log.read_text()}"
+        time.sleep(0.1)
+    raise AssertionError(f"no bind within {timeout}s: {log.read_text()}")
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=10)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    time.sleep(0.2)
+    try:  # the group's forked workers outlive the leader for a moment
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class X86Server:
+    """A host x86 TVM RPC server on 127.0.0.1 (optionally registered at a tracker)."""
+
+    def __init__(self, tmp: Path, tracker: str | None = None, key: str | None = None) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.log = tmp / "server.log"
+        cmd = [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(free_port()),
+               "--port-end", "65000"]
+        if tracker:
+            cmd += ["--tracker", tracker, "--key", key or "x86", "--custom-addr", "127.0.0.1"]
+        self.proc = spawn_logged(cmd, self.log, tmp)
+        self.port = wait_bind(self.proc, self.log)
+        self.address = f"127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        kill_group(self.proc)

@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import tvm
 
 from ..util import tvm_compat
-from ..errors import ToolchainError
-from ..util.fileio import atomic_write_json
+from ..errors import LibraryError, ToolchainError
+from ..util.fileio import Transaction
 from ..targets.presets import is_aarch64, needs_cross_compiler
 
 DEFAULT_CROSS_COMPILER = "aarch64-linux-gnu-gcc"
@@ -44,32 +42,66 @@ def export_library(
     target: tvm.target.Target,
     metadata: dict[str, Any],
     cross_compiler: str | None = None,
+    transaction: Transaction | None = None,
 ) -> Path:
-    """Export `executable` to `output` (.so) and `output`.json. Neither file exists half-written:
-    both are built under temporary names in the destination folder and renamed into place."""
+    """Export `executable` to `output` (.so) and `output`.json. Neither file exists half-written and a failure
+    leaves any previous pair untouched: both are staged as temporaries in the destination folder and renamed
+    together by the transaction (the caller's, when it has more outputs to add, else one of our own)."""
     output = Path(output)
     if output.suffix not in (".so", ".tar"):
         raise ToolchainError(f"{output}: the output must end in .so (shared library) or .tar")
     compiler = resolve_cross_compiler(target, cross_compiler)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}.", suffix=output.suffix)
-    os.close(fd)
+    txn = transaction if transaction is not None else Transaction()
     try:
+        tmp = txn.reserve(output, executable=True)
         kwargs: dict[str, Any] = {}
         if compiler and output.suffix == ".so":
             kwargs["fcompile"] = tvm_compat.cross_compiler(compiler)
-        executable.export_library(tmp, **kwargs)
-        atomic_write_json(metadata_path(output), metadata)
-        os.replace(tmp, output)
+        try:
+            executable.export_library(str(tmp), **kwargs)
+        except Exception as err:  # noqa: BLE001 - the linker's failure, as TVM reports it
+            lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+            tail = lines[-1] if lines else type(err).__name__
+            who = f"the cross compiler {compiler!r}" if compiler else "the system C compiler"
+            raise ToolchainError(f"{output}: linking the library with {who} failed ({tail[:200]}); check the"
+                                 " compiler (--cross-compiler PATH) and that it targets "
+                                 f"{target.attrs.get('mtriple', 'this machine')}") from err
+        txn.write_json(metadata_path(output), metadata)
+        if transaction is None:
+            txn.commit()
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        metadata_path(output).unlink(missing_ok=True)
+        if transaction is None:
+            txn.abort()
         raise
     return output
 
 
+_DTYPES = ("float32", "float16", "float64", "uint8", "int8", "int32", "int64")
+
+
 def read_metadata(library: str | Path) -> dict[str, Any]:
+    """The library's `.so.json`, checked: {} when absent; a damaged or foreign file is a LibraryError naming it."""
     path = metadata_path(library)
     if not path.exists():
         return {}
-    return json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise LibraryError(f"{path}: the library's metadata is not readable JSON ({str(err).splitlines()[0][:120]});"
+                           f" rebuild it with `compile`, or delete it and pass --inputs") from None
+    if not isinstance(doc, dict):
+        raise LibraryError(f"{path}: the library's metadata is not a JSON object; rebuild it with `compile`")
+    inputs = doc.get("inputs", [])
+    ok = isinstance(inputs, list) and all(
+        isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("dtype"), str)
+        and m["dtype"] in _DTYPES and isinstance(m.get("shape"), list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < 2**31 for d in m["shape"])
+        for m in inputs)
+    if not ok:
+        raise LibraryError(f"{path}: the library's metadata has a malformed \"inputs\" list (each needs a name,"
+                           f" a shape of positive ints and one of the dtypes {', '.join(_DTYPES)}); rebuild it"
+                           " with `compile`")
+    target = doc.get("target", {})
+    if target is not None and not isinstance(target, dict):
+        raise LibraryError(f"{path}: the library's metadata has a malformed \"target\"; rebuild it with `compile`")
+    return doc

@@ -1,10 +1,17 @@
 """Fold inference BatchNorm into the preceding conv, so weights are rounded in their deployed form."""
 from __future__ import annotations
 
+import gc
+import logging
 from typing import Any
 
 import tvm
 from tvm import relax
+
+from ..errors import IsquantError
+from ..util import tvm_compat
+
+log = logging.getLogger(__name__)
 
 
 def fold_batchnorm() -> tvm.transform.Pass:
@@ -25,5 +32,17 @@ def fold_batchnorm() -> tvm.transform.Pass:
 
 
 def prepare(model: Any) -> tvm.IRModule:
-    """The float graph every later stage starts from (an imported model's module, BatchNorm folded)."""
-    return fold_batchnorm()(model.mod)
+    """The float graph every later stage starts from (an imported model's module, BatchNorm folded). This is
+    the first pass that infers every op's shapes, so a graph the importer took but that cannot run (a conv
+    whose dilation leaves a negative output size) fails here: named as the model's fault, in one line."""
+    failure = None
+    with tvm_compat.native_stderr_filtered():
+        try:
+            return fold_batchnorm()(model.mod)
+        except Exception as err:  # noqa: BLE001 - TVM raises ValueError / TVMError with its own wording
+            lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+            failure = (lines[-1] if lines else type(err).__name__)[:240]
+            log.debug("preparing %s failed", model.source, exc_info=True)
+        gc.collect()  # the failed pass's BlockBuilder warns from C++ when freed: inside the filter
+    raise IsquantError(f"{model.source}: TVM cannot shape the imported graph ({failure}); check the model's op"
+                       " attributes and input shapes")

@@ -19,6 +19,8 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
+from .safe_load import load_checkpoint
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -144,8 +146,10 @@ def load_cifar_checkpoint(path: str | os.PathLike, depth: int | None = None) -> 
     ``depth`` is inferred from the number of blocks when None; a given depth must agree with the file.
     The tensors are mapped to the CPU (the original files were saved from CUDA).
     """
-    torch = _torch()
-    ckpt = torch.load(os.fspath(path), map_location="cpu", weights_only=False)
+    _torch()
+    # weights_only: akamaster's files are {"best_prec1": tensor, "state_dict": {...}}, which torch's safe
+    # unpickler reads with no allowlist (checked on resnet20-12fca82f.th and resnet56-4bfd9763.th).
+    ckpt = load_checkpoint(path)
     state = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     found = depth_from_state_dict(state)

@@ -21,18 +21,31 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 
-from ..errors import IsquantError, RPCError
+from ..errors import InputError, IsquantError, RPCError
 from ..build.export import read_metadata
+from .libcheck import check_library
 from .runner import Timing, VMRunner, read_inputs
+from .runner import check_finite as _check_finite
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 DEFAULT_TRACKER_PORT = 9190
-DEFAULT_CONNECT_TIMEOUT = 30.0
+DEFAULT_CONNECT_TIMEOUT = 15.0
+# Every remote step (version query, upload, load, one run, one timed measurement) must answer within this, or
+# within 4x the step's measured duration when that is longer: a board that vanished without a TCP reset
+# (power cut, cable) used to be noticed only when the 600 s session timeout ran out (about 630 s, issue 19
+# finding 6); now within STEP_TIMEOUT_S of its last answer.
+STEP_TIMEOUT_S = 45.0
 RESTART_HINT = ("restart the server (emulated board: python scripts/board.py restart; a real board: stop and start"
                 " python -m tvm.exec.rpc_server again)")
+
+# Where to listen: the board's own LAN address, not 0.0.0.0 — TVM RPC runs any uploaded library for anyone
+# who can reach the port (issue 19, finding 10).
+LAN_HINT = "<the board's LAN address>"
+NO_AUTH_NOTE = ("TVM RPC has no authentication: whoever reaches the port can run code on the board, so listen"
+                " on a trusted LAN address only, never 0.0.0.0 on an open network")
 
 # tvm/rpc/base.py
 RPC_TRACKER_MAGIC = 0x2F271
@@ -112,8 +125,8 @@ class TrackerClient:
             raise RPCError(f"the RPC tracker at {self.address} did not answer within {timeout:g}s") from err
         except OSError as err:
             raise RPCError(f"no RPC tracker at {self.address} ({err.strerror or err}): start one with"
-                           f" python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port}"
-                           " (emulated board: python scripts/board.py start)") from err
+                           f" python -m tvm.exec.rpc_tracker --host {LAN_HINT} --port {port}"
+                           f" ({NO_AUTH_NOTE}; emulated board: python scripts/board.py start)") from err
         if magic != RPC_TRACKER_MAGIC:
             self.close()
             raise RPCError(f"{self.address} is not a TVM RPC tracker")
@@ -220,12 +233,17 @@ class _Session:
         self.started = time.monotonic()
         self.remote: Any = None
         self.dead: str | None = None
+        self.step_timeout = STEP_TIMEOUT_S
 
-    def _timeout(self) -> float | None:
+    def _timeout(self) -> float:
         if self.session_timeout <= 0:
-            return None  # the caller asked for an unlimited session
+            return self.step_timeout  # no session deadline: each step still has its own
         remaining = self.session_timeout - (time.monotonic() - self.started)
-        return max(remaining, 0.0) + max(self.connect_timeout, 10.0)
+        return min(max(remaining, 0.0) + max(self.connect_timeout, 10.0), self.step_timeout)
+
+    def learn_step(self, seconds: float) -> None:
+        """A step took `seconds`: allow slow boards 4x that per step (never less than STEP_TIMEOUT_S)."""
+        self.step_timeout = max(self.step_timeout, 4.0 * seconds)
 
     def call(self, fn: Callable[[], T], stage: str, timeout: float | None = -1.0) -> T:
         if self.dead:
@@ -427,8 +445,8 @@ def open_session(rpc: str | None = None, tracker: str | None = None, key: str | 
         cause = str(err.__cause__ or err)
         if re.search(r"Connect to .* failed|refused", cause):
             raise RPCError(f"no RPC server listening at {address}: start one on the board with"
-                           f" python -m tvm.exec.rpc_server --host 0.0.0.0 --port {port}"
-                           " (emulated board: python scripts/board.py start)") from err
+                           f" python -m tvm.exec.rpc_server --host {LAN_HINT} --port {port}"
+                           f" ({NO_AUTH_NOTE}; emulated board: python scripts/board.py start)") from err
         if re.search(r"mismatch|cannot find server that matches", cause, re.I):
             raise RPCError(f"the RPC server at {address} refused key {conn_key!r}: a server registered at a tracker"
                            " only takes sessions handed out by that tracker (use --rpc-tracker HOST:PORT"
@@ -477,11 +495,28 @@ class RemoteRunner(VMRunner):
         session.call(lambda: VMRunner.__init__(self, lib, device, metadata), "starting the Relax VM")
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.call(lambda: VMRunner.run(self, inputs), "running the model")
+        started = time.monotonic()
+        out = self.session.call(lambda: VMRunner.run(self, inputs), "running the model")
+        self.session.learn_step(time.monotonic() - started)
+        return out
 
     def benchmark(self, inputs: Mapping[str, np.ndarray], repeat: int = 10, number: int = 1,
                   warmup: int = 1) -> Timing:
-        return self.session.call(lambda: VMRunner.benchmark(self, inputs, repeat, number, warmup), "timing the model")
+        """One watched remote call per measurement, so a vanished board is noticed within a step's timeout
+        and a Ctrl-C between measurements at once."""
+        if repeat < 1 or number < 1:
+            raise InputError("--repeat and --number must be at least 1")
+        args = self.session.call(lambda: self._device_args(inputs), "uploading the inputs")
+        for i in range(warmup):
+            started = time.monotonic()
+            self.session.call(lambda: self.vm["main"](*args), "warm-up run")
+            self.session.learn_step((time.monotonic() - started) * number)
+        timer = self.session.call(lambda: self.vm.time_evaluator("main", self.device, number=number, repeat=1),
+                                  "preparing the timer")
+        results: list[float] = []
+        for i in range(repeat):
+            results.extend(self.session.call(lambda: list(timer(*args).results), f"timed run {i + 1}/{repeat}"))
+        return Timing.from_seconds(results, number)
 
     def close(self) -> None:
         """Drop the VM and the session (the server ends the session and takes the next one)."""
@@ -507,10 +542,13 @@ def connect_runner(library: str | Path, rpc: str | None = None, tracker: str | N
     if path.suffix in (".tar", ".o"):
         raise RPCError(f"{path}: a {path.suffix} makes the board link it with its own C compiler; export a .so"
                        " (compile -o model.so cross-links it on this host)")
+    check_library(path)  # a truncated .so crashed the board server's child: refuse it before the upload
     metadata = read_metadata(path)
     remote, sess, info = open_session(rpc, tracker, key, session_timeout, connect_timeout, path, metadata, quiet)
     name = path.name
-    sess.call(lambda: remote.upload(str(path), name), f"uploading {name}")
+    # at least 1 MB/s on top of the step timeout: a 45 MB ResNet library over slow Wi-Fi still fits
+    sess.call(lambda: remote.upload(str(path), name), f"uploading {name}",
+              timeout=sess.step_timeout + path.stat().st_size / 1e6)
     lib = sess.call(lambda: remote.load_module(name), f"loading {name}")
     runner = RemoteRunner(remote, lib, metadata, sess)
     info["library"] = str(path)
@@ -523,13 +561,14 @@ def connect_runner(library: str | Path, rpc: str | None = None, tracker: str | N
 def run_remote(library: str | Path, inputs: Mapping[str, np.ndarray] | str | Path | None = None,
                rpc: str | None = None, tracker: str | None = None, key: str | None = None, repeat: int = 0,
                number: int = 1, session_timeout: float = 600.0, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-               fill_mode: str = "random", quiet: bool = True
+               fill_mode: str = "random", quiet: bool = True, check_finite: bool = False
                ) -> tuple[list[np.ndarray], Timing | None, dict[str, Any]]:
     """`iq.run` on a board: outputs, timing (with repeat > 0) and the info dict (median_ms added when timed)."""
     runner, info = connect_runner(library, rpc=rpc, tracker=tracker, key=key, session_timeout=session_timeout,
                                   connect_timeout=connect_timeout, quiet=quiet)
     try:
         feed = read_inputs(inputs, runner, fill_mode)
+        _check_finite(feed, strict=check_finite, source=str(inputs) if isinstance(inputs, (str, Path)) else None)
         outputs = runner.run(feed)
         timing = runner.benchmark(feed, repeat=repeat, number=number) if repeat > 0 else None
     finally:

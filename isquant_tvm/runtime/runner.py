@@ -1,8 +1,10 @@
 """Run and time an exported library on the local CPU (the RPC runner shares the timing code)."""
 from __future__ import annotations
 
+import logging
 import os
 import platform
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -10,8 +12,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..util import tvm_compat
-from ..errors import IsquantError
+from ..errors import InputError, IsquantError, LibraryError
 from ..build.export import read_metadata
+from .libcheck import check_library
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,14 +52,42 @@ def order_inputs(meta_inputs: Sequence[Mapping[str, Any]], inputs: Mapping[str, 
         return list(inputs.values())
     missing = [m["name"] for m in meta_inputs if m["name"] not in inputs]
     if missing:
-        raise IsquantError(f"inputs file lacks {missing}; the model expects {[m['name'] for m in meta_inputs]}")
+        raise InputError(f"inputs file lacks {missing}; the model expects {_describe(meta_inputs)}")
+    extra = sorted(set(inputs) - {m["name"] for m in meta_inputs})
+    if extra:
+        raise InputError(f"inputs file has {extra}, which are not model inputs; the model expects {_describe(meta_inputs)}")
     ordered = []
     for m in meta_inputs:
         arr = np.asarray(inputs[m["name"]])
+        given = f"{list(arr.shape)} {arr.dtype}"
         if tuple(arr.shape) != tuple(m["shape"]):
-            raise IsquantError(f"input {m['name']!r} has shape {list(arr.shape)}, the model expects {m['shape']}")
+            raise InputError(f"input {m['name']!r} is {given}, the model expects {list(m['shape'])} {m['dtype']}")
+        # same_kind: float64 -> float32 and int -> float are fine, float -> int8 or object/str/bool arrays are not
+        if arr.dtype.kind not in "fiu" or not np.can_cast(arr.dtype, m["dtype"], casting="same_kind"):
+            raise InputError(f"input {m['name']!r} is {given}, the model expects {list(m['shape'])} {m['dtype']}")
         ordered.append(np.ascontiguousarray(arr.astype(m["dtype"], copy=False)))
     return ordered
+
+
+def _describe(meta_inputs: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(f"{m['name']!r} {list(m['shape'])} {m['dtype']}" for m in meta_inputs)
+
+
+def check_finite(inputs: Mapping[str, np.ndarray], strict: bool = False, source: str | None = None) -> None:
+    """NaN/Inf inputs quantize to finite int8 values and give plausible-looking logits (the review saw exit 0);
+    say so: a warning on stderr, or an InputError with --check-finite."""
+    for name, arr in inputs.items():
+        arr = np.asarray(arr)
+        if arr.dtype.kind != "f":
+            continue
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            where = f" in {source}" if source else ""
+            msg = f"input {name!r}{where} holds {bad} NaN/Inf values of {arr.size}"
+            if strict:
+                raise InputError(f"{msg}; --check-finite refuses them: clean the inputs")
+            print(f"warning: {msg}; the int8 model clips them, its outputs mean little (--check-finite refuses"
+                  " such inputs)", file=sys.stderr)
 
 
 def fill_inputs(meta_inputs: Sequence[Mapping[str, Any]], fill_mode: str = "random", seed: int = 0) -> dict[str, np.ndarray]:
@@ -74,8 +107,9 @@ def fill_inputs(meta_inputs: Sequence[Mapping[str, Any]], fill_mode: str = "rand
 class VMRunner:
     """A relax.VirtualMachine over a loaded library on some device (local, or remote through RPC)."""
 
-    def __init__(self, lib: Any, device: Any, metadata: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, lib: Any, device: Any, metadata: Mapping[str, Any] | None = None, source: str = "") -> None:
         self.device = device
+        self.source = source
         self.metadata = dict(metadata or {})
         if _device_type(device) == 1:  # local CPU (kDLCPU; RPC devices carry a session mask)
             _amx_permission(self.metadata)
@@ -89,7 +123,15 @@ class VMRunner:
         return [tvm_compat.tensor(a, self.device) for a in order_inputs(self.input_specs, inputs)]
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        out = self.vm["main"](*self._device_args(inputs))
+        args = self._device_args(inputs)
+        try:
+            out = self.vm["main"](*args)
+        except Exception:  # noqa: BLE001 - the VM checks arity/shape/dtype with its own messages
+            log.debug("the VM refused the inputs", exc_info=True)
+            where = f"{self.source}: " if self.source else ""
+            raise LibraryError(f"{where}the library does not take the inputs its .so.json describes"
+                               f" ({_describe(self.input_specs)}); the .so.json belongs to another build: rebuild"
+                               " both with `compile`") from None
         return _flatten_outputs(out)
 
     def benchmark(self, inputs: Mapping[str, np.ndarray], repeat: int = 10, number: int = 1,
@@ -99,8 +141,13 @@ class VMRunner:
         args = self._device_args(inputs)
         for _ in range(warmup):
             self.vm["main"](*args)
-        timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
-        return Timing.from_seconds(list(timer(*args).results), number)
+        # One measurement per call: TVM's evaluator runs all `repeat` in C, where a Ctrl-C is only seen when
+        # it returns (the review waited 170 s); between calls the signal handler runs at once.
+        timer = self.vm.time_evaluator("main", self.device, number=number, repeat=1)
+        results: list[float] = []
+        for _ in range(repeat):
+            results.extend(timer(*args).results)
+        return Timing.from_seconds(results, number)
 
 
 def _device_type(device: Any) -> Any:
@@ -151,10 +198,12 @@ def load_local(library: str | Path, num_threads: int | None = None) -> VMRunner:
     path = Path(library)
     if not path.exists():
         raise IsquantError(f"{path}: no such library (build one with `python -m isquant_tvm compile`)")
+    machine = check_library(path)
     metadata = read_metadata(path)
-    triple = str(metadata.get("target", {}).get("mtriple", ""))
-    if triple and not triple.startswith(platform.machine()):
-        raise IsquantError(f"{path}: built for {triple}, this machine is {platform.machine()}; run it on the board"
+    triple = str((metadata.get("target") or {}).get("mtriple", ""))
+    if (triple and not triple.startswith(platform.machine())) or machine != platform.machine():
+        built = triple or machine
+        raise LibraryError(f"{path}: built for {built}, this machine is {platform.machine()}; run it on the board"
                            " with --rpc HOST:PORT or --rpc-tracker HOST:PORT --rpc-key KEY")
     set_thread_count(num_threads)
     try:
@@ -162,7 +211,7 @@ def load_local(library: str | Path, num_threads: int | None = None) -> VMRunner:
     except Exception as err:
         raise IsquantError(f"{path}: cannot load as a TVM library on this machine ({str(err).strip().splitlines()[-1]});"
                            " an aarch64 library runs on the board: use --rpc or --rpc-tracker") from err
-    return VMRunner(lib, tvm.cpu(0), metadata)
+    return VMRunner(lib, tvm.cpu(0), metadata, source=str(path))
 
 
 def read_inputs(inputs: Mapping[str, np.ndarray] | str | Path | None, runner: Any,

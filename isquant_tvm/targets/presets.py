@@ -85,8 +85,40 @@ def translate_tvmc_string(text: str) -> dict[str, Any]:
     return spec
 
 
+SUPPORTED_TRIPLES = ("x86_64", "aarch64", "arm64")
+
+
 def resolve_target(spec: str | dict[str, Any] | tvm.target.Target) -> tvm.target.Target:
-    """Accept a preset name, a TVM tag, a JSON dict / JSON string / JSON file, or an old tvmc string."""
+    """Accept a preset name, a TVM tag, a JSON dict / JSON string / JSON file, or an old tvmc string; refuse
+    what the int8 kernels cannot serve. The review's `--target nvidia/geforce-rtx-3090` wrote a CUDA .so with
+    exit 0 and `apple/m1-gpu` ran for minutes in TVM's GPU pipeline (issue 19, finding 8)."""
+    declared = spec.get("kind") if isinstance(spec, dict) else None
+    if isinstance(spec, str) and spec.strip().startswith("{"):
+        try:
+            declared = json.loads(spec).get("kind")
+        except (ValueError, AttributeError):
+            declared = None  # _resolve_any says what is wrong with it
+    if declared is not None and declared not in ("llvm", "c"):  # before TVM builds it and warns about CUDA
+        raise TargetError(f"target {_spec_text(spec)!r} is a {declared} target; isquant-tvm builds CPU libraries"
+                          " only (llvm kind: presets x86, x86-avx2, x86-avx512, x86-amx, arm, rasp4b, rasp5)")
+    target = _resolve_any(spec)
+    kind = target.kind.name
+    host = target.host.kind.name if target.host is not None else None
+    if kind not in ("llvm", "c") or (host is not None and host not in ("llvm", "c")):
+        raise TargetError(f"target {_spec_text(spec)!r} is a {kind} target; isquant-tvm builds CPU libraries only"
+                          " (llvm kind: presets x86, x86-avx2, x86-avx512, x86-amx, arm, rasp4b, rasp5)")
+    triple = str(target.attrs["mtriple"]) if "mtriple" in target.attrs else ""
+    if triple and not triple.startswith(SUPPORTED_TRIPLES):
+        raise TargetError(f"target {_spec_text(spec)!r}: triple {triple} is not supported; isquant-tvm builds for"
+                          " x86_64 and aarch64 (e.g. --target x86 or --target arm)")
+    return target
+
+
+def _spec_text(spec: Any) -> str:
+    return spec if isinstance(spec, str) else json.dumps(spec) if isinstance(spec, dict) else str(spec)
+
+
+def _resolve_any(spec: str | dict[str, Any] | tvm.target.Target) -> tvm.target.Target:
     if isinstance(spec, tvm.target.Target):
         return spec
     known = presets()

@@ -119,7 +119,7 @@ def _float_engine(model: ImportedModel, compiled: Any) -> Any:
     return lambda x: interp.run([x])[0][0]
 
 
-def plot_sqnr(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
+def plot_sqnr(rows: Sequence[dict[str, Any]], path: str | Path, title: str, transaction: Any = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,5 +139,8 @@ def plot_sqnr(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> P
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    if transaction is not None:  # fileio.Transaction of the CLI: renamed together with --json
+        transaction.write_bytes(Path(path), buf.getvalue())
+    else:
+        atomic_write_bytes(Path(path), buf.getvalue())
     return Path(path)

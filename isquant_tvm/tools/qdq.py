@@ -31,7 +31,7 @@ any ONNX runtime can execute the file and an int8 toolchain can pick up the exac
   raised to the minimum that opset needs.
 * **Checked, atomic, deterministic.** The result passes :func:`onnx.checker.check_model`; it is
   serialised in memory (deterministic protobuf serialisation) and written with
-  :func:`targets.export.atomic_write_bytes`, so a failed export leaves no file and the same input
+  :func:`util.fileio.atomic_write_bytes`, so a failed export leaves no file and the same input
   gives a byte-identical file.
 
 Constant weights may be initializers or ``Constant`` nodes. Layers whose weight is not a
@@ -71,6 +71,7 @@ def export_qdq(
     granularity: str = "per-tensor",
     weight_bits: int = 8,
     source: str = "",
+    transaction: Any = None,
 ) -> dict[str, Any]:
     """Write ``model`` as a weight-only QDQ ONNX file at ``output``; return a JSON-able report.
 
@@ -137,7 +138,10 @@ def export_qdq(
     from ..util.fileio import atomic_write_bytes
 
     try:
-        atomic_write_bytes(output, data)
+        if transaction is not None:  # the CLI's fileio.Transaction: renamed with --report, or not at all
+            transaction.write_bytes(output, data)
+        else:
+            atomic_write_bytes(output, data)
     except OSError as err:
         raise IsquantError(f"{output}: cannot write the QDQ model ({err.strerror or err}); "
                            "choose a writable output path") from err

@@ -6,6 +6,7 @@ Everything else in the package goes through these helpers so the next rename is 
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -172,3 +173,32 @@ def bindings(func: relax.Function) -> Iterator[relax.VarBinding]:
     """Every var binding of a Relax function's body, block by block."""
     for block in func.body.blocks:
         yield from block.bindings
+# TVM's C++ warnings that follow a failure we already report in one line (printed to fd 2, not via logging)
+_NATIVE_NOISE = ("BlockBuilder destroyed with remaining blocks",
+                 # topi.take's advice to kernel authors, printed for every Gather the importer converts
+                 "Fast mode segfaults when there are out-of-bounds indices")
+
+
+@contextlib.contextmanager
+def native_stderr_filtered() -> Iterator[None]:
+    """Within the block, fd 2 goes to a temporary file; on exit its lines are replayed except TVM's known
+    after-failure noise. C++ writes to the file descriptor directly, so Python-level redirection cannot."""
+    import os
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(noise in line for noise in _NATIVE_NOISE):
+                    sys.stderr.write(line)
+            sys.stderr.flush()

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +37,12 @@ from isquant_tvm.build.export import export_library
 from isquant_tvm.runtime.rpc import connect_runner, run_remote, tracker_summary
 from isquant_tvm.runtime.runner import load_local
 
+from ..helpers import X86Server
+from ..helpers import free_port as _free_port
+from ..helpers import kill_group as _kill
+from ..helpers import spawn_logged as _spawn_logged
+from ..helpers import wait_bind as _wait_bind
+
 REPO = Path(__file__).resolve().parents[2]
 TEST_TIMEOUT = 300  # hard per-test watchdog: dump stacks and exit rather than hang CI
 
@@ -50,66 +55,6 @@ def _watchdog():
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _spawn_logged(cmd: list[str], log: Path, tmp: Path) -> subprocess.Popen:
-    env = dict(os.environ, TVM_USE_RUNTIME_LIB="1", TMPDIR=str(tmp), PYTHONUNBUFFERED="1")
-    with open(log, "wb") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
-
-
-def _wait_bind(proc: subprocess.Popen, log: Path, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = re.search(r"bind to 127\.0\.0\.1:(\d+)", log.read_text(errors="replace"))
-        if found:
-            return int(found.group(1))
-        assert proc.poll() is None, f"server exited: {log.read_text()}"
-        time.sleep(0.1)
-    raise AssertionError(f"no bind within {timeout}s: {log.read_text()}")
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=10)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    time.sleep(0.2)
-    try:  # the group's forked workers outlive the leader for a moment
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-class X86Server:
-    """A host x86 TVM RPC server on 127.0.0.1 (optionally registered at a tracker)."""
-
-    def __init__(self, tmp: Path, tracker: str | None = None, key: str | None = None) -> None:
-        tmp.mkdir(parents=True, exist_ok=True)
-        self.log = tmp / "server.log"
-        cmd = [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(_free_port()),
-               "--port-end", "65000"]
-        if tracker:
-            cmd += ["--tracker", tracker, "--key", key or "x86", "--custom-addr", "127.0.0.1"]
-        self.proc = _spawn_logged(cmd, self.log, tmp)
-        self.port = _wait_bind(self.proc, self.log)
-        self.address = f"127.0.0.1:{self.port}"
-
-    def kill(self) -> None:
-        _kill(self.proc)
 
 
 @pytest.fixture(scope="module")
