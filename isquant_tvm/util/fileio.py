@@ -152,7 +152,11 @@ class Transaction:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
             if not self.committed:
-                self.commit()
+                try:
+                    self.commit()
+                except BaseException:  # a rename failed (disk full, EXDEV): the rest must not stay behind
+                    self.abort()
+                    raise
         else:
             self.abort()
 
