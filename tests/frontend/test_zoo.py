@@ -296,7 +296,7 @@ def test_model_info():
 def test_core_modules_import_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from isquant_tvm import zoo, cifar_resnet\n"
+        "from isquant_tvm.frontend import zoo, cifar_resnet\n"
         "zoo.builtin_onnx('builtin:resnet20-cifar')\n"
         "try:\n"
         "    cifar_resnet.cifar_resnet(20)\n"
@@ -305,7 +305,7 @@ def test_core_modules_import_without_torch():
         "else:\n"
         "    raise SystemExit('no ImportError')\n"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
