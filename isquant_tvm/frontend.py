@@ -38,6 +38,8 @@ class ImportedModel:
     # Names of the conv/dense layers in graph order, when the format keeps them (ONNX node names).
     layer_names: list[str] = field(default_factory=list)
     onnx_model: Any = None  # kept for onnxruntime comparisons and QDQ export
+    onnx_source: Any = None  # the model before constant folding (pre-quantized models re-import it)
+    prequantized: str | None = None  # "qdq" / "qoperator" when the model carries its own quantization
 
     @property
     def name(self) -> str:
@@ -140,8 +142,11 @@ def _onnx_inputs(proto: Any, shapes: dict[str, list[int]], source: str) -> list[
 def _load_onnx_proto(proto: Any, shapes: dict[str, list[int]], source: str) -> ImportedModel:
     from .onnx_fold import fold_constants
 
+    from .prequant import detect
+
     inputs = _onnx_inputs(proto, shapes, source)
-    proto = fold_constants(_with_static_inputs(proto, inputs))
+    source_proto = _with_static_inputs(proto, inputs)
+    proto = fold_constants(source_proto)
     try:
         mod = tvm_compat.relax_from_onnx(
             proto, {i.name: list(i.shape) for i in inputs}, {i.name: i.dtype for i in inputs}
@@ -149,7 +154,9 @@ def _load_onnx_proto(proto: Any, shapes: dict[str, list[int]], source: str) -> I
     except Exception as err:
         raise ModelLoadError(f"{source}: TVM's ONNX importer failed: {str(err).strip().splitlines()[-1]}") from err
     layer_names = [n.name or f"{n.op_type}_{i}" for i, n in enumerate(proto.graph.node) if n.op_type in ("Conv", "Gemm", "MatMul")]
-    return ImportedModel(mod=mod, inputs=inputs, source=source, layer_names=layer_names, onnx_model=proto)
+    fmt = detect(source_proto)
+    return ImportedModel(mod=mod, inputs=inputs, source=source, layer_names=layer_names, onnx_model=proto,
+                         onnx_source=source_proto if fmt else None, prequantized=fmt)
 
 
 def _with_static_inputs(proto: Any, inputs: list[InputSpec]) -> Any:

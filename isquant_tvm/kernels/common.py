@@ -99,6 +99,7 @@ class QConv2dParams:
     out_min: int = -128
     out_max: int = 127
     dequant_scale: Optional[np.ndarray] = None  # float32 (O,), for out_dtype == "float32"
+    out_zero_point: int = 0  # added after the shift (folded into the rounding constant: prequant.py)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class QDenseParams:
     out_min: int = -128
     out_max: int = 127
     dequant_scale: Optional[np.ndarray] = None
+    out_zero_point: int = 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,7 +128,7 @@ def _requant_np(acc: np.ndarray, p, axis: int) -> np.ndarray:
         return np.clip(acc.astype(np.int64), p.out_min, p.out_max).astype(np.int32)
     m = np.asarray(p.multiplier, np.int64).reshape(shape)
     s = np.asarray(p.shift, np.int64).reshape(shape)
-    y = (acc.astype(np.int64) * m + (np.int64(1) << (s - 1))) >> s
+    y = (acc.astype(np.int64) * m + (np.int64(1) << (s - 1)) + (np.int64(p.out_zero_point) << s)) >> s
     return np.clip(y, p.out_min, p.out_max).astype(p.out_dtype)
 
 
@@ -335,7 +337,9 @@ def epilogue_consts(p, O: int, O_pad: Optional[int] = None) -> dict[str, np.ndar
     if np.abs(m).max(initial=0) < 2 ** 31:
         # int32 storage: sext(acc) * sext(m) lowers to vpmuldq (32x32->64) instead of a 64-bit multiply
         m = m.astype(np.int32)
-    return {"mult": m, "rnd": (np.int64(1) << (s - 1)).astype(np.int64), "shift": s}
+    from ..fixed_point import rounding_constant
+
+    return {"mult": m, "rnd": rounding_constant(s, int(p.out_zero_point)).astype(np.int64), "shift": s}
 
 
 def requant_expr(acc_i32, o, p, tensors):
@@ -495,7 +499,7 @@ def dense_as_conv(p: QDenseParams) -> QConv2dParams:
     return QConv2dParams(weight=w.reshape(w.shape[0], w.shape[1], 1, 1), bias=p.bias, multiplier=p.multiplier,
                          shift=p.shift, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1,
                          out_dtype=p.out_dtype, out_min=p.out_min, out_max=p.out_max,
-                         dequant_scale=p.dequant_scale)
+                         dequant_scale=p.dequant_scale, out_zero_point=p.out_zero_point)
 
 
 # ----------------------------------------------------------------------------------------------
