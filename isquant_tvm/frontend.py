@@ -146,6 +146,15 @@ def _load_onnx_proto(proto: Any, shapes: dict[str, list[int]], source: str) -> I
 
     inputs = _onnx_inputs(proto, shapes, source)
     source_proto = _with_static_inputs(proto, inputs)
+    fmt = detect(source_proto)
+    if fmt:  # bad quantization parameters are named before any import; QOperator is imported as QDQ
+        from .prequant import validate
+
+        if fmt == "qoperator":
+            from .qoperator import to_qdq
+
+            source_proto = to_qdq(source_proto, source)
+        validate(source_proto, source)
     proto = fold_constants(source_proto)
     try:
         mod = tvm_compat.relax_from_onnx(
@@ -154,7 +163,6 @@ def _load_onnx_proto(proto: Any, shapes: dict[str, list[int]], source: str) -> I
     except Exception as err:
         raise ModelLoadError(f"{source}: TVM's ONNX importer failed: {str(err).strip().splitlines()[-1]}") from err
     layer_names = [n.name or f"{n.op_type}_{i}" for i, n in enumerate(proto.graph.node) if n.op_type in ("Conv", "Gemm", "MatMul")]
-    fmt = detect(source_proto)
     return ImportedModel(mod=mod, inputs=inputs, source=source, layer_names=layer_names, onnx_model=proto,
                          onnx_source=source_proto if fmt else None, prequantized=fmt)
 

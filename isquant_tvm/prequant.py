@@ -35,7 +35,7 @@ import tvm
 from tvm import relax
 
 from . import fixed_point, tvm_compat
-from .errors import IsquantError
+from .errors import IsquantError, PrequantError
 from .layers import bindings
 from .passes import qnn_ops
 
@@ -48,16 +48,14 @@ QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 _ONNX_INT = {2: "uint8", 3: "int8", 6: "int32", 5: "int16", 4: "uint16"}
 
 
-class PrequantError(IsquantError):
-    """Inconsistent quantization parameters in a pre-quantized model (names the ONNX node)."""
-
-
 def detect(proto: Any) -> str | None:
-    """'qoperator', 'qdq' or None (a float model)."""
+    """'qoperator', 'qdq' or None (a float model). A weight-only QDQ model (our own `quantize` export:
+    DequantizeLinear on weights, no QuantizeLinear) has no activation parameters to use: None, so
+    `--quantize auto` runs ISQuant on it as on any float model."""
     ops = {n.op_type for n in proto.graph.node}
     if ops & QOPERATOR_OPS:
         return "qoperator"
-    if "DequantizeLinear" in ops:
+    if "DequantizeLinear" in ops and "QuantizeLinear" in ops:
         return "qdq"
     return None
 
@@ -196,6 +194,7 @@ class Pending:
 
     call: relax.Call
     float_expr: relax.Expr | None = None
+    int_q: Any = None  # a value-preserving op (data movement, pad, max pool) on integers, once emitted
 
 
 @dataclass
@@ -246,6 +245,7 @@ def _per_axis(arr: np.ndarray, axis: int) -> np.ndarray | None:
 
 DATA_MOVEMENT = {"relax.reshape", "relax.flatten", "relax.squeeze", "relax.permute_dims", "relax.strided_slice",
                  "relax.expand_dims"}
+_PRESERVING = DATA_MOVEMENT | {"relax.nn.pad", "relax.nn.max_pool2d"}
 _ELIGIBLE = DATA_MOVEMENT | {"relax.nn.conv2d", "relax.matmul", "relax.add", "relax.nn.relu", "relax.clip",
                              "relax.nn.max_pool2d", "relax.mean", "relax.nn.adaptive_avg_pool2d",
                              "relax.nn.avg_pool2d", "relax.nn.pad", "relax.concat"}
@@ -391,8 +391,19 @@ class Builder:
 
     # --- integer rules ----------------------------------------------------------------------------
     def _dq(self, expr: Any) -> QT | None:
+        """The integer tensor behind a float value: a dequantize, or a chain of value-preserving ops
+        (data movement, pad, max pool) on one (ResNet's option-A shortcut: slice, slice, pad)."""
         v = self.value(expr)
-        return v.q if isinstance(v, DQ) else None
+        if isinstance(v, DQ):
+            return v.q
+        if isinstance(v, Pending) and _op(v.call) in _PRESERVING:
+            if v.int_q is None:
+                src = self._dq(v.call.args[0])
+                if src is None:
+                    return None
+                v.int_q = self.integer(v.call, (src.scale, src.zp, src.dtype), None, None) or False
+            return v.int_q or None
+        return None
 
     def _bounds(self, target: tuple[float, int, str], lo: float | None, hi: float | None) -> tuple[int, int]:
         s, z, dtype = target
@@ -592,6 +603,14 @@ class Builder:
         s, z, dtype = target
         qmin, qmax = self._bounds(target, lo, hi)
         m, n = fixed_point.quantize_multiplier(s_acc / np.float64(s))
+        if z:
+            # z·2^n must fit int64 beside the product: channels with a tiny multiplier (onnxruntime gives an
+            # all-but-zero channel a ~1e-7 weight scale) drop low multiplier bits instead, |acc| < 2^31
+            # keeps the lost precision below 2^(31-cap) of an LSB
+            cap = 60 - int(np.ceil(np.log2(abs(z) + 1)))
+            k = np.maximum(n - cap, 0)
+            m = np.rint(m / np.exp2(k)).astype(np.int64)
+            n = (n - k).astype(np.int64)
         try:
             fixed_point.rounding_constant(n, z)
         except ValueError:
@@ -623,17 +642,12 @@ def quantize_prequantized(model: Any, target: Any = None, only_reference: bool =
     from .passes.legalize import legalize
     from .quantize import QuantizedModel
 
-    proto = model.onnx_source if getattr(model, "onnx_source", None) is not None else model.onnx_model
-    fmt = detect(proto)
-    if fmt is None:
+    proto = getattr(model, "onnx_source", None)  # frontend.load validated it (and rewrote QOperator to QDQ)
+    fmt = getattr(model, "prequantized", None)
+    if proto is None or fmt is None:
         raise IsquantError(f"{model.source}: not a pre-quantized model (no QuantizeLinear/DequantizeLinear)")
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    if fmt == "qoperator":
-        from .qoperator import to_qdq
-
-        proto = to_qdq(proto, model.source)
-    validate(proto, model.source)
     mod = import_qdq(proto, model.inputs, model.source)
     timings["import_s"] = time.perf_counter() - start
     start = time.perf_counter()
