@@ -113,7 +113,7 @@ def validate(proto: Any, source: str) -> None:
                 if zp_arr.min() < lo or zp_arr.max() > hi:
                     raise PrequantError(f"{label}: zero point {zp_arr.reshape(-1)[:4].tolist()} outside {qdtype}"
                                         f" [{lo}, {hi}]")
-            if data is not None and zp_arr.dtype != data.dtype:
+            if node.op_type == "DequantizeLinear" and data is not None and zp_arr.dtype != data.dtype:
                 raise PrequantError(f"{label}: zero point type {zp_arr.dtype} differs from the data type {data.dtype}")
         if scale.size > 1:
             axis = next((int(a.i) for a in node.attribute if a.name == "axis"), 1)
@@ -142,7 +142,8 @@ def import_qdq(proto: Any, inputs: Sequence[Any], source: str) -> tvm.IRModule:
     dequantized weights into float)."""
     from .onnx_fold import fold_constants
 
-    folded = fold_constants(proto, keep=QDQ_OPS)
+    # a QuantizeLinear of a constant (QAT exports' weight fake-quant) folds to the integer weight
+    folded = fold_constants(proto, keep={"DequantizeLinear"})
     try:
         return tvm_compat.relax_from_onnx(folded, {i.name: list(i.shape) for i in inputs},
                                           {i.name: i.dtype for i in inputs})
@@ -185,7 +186,14 @@ class WQ:
     zp: np.ndarray
 
     def real(self) -> np.ndarray:
+        if np.issubdtype(self.q.dtype, np.floating):  # a float constant (a QAT export's float bias)
+            return self.q.astype(np.float32)
         return ((self.q.astype(np.int64) - self.zp).astype(np.float32) * self.scale.astype(np.float32)).astype(np.float32)
+
+    @staticmethod
+    def of_float(value: np.ndarray) -> "WQ":
+        value = np.asarray(value, np.float32)
+        return WQ(value, np.ones(value.shape, np.float32), np.zeros(value.shape, np.int64))
 
 
 @dataclass
@@ -332,8 +340,11 @@ class Builder:
             return self.dequantize(value)
         if op == "relax.quantize":
             return self.quantize(var, value)
-        if op in ("relax.reshape", "relax.permute_dims") and isinstance(self.value(value.args[0]), WQ):
+        if op in ("relax.reshape", "relax.permute_dims") and (
+                isinstance(self.value(value.args[0]), WQ) or self._float_const(value.args[0]) is not None):
             w = self.value(value.args[0])
+            if not isinstance(w, WQ):
+                w = self._float_const(value.args[0])
             if op == "relax.reshape":
                 shape = tuple(int(d) for d in tvm_compat.expr_shape(value))
                 return WQ(w.q.reshape(shape), np.asarray(w.scale).reshape(shape), np.asarray(w.zp).reshape(shape))
@@ -389,6 +400,40 @@ class Builder:
                                     "dtype": q.dtype, "rule": "model"})
         return q
 
+    def _float_const(self, expr: Any) -> WQ | None:
+        v = self.value(expr)
+        if isinstance(v, WQ):
+            return v
+        if tvm_compat.is_const(v) and tvm_compat.expr_dtype(v).startswith("float"):
+            return WQ.of_float(tvm_compat.const_value(v))
+        return None
+
+    def _pooled_sums(self, expr: Any) -> QT | None:
+        """Global-pool features that feed a dense without a quantize of their own (torch QAT exports): the
+        exact int32 sums, scale s/HW, zero point HW·z; the dense accumulates them in int64 (qnn.dense)."""
+        v = self.value(expr)
+        if not isinstance(v, Pending):
+            return None
+        op = _op(v.call)
+        if op in DATA_MOVEMENT:
+            inner = self._pooled_sums(v.call.args[0])
+            if inner is None:
+                return None
+            moved = self.bb.emit(relax.Call(v.call.op, [inner.expr] + [self.float_of(a) for a in v.call.args[1:]],
+                                            v.call.attrs))
+            return QT(moved, inner.scale, inner.zp, "int32")
+        x = self._dq(v.call.args[0]) if v.call.args else None
+        if op in ("relax.mean", "relax.nn.adaptive_avg_pool2d", "relax.nn.avg_pool2d") and x is not None \
+                and self._is_global_pool(v.call, op):
+            shape = tvm_compat.expr_shape(v.call.args[0])
+            hw = int(shape[2] * shape[3])
+            keepdims = op != "relax.mean" or bool(v.call.attrs.keepdims)
+            expr = self.call_qnn("qnn.global_avg_pool2d", [x.expr], {"keepdims": keepdims, "out_dtype": "int32"},
+                                 self.label())
+            self._bound = (255 if x.dtype == "uint8" else 128) * hw
+            return QT(expr, x.scale / hw, hw * x.zp, "int32")
+        return None
+
     # --- integer rules ----------------------------------------------------------------------------
     def _dq(self, expr: Any) -> QT | None:
         """The integer tensor behind a float value: a dequantize, or a chain of value-preserving ops
@@ -438,6 +483,8 @@ class Builder:
             return None
         if op == "relax.add":
             a, b = self.value(args[0]), self.value(args[1])
+            a = self._float_const(args[0]) or a
+            b = self._float_const(args[1]) or b
             if isinstance(b, Pending) and isinstance(a, WQ):
                 a, b = b, a
             if isinstance(a, Pending) and isinstance(b, WQ) and _op(a.call) in ("relax.nn.conv2d", "relax.matmul"):
@@ -544,6 +591,8 @@ class Builder:
               hi: float | None) -> QT | None:
         op = _op(call)
         x = self._dq(call.args[0])
+        if x is None and op == "relax.matmul":
+            x = self._pooled_sums(call.args[0])
         w = self.value(call.args[1])
         if x is None or not isinstance(w, WQ) or np.any(w.zp != 0) or str(w.q.dtype) != "int8":
             return None
@@ -598,7 +647,10 @@ class Builder:
             if x.zp != 0:
                 b_int = b_int - x.zp * weight.astype(np.int64).sum(axis=1)
             qop = "qnn.dense"
-        if np.abs(b_int).max(initial=0) >= 2**31:
+            if x.dtype == "int32":
+                attrs["data_bound"] = int(self._bound)
+        wide = x.dtype == "int32"  # pooled sums: int64 bias and accumulation
+        if not wide and np.abs(b_int).max(initial=0) >= 2**31:
             return None
         s, z, dtype = target
         qmin, qmax = self._bounds(target, lo, hi)
@@ -616,7 +668,7 @@ class Builder:
         except ValueError:
             return None
         attrs.update({"out_dtype": dtype, "out_min": qmin, "out_max": qmax, "output_scale": s, "out_zero_point": z})
-        args = [data, qnn_ops.const(weight.astype(np.int8)), qnn_ops.const(b_int.astype(np.int32)),
+        args = [data, qnn_ops.const(weight.astype(np.int8)), qnn_ops.const(b_int.astype(np.int64 if wide else np.int32)),
                 qnn_ops.const(m), qnn_ops.const(n)]
         expr = self.call_qnn(qop, args, attrs, name)
         self.result.layers.append({"name": attrs["layer"], "kind": "conv2d" if qop == "qnn.conv2d" else "dense",

@@ -174,3 +174,62 @@ def test_bad_parameters_name_the_node_and_write_nothing(tmp_path: Path, what: st
     assert main(["compile", str(bad), "--target", "x86", "-o", str(out)]) == 2
     assert needle in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "out.so.json").exists()
+
+
+def test_torch_qat_export_matches_its_fake_quant(tmp_path: Path) -> None:
+    """torch 2.13 has no PT2E (it moved to torchao, not installed): eager-mode QAT (torch.ao.quantization
+    prepare_qat with FakeQuantize: uint8 affine activations, int8 symmetric per-channel weights), a few
+    training steps, then torch.onnx's QuantizeLinear/DequantizeLinear export. Its float bias and the
+    unquantized pooled features (eager QAT leaves them float) exercise the float-bias and int32-sums rules."""
+    torch = pytest.importorskip("torch")
+    tq = torch.ao.quantization
+    import isquant_tvm as iq
+
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+            self.c1, self.r1 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()
+            self.c2, self.r2 = torch.nn.Conv2d(8, 16, 3, padding=1, stride=2), torch.nn.ReLU()
+            self.pool, self.fc = torch.nn.AdaptiveAvgPool2d(1), torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = self.r2(self.c2(self.r1(self.c1(self.quant(x)))))
+            return self.dequant(self.fc(self.pool(x).flatten(1)))
+
+    net = Net().train()
+    tq.fuse_modules_qat(net, [["c1", "r1"], ["c2", "r2"]], inplace=True)
+    net.qconfig = tq.QConfig(
+        activation=tq.FakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
+                                             dtype=torch.quint8, qscheme=torch.per_tensor_affine),
+        weight=tq.FakeQuantize.with_args(observer=tq.MovingAveragePerChannelMinMaxObserver, quant_min=-128,
+                                         quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
+                                         ch_axis=0))
+    tq.prepare_qat(net, inplace=True)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    for _ in range(10):
+        loss = net(torch.randn(8, 3, 16, 16)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    net.apply(tq.disable_observer)
+    path = tmp_path / "qat.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 16, 16),), str(path), opset_version=13, dynamo=False,
+                      input_names=["x"], output_names=["y"])
+    result = iq.compile(str(path), target="x86", progress=False)
+    assert result.report["summary"]["quantization"] == "model (qdq)"
+    assert result.report["summary"]["layers"] == 3 and result.report["summary"]["float_fallback_ops"] == 0
+    scale = result.quantized.report["tensors"][-1]["scale"]
+    runner, interp = result.runner(), reference.Interpreter(result.quantized.qnn_mod)
+    lsb = []
+    for x in torch.randn(12, 1, 3, 16, 16):
+        with torch.no_grad():
+            theirs = net(x).numpy()
+        ours = runner.run({"x": x.numpy()})[0]
+        np.testing.assert_array_equal(ours, interp.run([x.numpy()])[0][0])
+        lsb.append(np.abs(np.rint((ours - theirs) / scale)))
+    lsb = np.concatenate(lsb)
+    assert (lsb <= 1).mean() >= 0.99 and lsb.max() <= 2

@@ -466,7 +466,7 @@ def dense_i32_exact(weight: np.ndarray, data_bound: Optional[int]) -> bool:
 
 
 def dense_i64_primfunc(N: int, K: int, O: int, out_dtype: str, lo: int = 0, hi: int = 0,
-                       ob: int = DENSE64_OB, acc_dtype: str = "int64") -> tirx.PrimFunc:
+                       ob: int = DENSE64_OB, acc_dtype: str = "int64", out_zero_point: int = 0) -> tirx.PrimFunc:
     """acc[n, o] = sum_k x[n, k] * w[k, o] in acc_dtype (int64, or int32 where dense_i32_exact holds: 2-4x
     fewer instructions than 64-bit multiplies), + bias[o] (int64), then the conv epilogue:
     float32(acc) * dq[o] | clip(acc, lo, hi) int32 | requantize(acc, mult[o], shift[o]) (8-bit)."""
@@ -495,7 +495,10 @@ def dense_i64_primfunc(N: int, K: int, O: int, out_dtype: str, lo: int = 0, hi: 
         extra = [mult, shift]
 
         def rq(n, o):
-            y = ((acc64(n, o) + bias[o]) * mult[o] + (tirx.const(1, "int64") << (shift[o] - 1))) >> shift[o]
+            rnd = tirx.const(1, "int64") << (shift[o] - 1)
+            if out_zero_point:  # added after the shift, folded into the rounding constant (fixed_point.py)
+                rnd = rnd + (tirx.const(int(out_zero_point), "int64") << shift[o])
+            y = ((acc64(n, o) + bias[o]) * mult[o] + rnd) >> shift[o]
             return _clip_cast(y, lo, hi, out_dtype)
 
         out = te.compute((N, O), rq, name="epilogue")
@@ -545,6 +548,7 @@ def lower_dense_i64(bb, x, weight: np.ndarray, bias: np.ndarray, rest: Sequence[
     out_dtype = str(attrs["out_dtype"])
     lo, hi = (0, 0) if out_dtype == "float32" else (int(attrs["out_min"]), int(attrs["out_max"]))
     exact32 = dense_i32_exact(weight, attrs.get("data_bound"))
-    func = dense_i64_primfunc(N, K, O, out_dtype, lo, hi, acc_dtype="int32" if exact32 else "int64")
+    func = dense_i64_primfunc(N, K, O, out_dtype, lo, hi, acc_dtype="int32" if exact32 else "int64",
+                              out_zero_point=int(attrs.get("out_zero_point", 0)))
     consts = [relax.const(c, str(c.dtype)) for c in dense_i64_consts(weight, bias, out_dtype, rest)]
     return _emit(bb, func, "qnn_dense_i64", [x] + consts, (N, O), out_dtype)
