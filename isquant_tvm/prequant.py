@@ -224,6 +224,14 @@ def canonical(dtype: str, zp: int) -> tuple[str, int, int]:
     return dtype, zp, 0
 
 
+def f32_ratio(num: Any, den: Any) -> np.ndarray:
+    """A requantize multiplier as onnxruntime forms it: float32 arithmetic on the float32 scales
+    (e.g. x_scale * w_scale / y_scale in QLinearConv). Its 24-bit mantissa fits our 31-bit fixed-point
+    multiplier exactly, so the two differ only by the rounding of the product (float32 vs exact int64)
+    and at exact ties (half even vs half up)."""
+    return (np.asarray(num, np.float32) / np.asarray(den, np.float32)).astype(np.float32).astype(np.float64)
+
+
 def _op(call: Any) -> str | None:
     if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op):
         return str(call.op.name)
@@ -547,7 +555,7 @@ class Builder:
         full = fixed_point.dtype_bounds(dtype)
         if (x.dtype == dtype and x.zp == z and np.float32(x.scale) == np.float32(s) and (qmin, qmax) == full):
             return x
-        m, n = fixed_point.quantize_multiplier(np.float64(x.scale) / np.float64(s))
+        m, n = fixed_point.quantize_multiplier(f32_ratio(x.scale, s))
         m, n = int(m), int(n)
         rounding = int(fixed_point.rounding_constant(n, z)) - x.zp * m
         attrs = {"shift": n, "out_dtype": dtype, "out_min": qmin, "out_max": qmax, "output_scale": s,
@@ -559,7 +567,7 @@ class Builder:
     def add(self, a: QT, b: QT, target: tuple[float, int, str], lo: float | None, hi: float | None) -> QT:
         s, z, dtype = target
         qmin, qmax = self._bounds(target, lo, hi)
-        ra, rb = np.float64(a.scale) / s, np.float64(b.scale) / s
+        ra, rb = float(f32_ratio(a.scale, s)), float(f32_ratio(b.scale, s))
         _, n = fixed_point.quantize_multiplier(max(ra, rb))
         n = int(n)
         ma, mb = int(np.rint(ra * 2.0**n)), int(np.rint(rb * 2.0**n))
@@ -654,7 +662,9 @@ class Builder:
             return None
         s, z, dtype = target
         qmin, qmax = self._bounds(target, lo, hi)
-        m, n = fixed_point.quantize_multiplier(s_acc / np.float64(s))
+        # float32 x_scale · w_scale / y_scale, as onnxruntime's QLinearConv / QGemm compute it
+        m, n = fixed_point.quantize_multiplier(
+            f32_ratio(np.float32(x.scale) * np.broadcast_to(w_scale.astype(np.float32), (out_channels,)), s))
         if z:
             # z·2^n must fit int64 beside the product: channels with a tiny multiplier (onnxruntime gives an
             # all-but-zero channel a ~1e-7 weight scale) drop low multiplier bits instead, |acc| < 2^31

@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", choices=["cifar", "imagenet"], default="cifar")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--calibration-count", type=int, default=64)
+    p.add_argument("--pre-process", action="store_true",
+                   help="onnxruntime's quant_pre_process first (folds BatchNorm into the convs, as its docs advise)")
     args = p.parse_args(argv)
     import onnx
     import onnxruntime as ort
@@ -56,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
 
         onnx.save(zoo.builtin_onnx(src.split(":", 1)[1], batch=1), tmp / "float.onnx")
         src = str(tmp / "float.onnx")
+    if args.pre_process:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(src, str(tmp / "pre.onnx"))
+        src = str(tmp / "pre.onnx")
     name = onnx.load(src).graph.input[0].name
     calib = images(args.data, slice(-args.calibration_count, None))
 
