@@ -106,7 +106,7 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
             qres = quantize_model(imported, mod, tgt, **options)
             mod, report, quant_meta = qres.mod, qres.report, qres.metadata
             if quantize == "auto":  # the report says which quantization `auto` chose
-                report["summary"] = {"quantization": "isquant", **report["summary"]}
+                report["summary"]["quantization"] = "isquant"
         bar.update()
         bar.set_postfix_str("build")
         tuning: dict[str, Any] | None = None
