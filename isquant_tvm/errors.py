@@ -20,3 +20,7 @@ class ToolchainError(IsquantError):
 
 class RPCError(IsquantError):
     pass
+
+
+class PrequantError(IsquantError):
+    """Inconsistent quantization parameters in a pre-quantized (QDQ / QOperator) model; names the ONNX node."""

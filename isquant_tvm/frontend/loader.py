@@ -12,6 +12,7 @@ import tvm
 
 from ..util import tvm_compat
 from ..errors import ModelLoadError
+from . import prequant, qoperator
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class ImportedModel:
     # Names of the conv/dense layers in graph order, when the format keeps them (ONNX node names).
     layer_names: list[str] = field(default_factory=list)
     onnx_model: Any = None  # kept for onnxruntime comparisons and QDQ export
+    onnx_source: Any = None  # the model before constant folding (pre-quantized models re-import it)
+    prequantized: str | None = None  # "qdq" / "qoperator" when the model carries its own quantization
 
     @property
     def name(self) -> str:
@@ -141,7 +144,13 @@ def _load_onnx_proto(proto: Any, shapes: dict[str, list[int]], source: str) -> I
     from .onnx_fold import fold_constants
 
     inputs = _onnx_inputs(proto, shapes, source)
-    proto = fold_constants(_with_static_inputs(proto, inputs))
+    source_proto = _with_static_inputs(proto, inputs)
+    fmt = prequant.detect(source_proto)
+    if fmt:  # bad quantization parameters are named before any import; QOperator is imported as QDQ
+        if fmt == "qoperator":
+            source_proto = qoperator.to_qdq(source_proto, source)
+        prequant.validate(source_proto, source)
+    proto = fold_constants(source_proto)
     try:
         mod = tvm_compat.relax_from_onnx(
             proto, {i.name: list(i.shape) for i in inputs}, {i.name: i.dtype for i in inputs}
@@ -149,7 +158,8 @@ def _load_onnx_proto(proto: Any, shapes: dict[str, list[int]], source: str) -> I
     except Exception as err:
         raise ModelLoadError(f"{source}: TVM's ONNX importer failed: {str(err).strip().splitlines()[-1]}") from err
     layer_names = [n.name or f"{n.op_type}_{i}" for i, n in enumerate(proto.graph.node) if n.op_type in ("Conv", "Gemm", "MatMul")]
-    return ImportedModel(mod=mod, inputs=inputs, source=source, layer_names=layer_names, onnx_model=proto)
+    return ImportedModel(mod=mod, inputs=inputs, source=source, layer_names=layer_names, onnx_model=proto,
+                         onnx_source=source_proto if fmt else None, prequantized=fmt)
 
 
 def _with_static_inputs(proto: Any, inputs: list[InputSpec]) -> Any:
