@@ -30,7 +30,7 @@ from .util.fileio import Transaction
 
 log = logging.getLogger(__name__)
 
-QUANTIZE_MODES = ("isquant", "rtn", "none")
+QUANTIZE_MODES = ("auto", "isquant", "rtn", "none")
 
 
 @dataclass
@@ -63,7 +63,7 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
     model: ImportedModel | str | Path | Any,
     target: str | dict[str, Any] | tvm.target.Target = "x86",
     output: str | Path | None = None,
-    quantize: str = "isquant",
+    quantize: str = "auto",
     cross_compiler: str | None = None,
     input_shapes: Mapping[str, Sequence[int]] | str | None = None,
     quant_options: Mapping[str, Any] | None = None,
@@ -96,7 +96,14 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
         report: dict[str, Any] = {}
         quant_meta: dict[str, Any] | None = None
         qres = None
-        if quantize != "none":
+        if quantize == "auto" and imported.prequantized:
+            # the model's own quantization (quantize/prequant.py): no weight rounding, no activation ranges
+            bar.set_postfix_str("quantize (model's own)")
+            from .pipeline import quantize_prequantized
+
+            qres = quantize_prequantized(imported, tgt)
+            mod, report, quant_meta = qres.mod, qres.report, qres.metadata
+        elif quantize != "none":
             bar.set_postfix_str("quantize")
             from .pipeline import quantize_model
 
@@ -108,6 +115,8 @@ def compile(  # noqa: A001 - mirrors `isquant_tvm compile`
                 raise IsquantError(f"{imported.source}: {err}, so this op cannot be quantized yet; build the model"
                                    " in float with --quantize none") from None
             mod, report, quant_meta = qres.mod, qres.report, qres.metadata
+            if quantize == "auto":  # the report says which quantization `auto` chose
+                report["summary"]["quantization"] = "isquant"
         bar.update()
         bar.set_postfix_str("build")
         tuning: dict[str, Any] | None = None

@@ -86,8 +86,12 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
 
 def _add_quant_args(p: argparse.ArgumentParser, default_quantize: str) -> None:
     g = p.add_argument_group("quantization")
-    g.add_argument("--quantize", choices=["isquant", "rtn", "none"], default=default_quantize,
-                   help="isquant: SQuant flip rounding on int8 weights + integer graph; rtn: round-to-nearest"
+    auto = default_quantize == "auto"  # only compile reads a model's own quantization (quantize/prequant.py)
+    g.add_argument("--quantize", choices=(["auto"] if auto else []) + ["isquant", "rtn", "none"],
+                   default=default_quantize,
+                   help=("auto: the model's own quantization when it is a QDQ / QOperator ONNX model (its scales"
+                         " and zero points, no range estimation), else isquant; " if auto else "")
+                        + "isquant: SQuant flip rounding on int8 weights + integer graph; rtn: round-to-nearest"
                         f" weights + integer graph; none: float build (default: {default_quantize})")
     g.add_argument("--rounding", choices=["squant", "squant-e", "squant-k", "squant-c", "rtn"], default=None,
                    help="weight rounding stage(s) to use (default: squant for --quantize isquant, rtn for rtn)")
@@ -160,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_target_args(p)
     p.add_argument("-o", "--output", required=True, metavar="PATH", help="the .so to write (atomically)")
-    _add_quant_args(p, default_quantize="isquant")
+    _add_quant_args(p, default_quantize="auto")
     p.add_argument("--tuning-records", metavar="DIR",
                    help="a folder written by `tune` for this model and target: swap in the tuned kernels whose"
                         " schedule measured faster than the hand-written one (the others stay as they are)")

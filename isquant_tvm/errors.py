@@ -32,3 +32,5 @@ class InputError(IsquantError):
 
 class LibraryError(IsquantError):
     """A compiled library or its metadata that is damaged, foreign or missing."""
+class PrequantError(IsquantError):
+    """Inconsistent quantization parameters in a pre-quantized (QDQ / QOperator) model; names the ONNX node."""

@@ -14,9 +14,11 @@ from tqdm.auto import tqdm
 from .rounding import isquant
 from .ranges import activation as ranges
 from .errors import IsquantError
+from .frontend import prequant as frontend_prequant
 from .frontend.loader import ImportedModel
 from .fold.layers import find_layers
 from .legalize.legalize import legalize
+from .quantize import prequant
 from .quantize.rewrite import quantize_module
 
 log = logging.getLogger(__name__)
@@ -151,3 +153,33 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
     }
     return QuantizedModel(mod=legal, qnn_mod=result.mod, report=report, metadata=metadata,
                           tensor_map=result.tensor_map, float_mod=float_mod)
+
+
+def quantize_prequantized(model: ImportedModel, target: Any = None, only_reference: bool = False) -> QuantizedModel:
+    """The `--quantize auto` stage for a pre-quantized ONNX model (QDQ, or QOperator rewritten to QDQ by
+    frontend.load): the integer graph with the model's own parameters (quantize/prequant.py), legalized."""
+    proto = getattr(model, "onnx_source", None)  # frontend.load validated it (and rewrote QOperator to QDQ)
+    fmt = getattr(model, "prequantized", None)
+    if proto is None or fmt is None:
+        raise IsquantError(f"{model.source}: not a pre-quantized model (no QuantizeLinear/DequantizeLinear)")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    mod = frontend_prequant.import_qdq(proto, model.inputs, model.source)
+    timings["import_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    result = prequant.build_qnn(mod)
+    timings["quantize_pass_s"] = time.perf_counter() - start
+    if not result.layers:
+        raise IsquantError(f"{model.source}: no quantized conv / matmul found in the {fmt.upper()} model")
+    start = time.perf_counter()
+    legal, lowerings = legalize(result.mod, target, only_reference=only_reference)
+    timings["legalize_s"] = time.perf_counter() - start
+    summary = {"quantization": f"model ({fmt})", "layers": len(result.layers),
+               "per_channel_layers": sum(len(layer["weight_scale"]) > 1 for layer in result.layers),
+               "activation_ranges": "model", "float_fallback_ops": sum(result.fallbacks.values())}
+    report = {"summary": summary, "layers": result.layers, "tensors": result.tensors, "fallbacks": result.fallbacks,
+              "lowerings": lowerings, "timings": timings, "rewrites": result.rewrites}
+    metadata = {"scheme": f"the model's own ({fmt}): int8 symmetric weights, int8/uint8 activations with zero points",
+                "quantization": "model", "format": fmt, "activation_ranges": "model",
+                "layers": result.layers, "float_fallback_ops": result.fallbacks}
+    return QuantizedModel(mod=legal, qnn_mod=result.mod, report=report, metadata=metadata, float_mod=mod)

@@ -14,6 +14,8 @@
   isquant-int8-amx    the same with target x86-amx (AMX tdpbusd kernels; needs an AMX CPU)
   isquant-int8-tuned  target x86-avx512 plus --tuning-records DIR (`python -m isquant_tvm tune ... --target
                       x86-avx512`): compare with isquant-int8-vnni
+  prequant-int8       the ort-int8 model itself compiled by isquant_tvm with its own scales and zero points
+                      (--quantize auto, quantize/prequant.py), target x86; prequant-int8-vnni: target x86-avx512
 
 Every (model, engine, threads) measurement runs in a fresh worker subprocess: TVM reads
 TVM_NUM_THREADS once, when its per-process thread pool starts, so a thread count can only be set
@@ -45,13 +47,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 ENGINES = ("ort-fp32", "ort-int8", "ort-int8-noamx", "tvm-fp32", "isquant-int8", "isquant-int8-vnni", "isquant-int8-amx",
-           "isquant-int8-tuned")
+           "isquant-int8-tuned", "prequant-int8", "prequant-int8-vnni")
 DEFAULT_ENGINES = ("ort-fp32", "ort-int8", "tvm-fp32", "isquant-int8")
 # engine -> (quantize mode, target preset)
 TVM_ENGINES = {"tvm-fp32": ("none", "x86"), "isquant-int8": ("isquant", "x86"),
                "isquant-int8-vnni": ("isquant", "x86-avx512"), "isquant-int8-amx": ("isquant", "x86-amx"),
                # MetaSchedule tunes the VNNI kernels (AMX kernels are hand-written IRBuilder code, not tunable)
-               "isquant-int8-tuned": ("isquant", "x86-avx512")}
+               "isquant-int8-tuned": ("isquant", "x86-avx512"),
+               # the ort-int8 model itself compiled by us with its own scales (--quantize auto, quantize/prequant.py)
+               "prequant-int8": ("auto", "x86"), "prequant-int8-vnni": ("auto", "x86-avx512")}
 SLOW_ENGINES = ("tvm-fp32",)
 REFERENCES = ("ort-int8", "ort-fp32", "ort-int8-noamx")  # ratio columns, when measured in the run
 DEFAULT_MODELS = ("resnet18", "squeezenet1_1", "mobilenet_v2")
@@ -139,7 +143,7 @@ def prepare_model(model: str, engines: list[str], work: Path, calib_count: int, 
     onnx.save(proto, str(fp32))
     if "ort-fp32" in engines:
         out["paths"]["ort-fp32"] = str(fp32)
-    if "ort-int8" in engines or "ort-int8-noamx" in engines:
+    if any(e in engines for e in ("ort-int8", "ort-int8-noamx", "prequant-int8", "prequant-int8-vnni")):
         t0 = time.perf_counter()
         log(f"[{model}] onnxruntime quantize_static ...")
         try:
@@ -165,7 +169,12 @@ def prepare_model(model: str, engines: list[str], work: Path, calib_count: int, 
                 if tuning_records is None:
                     raise ValueError("isquant-int8-tuned needs --tuning-records DIR")
                 extra["tuning_records"] = tuning_records / model if (tuning_records / model).is_dir() else tuning_records
-            res = iq.compile(f"builtin:{model}", target=target, quantize=mode, progress=False, output=dst, **extra)
+            source = f"builtin:{model}"
+            if mode == "auto":
+                if "ort-int8" not in out["paths"]:
+                    raise ValueError(f"{engine} compiles the ort-int8 model, which failed")
+                source = out["paths"]["ort-int8"]
+            res = iq.compile(source, target=target, quantize=mode, progress=False, output=dst, **extra)
             out["paths"][engine] = str(res.output)
             out["notes"][engine] = {"target": res.metadata.get("target"), "tvm": res.metadata.get("tvm_version")}
         except Exception as err:

@@ -1,6 +1,7 @@
 """Import a model (ONNX file, built-in example, torch module or .pt2 program) as a float Relax IRModule."""
 from __future__ import annotations
 
+import gc
 import logging
 import re
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from ..util import tvm_compat
 from . import validate
 from .safe_load import load_exported_program
 from ..errors import ModelLoadError
+from . import prequant, qoperator
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class ImportedModel:
     # Names of the conv/dense layers in graph order, when the format keeps them (ONNX node names).
     layer_names: list[str] = field(default_factory=list)
     onnx_model: Any = None  # kept for onnxruntime comparisons and QDQ export
+    onnx_source: Any = None  # the model before constant folding (pre-quantized models re-import it)
+    prequantized: str | None = None  # "qdq" / "qoperator" when the model carries its own quantization
 
     @property
     def name(self) -> str:
@@ -149,10 +153,15 @@ def _load_onnx_proto(proto: Any, shapes: dict[str, list[int]], source: str) -> I
     if not proto.graph.output:
         raise ModelLoadError(f"{source}: the graph declares no outputs; a model needs at least one graph output")
     inputs = _onnx_inputs(proto, shapes, source)
-    static = _with_static_inputs(proto, inputs)
-    validate.check_nodes(static, source)
-    validate.check_memory(static, source)
-    proto = fold_constants(static)
+    source_proto = _with_static_inputs(proto, inputs)
+    validate.check_nodes(source_proto, source)
+    validate.check_memory(source_proto, source)
+    fmt = prequant.detect(source_proto)
+    if fmt:  # bad quantization parameters are named before any import; QOperator is imported as QDQ
+        if fmt == "qoperator":
+            source_proto = qoperator.to_qdq(source_proto, source)
+        prequant.validate(source_proto, source)
+    proto = fold_constants(source_proto)
     failure = None
     with tvm_compat.native_stderr_filtered():
         try:
@@ -164,13 +173,12 @@ def _load_onnx_proto(proto: Any, shapes: dict[str, list[int]], source: str) -> I
             failure = lines[-1] if lines else type(err).__name__
             log.debug("TVM's ONNX importer failed on %s", source, exc_info=True)
         # the failed importer's BlockBuilder warns from C++ when it is freed: free it inside the filter
-        import gc
-
         gc.collect()
     if failure is not None:
         raise ModelLoadError(f"{source}: TVM's ONNX importer failed: {failure[:300]}")
     layer_names = [n.name or f"{n.op_type}_{i}" for i, n in enumerate(proto.graph.node) if n.op_type in ("Conv", "Gemm", "MatMul")]
-    return ImportedModel(mod=mod, inputs=inputs, source=source, layer_names=layer_names, onnx_model=proto)
+    return ImportedModel(mod=mod, inputs=inputs, source=source, layer_names=layer_names, onnx_model=proto,
+                         onnx_source=source_proto if fmt else None, prequantized=fmt)
 
 
 def _with_static_inputs(proto: Any, inputs: list[InputSpec]) -> Any:

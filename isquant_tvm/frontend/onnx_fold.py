@@ -18,8 +18,9 @@ _KEEP = {"Conv", "Gemm", "MatMul", "BatchNormalization", "RandomNormal", "Random
          "RandomUniformLike", "Multinomial", "Dropout"}
 
 
-def fold_constants(model: Any) -> Any:
-    """A copy of `model` with every node whose inputs are all constant replaced by initializers."""
+def fold_constants(model: Any, keep: set[str] | frozenset[str] = frozenset()) -> Any:
+    """A copy of `model` with every node whose inputs are all constant replaced by initializers
+    (except ops in `keep`: a pre-quantized model keeps its DequantizeLinear of integer weights)."""
     import onnx
     from onnx import numpy_helper
     from onnx.reference import ReferenceEvaluator
@@ -43,7 +44,7 @@ def fold_constants(model: Any) -> Any:
         value = None
         if node.op_type == "Shape" and inputs and inputs[0] in static_shapes and not node.attribute:
             value = [np.asarray(static_shapes[inputs[0]], np.int64)]
-        elif node.op_type not in _KEEP and all(i in consts for i in inputs) and node.domain in ("", "ai.onnx"):
+        elif node.op_type not in _KEEP and node.op_type not in keep and all(i in consts for i in inputs) and node.domain in ("", "ai.onnx"):
             try:
                 single = onnx.helper.make_model(
                     onnx.helper.make_graph([node], "fold", [], [onnx.helper.make_tensor_value_info(o, 0, None)

@@ -104,6 +104,7 @@ class QConv2dParams:
     out_min: int = -128
     out_max: int = 127
     dequant_scale: Optional[np.ndarray] = None  # float32 (O,), for out_dtype == "float32"
+    out_zero_point: int = 0  # added after the shift (folded into the rounding constant: quantize/prequant.py)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class QDenseParams:
     out_min: int = -128
     out_max: int = 127
     dequant_scale: Optional[np.ndarray] = None
+    out_zero_point: int = 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,7 +127,8 @@ class QDenseParams:
 def _qnn_args_attrs(p) -> tuple[list[np.ndarray], dict]:
     """A kernel's parameters as the qnn op's constant arguments and attributes (qnn/ops.py)."""
     args = [p.weight, p.bias]
-    attrs = {"out_dtype": p.out_dtype, "out_min": p.out_min, "out_max": p.out_max}
+    attrs = {"out_dtype": p.out_dtype, "out_min": p.out_min, "out_max": p.out_max,
+             "out_zero_point": int(p.out_zero_point)}
     if p.out_dtype == "float32":
         args.append(np.asarray(p.dequant_scale, np.float32))
     elif p.out_dtype != "int32":

@@ -130,4 +130,4 @@ def dense_as_conv(p: QDenseParams) -> QConv2dParams:
     return QConv2dParams(weight=w.reshape(w.shape[0], w.shape[1], 1, 1), bias=p.bias, multiplier=p.multiplier,
                          shift=p.shift, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1,
                          out_dtype=p.out_dtype, out_min=p.out_min, out_max=p.out_max,
-                         dequant_scale=p.dequant_scale)
+                         dequant_scale=p.dequant_scale, out_zero_point=p.out_zero_point)

@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 from tvm import te, tirx
 
+from ..reference import fixed_point
 from .common import IC_DOT, OC_BN, OUT_DTYPES, QConv2dParams
 
 
@@ -182,7 +183,7 @@ def epilogue_consts(p, O: int, O_pad: Optional[int] = None) -> dict[str, np.ndar
     if np.abs(m).max(initial=0) < 2 ** 31:
         # int32 storage: sext(acc) * sext(m) lowers to vpmuldq (32x32->64) instead of a 64-bit multiply
         m = m.astype(np.int32)
-    return {"mult": m, "rnd": (np.int64(1) << (s - 1)).astype(np.int64), "shift": s}
+    return {"mult": m, "rnd": fixed_point.rounding_constant(s, int(p.out_zero_point)).astype(np.int64), "shift": s}
 
 
 def requant_expr(acc_i32, o, p, tensors):

@@ -70,10 +70,11 @@ def _clip_cast(y, lo: int, hi: int, dtype: str):
     return te.max(te.min(y, tirx.const(int(hi), wide)), tirx.const(int(lo), wide)).astype(dtype)
 
 
-def _requant_scalar(acc64, m: int, shift: int, lo: int, hi: int, dtype: str):
-    """clip((acc·m + 2^(shift-1)) >> shift, lo, hi) in int64 (fixed_point.requantize), cast."""
-    y = (acc64 * tirx.const(int(m), "int64") + tirx.const(1 << (int(shift) - 1), "int64")) >> \
-        tirx.const(int(shift), "int64")
+def _requant_scalar(acc64, m: int, shift: int, lo: int, hi: int, dtype: str, rounding: Optional[int] = None):
+    """clip((acc·m + 2^(shift-1)) >> shift, lo, hi) in int64 (fixed_point.requantize), cast. `rounding`
+    replaces 2^(shift-1) (zero points folded in, qnn/ops.py)."""
+    rnd = (1 << (int(shift) - 1)) if rounding is None else int(rounding)
+    y = (acc64 * tirx.const(int(m), "int64") + tirx.const(rnd, "int64")) >> tirx.const(int(shift), "int64")
     return _clip_cast(y, lo, hi, dtype)
 
 
@@ -131,11 +132,11 @@ def _vec_for(target: Any, *dtypes: str) -> int:
 # ----------------------------------------------------------------------------------------------
 
 def add_primfunc(total: int, a_dtype: str, b_dtype: str, ma: int, mb: int, shift: int, out_dtype: str,
-                 lo: int, hi: int, vec: int) -> tirx.PrimFunc:
+                 lo: int, hi: int, vec: int, rounding: Optional[int] = None) -> tirx.PrimFunc:
     shape = (int(total),)
     a = te.placeholder(shape, a_dtype, name="a")
     b = te.placeholder(shape, b_dtype, name="b")
-    half = tirx.const(1 << (int(shift) - 1), "int64")
+    half = tirx.const((1 << (int(shift) - 1)) if rounding is None else int(rounding), "int64")
 
     def fn(*i):
         total = a[i].astype("int64") * tirx.const(int(ma), "int64") + \
@@ -146,34 +147,37 @@ def add_primfunc(total: int, a_dtype: str, b_dtype: str, ma: int, mb: int, shift
     return elementwise_primfunc([a, b], out, vec, "qnn_add")
 
 
-def lower_add(bb, a, b, ma: int, mb: int, attrs: Mapping[str, Any], target: Any) -> relax.Expr:
+def lower_add(bb, a, b, ma: int, mb: int, attrs: Mapping[str, Any], target: Any,
+              rounding: Optional[int] = None) -> relax.Expr:
     shape = _shape(a)
     out_dtype = str(attrs["out_dtype"])
     func = add_primfunc(int(np.prod(shape)), _dtype(a), _dtype(b), ma, mb, int(attrs["shift"]), out_dtype,
-                        int(attrs["out_min"]), int(attrs["out_max"]), _vec_for(target, _dtype(a), out_dtype))
+                        int(attrs["out_min"]), int(attrs["out_max"]), _vec_for(target, _dtype(a), out_dtype), rounding)
     return _emit_flat(bb, func, "qnn_add", [a, b], shape, out_dtype)
 
 
 def requantize_primfunc(total: int, in_dtype: str, m: int, shift: int, out_dtype: str, lo: int, hi: int,
-                        vec: int) -> tirx.PrimFunc:
+                        vec: int, rounding: Optional[int] = None) -> tirx.PrimFunc:
     shape = (int(total),)
     x = te.placeholder(shape, in_dtype, name="x")
-    out = te.compute(shape, lambda *i: _requant_scalar(x[i].astype("int64"), m, shift, lo, hi, out_dtype),
+    out = te.compute(shape, lambda *i: _requant_scalar(x[i].astype("int64"), m, shift, lo, hi, out_dtype, rounding),
                      name="requantize")
     return elementwise_primfunc([x], out, vec, "qnn_requantize")
 
 
-def lower_requantize(bb, x, m: int, attrs: Mapping[str, Any], target: Any) -> relax.Expr:
+def lower_requantize(bb, x, m: int, attrs: Mapping[str, Any], target: Any, rounding: Optional[int] = None) -> relax.Expr:
     shape = _shape(x)
     out_dtype = str(attrs["out_dtype"])
     func = requantize_primfunc(int(np.prod(shape)), _dtype(x), m, int(attrs["shift"]), out_dtype,
-                               int(attrs["out_min"]), int(attrs["out_max"]), _vec_for(target, _dtype(x), out_dtype))
+                               int(attrs["out_min"]), int(attrs["out_max"]), _vec_for(target, _dtype(x), out_dtype),
+                               rounding)
     return _emit_flat(bb, func, "qnn_requantize", [x], shape, out_dtype)
 
 
-def quantize_primfunc(total: int, in_dtype: str, scale: float, out_dtype: str, vec: int) -> tirx.PrimFunc:
-    """R.quantize's legalization (relax/transform/legalize_ops/qdq.py) with zero point 0: x / scale
-    (a true float32 division), te.round (half to even, as numpy.round), saturate, cast."""
+def quantize_primfunc(total: int, in_dtype: str, scale: float, out_dtype: str, vec: int,
+                      zero_point: int = 0) -> tirx.PrimFunc:
+    """R.quantize's legalization (relax/transform/legalize_ops/qdq.py): x / scale (a true float32
+    division), te.round (half to even, as numpy.round), + zero point, saturate, cast."""
     shape = (int(total),)
     x = te.placeholder(shape, in_dtype, name="x")
     s = tirx.FloatImm("float32", float(np.float32(scale)))
@@ -182,6 +186,8 @@ def quantize_primfunc(total: int, in_dtype: str, scale: float, out_dtype: str, v
 
     def fn(*i):
         r = te.round(x[i].astype("float32") / s)
+        if zero_point:
+            r = r + tirx.FloatImm("float32", float(zero_point))
         return te.max(te.min(r, hi.astype("float32")), lo.astype("float32")).astype(out_dtype)
 
     out = te.compute(shape, fn, name="quantize")
@@ -192,21 +198,26 @@ def lower_quantize(bb, x, attrs: Mapping[str, Any], target: Any) -> relax.Expr:
     shape = _shape(x)
     out_dtype = str(attrs["out_dtype"])
     func = quantize_primfunc(int(np.prod(shape)), _dtype(x), float(attrs["scale"]), out_dtype,
-                             _vec_for(target, "float32"))
+                             _vec_for(target, "float32"), int(attrs.get("zero_point", 0)))
     return _emit_flat(bb, func, "qnn_quantize", [x], shape, out_dtype)
 
 
-def dequantize_primfunc(total: int, in_dtype: str, scale: float, vec: int) -> tirx.PrimFunc:
+def dequantize_primfunc(total: int, in_dtype: str, scale: float, vec: int, zero_point: int = 0) -> tirx.PrimFunc:
     shape = (int(total),)
     x = te.placeholder(shape, in_dtype, name="x")
     s = tirx.FloatImm("float32", float(np.float32(scale)))
-    out = te.compute(shape, lambda *i: x[i].astype("float32") * s, name="dequantize")
+    if zero_point:
+        out = te.compute(shape, lambda *i: (x[i].astype("int32") - tirx.const(int(zero_point), "int32")).astype("float32")
+                         * s, name="dequantize")
+    else:
+        out = te.compute(shape, lambda *i: x[i].astype("float32") * s, name="dequantize")
     return elementwise_primfunc([x], out, vec, "qnn_dequantize")
 
 
 def lower_dequantize(bb, x, attrs: Mapping[str, Any], target: Any) -> relax.Expr:
     shape = _shape(x)
-    func = dequantize_primfunc(int(np.prod(shape)), _dtype(x), float(attrs["scale"]), _vec_for(target, "float32"))
+    func = dequantize_primfunc(int(np.prod(shape)), _dtype(x), float(attrs["scale"]), _vec_for(target, "float32"),
+                               int(attrs.get("zero_point", 0)))
     return _emit_flat(bb, func, "qnn_dequantize", [x], shape, "float32")
 
 
@@ -353,7 +364,8 @@ def lower_max_pool2d(bb, x, attrs: Mapping[str, Any], target: Any) -> relax.Expr
 
 def global_avg_pool2d_primfunc(shape, in_dtype: str, out_dtype: str, keepdims: bool, m: Optional[int] = None,
                                shift: int = 1, lo: int = 0, hi: int = 0,
-                               with_dq: bool = False, channels: Optional[int] = None) -> tirx.PrimFunc:
+                               with_dq: bool = False, channels: Optional[int] = None,
+                               rounding: Optional[int] = None) -> tirx.PrimFunc:
     """shape NCHW, or NCHW16c (N, CB, H, W, 16) with `channels` real channels (the sum is vectorised
     over the 16 block lanes)."""
     import tvm.s_tir  # noqa: F401
@@ -385,7 +397,7 @@ def global_avg_pool2d_primfunc(shape, in_dtype: str, out_dtype: str, keepdims: b
             return t.astype("float32") * dq[c]
         if out_dtype == "int32":
             return t.astype("int32")
-        return _requant_scalar(t.astype("int64"), int(m), shift, lo, hi, out_dtype)
+        return _requant_scalar(t.astype("int64"), int(m), shift, lo, hi, out_dtype, rounding)
 
     out_shape = (N, C, 1, 1) if keepdims else (N, C)
     if keepdims:
@@ -417,7 +429,7 @@ def global_avg_pool2d_primfunc(shape, in_dtype: str, out_dtype: str, keepdims: b
 
 
 def lower_global_avg_pool2d(bb, x, rest: Sequence[Any], attrs: Mapping[str, Any], target: Any,
-                            channels: Optional[int] = None) -> relax.Expr:
+                            channels: Optional[int] = None, rounding: Optional[int] = None) -> relax.Expr:
     """rest: [] (int32 out), [dq relax const (C,)] (float32 out) or [m int] (8-bit out).
     x NCHW, or NCHW16c with `channels` real channels."""
     shape = _shape(x)
@@ -433,7 +445,7 @@ def lower_global_avg_pool2d(bb, x, rest: Sequence[Any], attrs: Mapping[str, Any]
     else:
         func = global_avg_pool2d_primfunc(shape, _dtype(x), out_dtype, keepdims, m=int(rest[0]),
                                           shift=int(attrs["shift"]), lo=int(attrs["out_min"]),
-                                          hi=int(attrs["out_max"]), channels=C)
+                                          hi=int(attrs["out_max"]), channels=C, rounding=rounding)
     return _emit(bb, func, "qnn_global_avg_pool2d", [x], out_shape, out_dtype)
 
 
@@ -454,7 +466,7 @@ def dense_i32_exact(weight: np.ndarray, data_bound: Optional[int]) -> bool:
 
 
 def dense_i64_primfunc(N: int, K: int, O: int, out_dtype: str, lo: int = 0, hi: int = 0,
-                       ob: int = DENSE64_OB, acc_dtype: str = "int64") -> tirx.PrimFunc:
+                       ob: int = DENSE64_OB, acc_dtype: str = "int64", out_zero_point: int = 0) -> tirx.PrimFunc:
     """acc[n, o] = sum_k x[n, k] * w[k, o] in acc_dtype (int64, or int32 where dense_i32_exact holds: 2-4x
     fewer instructions than 64-bit multiplies), + bias[o] (int64), then the conv epilogue:
     float32(acc) * dq[o] | clip(acc, lo, hi) int32 | requantize(acc, mult[o], shift[o]) (8-bit)."""
@@ -483,7 +495,10 @@ def dense_i64_primfunc(N: int, K: int, O: int, out_dtype: str, lo: int = 0, hi: 
         extra = [mult, shift]
 
         def rq(n, o):
-            y = ((acc64(n, o) + bias[o]) * mult[o] + (tirx.const(1, "int64") << (shift[o] - 1))) >> shift[o]
+            rnd = tirx.const(1, "int64") << (shift[o] - 1)
+            if out_zero_point:  # added after the shift, folded into the rounding constant (reference/fixed_point.py)
+                rnd = rnd + (tirx.const(int(out_zero_point), "int64") << shift[o])
+            y = ((acc64(n, o) + bias[o]) * mult[o] + rnd) >> shift[o]
             return _clip_cast(y, lo, hi, out_dtype)
 
         out = te.compute((N, O), rq, name="epilogue")
@@ -533,6 +548,7 @@ def lower_dense_i64(bb, x, weight: np.ndarray, bias: np.ndarray, rest: Sequence[
     out_dtype = str(attrs["out_dtype"])
     lo, hi = (0, 0) if out_dtype == "float32" else (int(attrs["out_min"]), int(attrs["out_max"]))
     exact32 = dense_i32_exact(weight, attrs.get("data_bound"))
-    func = dense_i64_primfunc(N, K, O, out_dtype, lo, hi, acc_dtype="int32" if exact32 else "int64")
+    func = dense_i64_primfunc(N, K, O, out_dtype, lo, hi, acc_dtype="int32" if exact32 else "int64",
+                              out_zero_point=int(attrs.get("out_zero_point", 0)))
     consts = [relax.const(c, str(c.dtype)) for c in dense_i64_consts(weight, bias, out_dtype, rest)]
     return _emit(bb, func, "qnn_dense_i64", [x] + consts, (N, O), out_dtype)

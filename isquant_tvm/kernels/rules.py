@@ -32,7 +32,7 @@ def _epilogue_params(args: Sequence[relax.Expr], attrs: Mapping[str, Any]) -> di
     weight, bias = consts[0], consts[1]
     out: dict[str, Any] = {"weight": weight.astype(np.int8), "bias": bias.astype(np.int32),
                            "out_dtype": str(attrs["out_dtype"]), "out_min": int(attrs["out_min"]),
-                           "out_max": int(attrs["out_max"])}
+                           "out_max": int(attrs["out_max"]), "out_zero_point": int(attrs.get("out_zero_point", 0))}
     if out["out_dtype"] == "float32":
         o = weight.shape[0]
         out.update(multiplier=np.zeros(o, np.int64), shift=np.ones(o, np.int64),
@@ -142,9 +142,10 @@ def _int_tensor(expr: relax.Expr) -> bool:
 
 
 def _add_fast(args) -> bool:
-    a, b, ma, mb = args
+    a, b, ma, mb = args[:4]
     return (_scalar(ma) is not None and _scalar(mb) is not None and _int_tensor(a) and _int_tensor(b)
-            and tvm_compat.expr_shape(a) == tvm_compat.expr_shape(b))
+            and tvm_compat.expr_shape(a) == tvm_compat.expr_shape(b)
+            and (len(args) < 5 or _scalar(args[4]) is not None))
 
 
 def add_role(args, attrs, target) -> Optional[str]:
@@ -153,12 +154,13 @@ def add_role(args, attrs, target) -> Optional[str]:
 
 
 def add_rule(bb, args, attrs, target):
-    a, b, ma, mb = args
-    return glue.lower_add(bb, a, b, _scalar(ma), _scalar(mb), attrs, target)
+    a, b, ma, mb = args[:4]
+    return glue.lower_add(bb, a, b, _scalar(ma), _scalar(mb), attrs, target,
+                          rounding=_scalar(args[4]) if len(args) > 4 else None)
 
 
 def _requantize_fast(args) -> bool:
-    return _scalar(args[1]) is not None and _int_tensor(args[0])
+    return _scalar(args[1]) is not None and _int_tensor(args[0]) and (len(args) < 3 or _scalar(args[2]) is not None)
 
 
 def requantize_role(args, attrs, target) -> Optional[str]:
@@ -166,7 +168,8 @@ def requantize_role(args, attrs, target) -> Optional[str]:
 
 
 def requantize_rule(bb, args, attrs, target):
-    return glue.lower_requantize(bb, args[0], _scalar(args[1]), attrs, target)
+    return glue.lower_requantize(bb, args[0], _scalar(args[1]), attrs, target,
+                                 rounding=_scalar(args[2]) if len(args) > 2 else None)
 
 
 def _quantize_fast(args) -> bool:
@@ -230,7 +233,8 @@ def _gap_accepts(args, attrs, target) -> bool:
         return len(args) >= 2
     if out_dtype == "int32":
         return True
-    return len(args) > 1 and _scalar(args[1]) is not None
+    # 8-bit out: its multiplier, and the optional trailing rounding constant (zero points folded in)
+    return len(args) > 1 and _scalar(args[1]) is not None and (len(args) < 3 or _scalar(args[2]) is not None)
 
 
 def global_avg_pool2d_rule(bb, args, attrs, target):
@@ -243,7 +247,8 @@ def global_avg_pool2d_rule(bb, args, attrs, target):
         return glue.lower_global_avg_pool2d(bb, x, [dq_const], attrs, target, channels=C)
     if out_dtype == "int32":
         return glue.lower_global_avg_pool2d(bb, x, [], attrs, target, channels=C)
-    return glue.lower_global_avg_pool2d(bb, x, [_scalar(args[1])], attrs, target, channels=C)
+    rounding = _scalar(args[2]) if len(args) > 2 else None
+    return glue.lower_global_avg_pool2d(bb, x, [_scalar(args[1])], attrs, target, channels=C, rounding=rounding)
 
 
 def _fast(check):

@@ -55,6 +55,8 @@ def merged_conv(parts: list[tuple[dict[str, Any], list[np.ndarray]]]) -> Optiona
     for attrs, (w, *_rest) in parts:
         if any([*np.atleast_1d(attrs[k])] != [*np.atleast_1d(attrs0[k])] for k in _SAME):
             return None
+        if int(attrs.get("out_zero_point", 0)) != int(attrs0.get("out_zero_point", 0)):  # pre-quantized models
+            return None
         offsets.add(_centre_offsets(attrs, w.shape[2], w.shape[3]))
     if len(offsets) != 1 or None in offsets:
         return None

@@ -19,7 +19,12 @@ Argument conventions (activations first, then constants):
   qnn.global_avg_pool2d(x) with out_dtype "int32"    the raw int32 sums (feeding a classifier)
 - qnn.dense with an int32 input: int64 accumulation and bias (pooled features into the classifier)
 - qnn.conv2d / qnn.dense with out_dtype "int32": clip(acc + bias, out_min, out_max), no requantize
-Zero points are 0 everywhere; requantize is `clip((a·m + 2^(n-1)) >> n, lo, hi)` (fixed_point.py)."""
+ISQuant's graphs have zero points 0 everywhere; requantize is `clip((a·m + 2^(n-1)) >> n, lo, hi)`
+(fixed_point.py). Pre-quantized models (quantize/prequant.py) bring their own zero points, folded so the
+kernels' arithmetic is unchanged: an input zero point into the int32 bias (and an explicit pad),
+an output zero point into the rounding constant (attr `out_zero_point` of conv/dense: 2^(n-1) + z·2^n;
+an optional trailing int64 `rounding` argument of add / requantize / 8-bit global pool holds the
+whole constant, input zero points included), attr `zero_point` of quantize / dequantize."""
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
@@ -40,11 +45,18 @@ def _channel(bb: relax.BlockBuilder, v: relax.Expr, ndim: int) -> relax.Expr:
 
 
 def requantize_expr(bb: relax.BlockBuilder, acc: relax.Expr, m: relax.Expr, n: relax.Expr,
-                    lo: int, hi: int, out_dtype: str) -> relax.Expr:
-    """(acc·m + 2^(n-1)) >> n, saturated, cast. m and n broadcast against acc (int64)."""
+                    lo: int, hi: int, out_dtype: str, zero_point: int = 0,
+                    rounding: relax.Expr | None = None) -> relax.Expr:
+    """(acc·m + 2^(n-1) + z·2^n) >> n, saturated, cast. m and n broadcast against acc (int64).
+    `rounding` replaces the whole constant (zero points of add / requantize / pool folded in)."""
     wide = bb.emit(relax.op.astype(acc, "int64"))
     prod = bb.emit(relax.op.multiply(wide, m))
-    half = bb.emit(relax.op.left_shift(relax.const(1, "int64"), relax.op.subtract(n, relax.const(1, "int64"))))
+    if rounding is not None:
+        half = rounding
+    else:
+        half = bb.emit(relax.op.left_shift(relax.const(1, "int64"), relax.op.subtract(n, relax.const(1, "int64"))))
+        if zero_point:
+            half = bb.emit(relax.op.add(half, relax.op.left_shift(relax.const(int(zero_point), "int64"), n)))
     shifted = bb.emit(relax.op.right_shift(relax.op.add(prod, half), n))
     clipped = bb.emit(relax.op.clip(shifted, tvm_compat.prim_int(lo), tvm_compat.prim_int(hi)))
     return relax.op.astype(clipped, out_dtype)
@@ -58,7 +70,8 @@ def _epilogue(bb: relax.BlockBuilder, acc: relax.Expr, rest: Sequence[relax.Expr
     if str(attrs["out_dtype"]) == "int32":
         return relax.op.clip(acc, tvm_compat.prim_int(attrs["out_min"], "int32"), tvm_compat.prim_int(attrs["out_max"], "int32"))
     m, n = (_channel(bb, v, ndim) for v in rest)
-    return requantize_expr(bb, acc, m, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]))
+    return requantize_expr(bb, acc, m, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]),
+                           zero_point=int(attrs.get("out_zero_point", 0)))
 
 
 def ref_conv2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
@@ -82,30 +95,37 @@ def ref_dense(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping
 
 
 def ref_add(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
-    a, b, ma, mb = args
+    a, b, ma, mb = args[:4]
     n = relax.const(int(attrs["shift"]), "int64")
     pa = bb.emit(relax.op.multiply(relax.op.astype(a, "int64"), ma))
     pb = bb.emit(relax.op.multiply(relax.op.astype(b, "int64"), mb))
-    half = relax.const(1 << (int(attrs["shift"]) - 1), "int64")
+    half = args[4] if len(args) > 4 else relax.const(1 << (int(attrs["shift"]) - 1), "int64")
     total = bb.emit(relax.op.right_shift(relax.op.add(relax.op.add(pa, pb), half), n))
     clipped = bb.emit(relax.op.clip(total, tvm_compat.prim_int(attrs["out_min"]), tvm_compat.prim_int(attrs["out_max"])))
     return relax.op.astype(clipped, str(attrs["out_dtype"]))
 
 
 def ref_requantize(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
-    x, m = args
+    x, m = args[:2]
     n = relax.const(int(attrs["shift"]), "int64")
-    return requantize_expr(bb, x, m, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]))
+    return requantize_expr(bb, x, m, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]),
+                           rounding=args[2] if len(args) > 2 else None)
 
 
 def ref_quantize(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
     # R.quantize divides by the scale and rounds half to even, exactly like numpy's x / s then round.
     return relax.op.quantize(args[0], relax.const(float(attrs["scale"]), "float32"),
-                             relax.const(0, str(attrs["out_dtype"])), axis=1, out_dtype=str(attrs["out_dtype"]))
+                             relax.const(int(attrs.get("zero_point", 0)), str(attrs["out_dtype"])), axis=1,
+                             out_dtype=str(attrs["out_dtype"]))
 
 
 def ref_dequantize(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
-    wide = bb.emit(relax.op.astype(args[0], "float32"))
+    zp = int(attrs.get("zero_point", 0))
+    if zp:
+        centred = bb.emit(relax.op.subtract(relax.op.astype(args[0], "int32"), relax.const(zp, "int32")))
+        wide = bb.emit(relax.op.astype(centred, "float32"))
+    else:
+        wide = bb.emit(relax.op.astype(args[0], "float32"))
     return relax.op.multiply(wide, relax.const(float(attrs["scale"]), "float32"))
 
 
@@ -129,7 +149,8 @@ def ref_global_avg_pool2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], at
         return total
     m = args[1]
     n = relax.const(int(attrs["shift"]), "int64")
-    return requantize_expr(bb, total, m, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]))
+    return requantize_expr(bb, total, m, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]),
+                           rounding=args[2] if len(args) > 2 else None)
 
 
 REFERENCE_RULES: dict[str, Rule] = {
@@ -153,9 +174,9 @@ def make_function(op: str, args: Sequence[relax.Expr], attrs: Mapping[str, Any])
     if op in ("qnn.conv2d", "qnn.dense"):
         names = {1: "weight", 2: "bias", 3: "dequant_scale"} if len(args) == 4 else {1: "weight", 2: "bias", 3: "multiplier", 4: "shift"}
     elif op in ("qnn.requantize", "qnn.global_avg_pool2d"):
-        names = {1: "multiplier"}
+        names = {1: "multiplier", 2: "rounding"}
     elif op == "qnn.add":
-        names = {1: "rhs", 2: "lhs_multiplier", 3: "rhs_multiplier"}
+        names = {1: "rhs", 2: "lhs_multiplier", 3: "rhs_multiplier", 4: "rounding"}
     for i, name in names.items():
         if i < len(params):
             params[i] = relax.Var(name, args[i].ty)

@@ -34,8 +34,11 @@ def quantize_multiplier(real: np.ndarray | float) -> tuple[np.ndarray, np.ndarra
     return m.astype(np.int64), n.astype(np.int64)
 
 
-def requantize(acc: np.ndarray, m: np.ndarray, n: np.ndarray, lo: int, hi: int, channel_axis: int = 1) -> np.ndarray:
-    """Integer requantize of an int32 accumulator, per channel along `channel_axis` when m/n are 1-D."""
+def requantize(acc: np.ndarray, m: np.ndarray, n: np.ndarray, lo: int, hi: int, channel_axis: int = 1,
+               zero_point: int = 0) -> np.ndarray:
+    """Integer requantize of an int32 accumulator, per channel along `channel_axis` when m/n are 1-D.
+    A nonzero output `zero_point` z is added after the shift, folded into the rounding constant:
+    ((a·m + 2^(n-1)) >> n) + z == (a·m + 2^(n-1) + z·2^n) >> n exactly (arithmetic shift = floor)."""
     acc = np.asarray(acc, dtype=np.int64)
     m = np.asarray(m, dtype=np.int64)
     n = np.asarray(n, dtype=np.int64)
@@ -45,8 +48,17 @@ def requantize(acc: np.ndarray, m: np.ndarray, n: np.ndarray, lo: int, hi: int, 
         m, n = m.reshape(shape), n.reshape(shape)
     else:
         m, n = m.reshape(()), n.reshape(())
-    rounding = np.left_shift(np.int64(1), n - 1)
+    rounding = rounding_constant(n, zero_point)
     return np.clip((acc * m + rounding) >> n, lo, hi)
+
+
+def rounding_constant(n: np.ndarray | int, zero_point: int = 0) -> np.ndarray:
+    """2^(n-1) + z·2^n: round half up, then add the output zero point z (exact, see `requantize`)."""
+    n = np.asarray(n, dtype=np.int64)
+    rnd = np.left_shift(np.int64(1), n - 1) + np.left_shift(np.int64(int(zero_point)), n)
+    if zero_point and np.any(np.abs(int(zero_point)) * np.exp2(n.astype(np.float64)) >= 2.0**61):
+        raise ValueError(f"output zero point {zero_point} with shift {int(n.max())} overflows int64")
+    return rnd
 
 
 def dtype_bounds(dtype: str) -> tuple[int, int]:

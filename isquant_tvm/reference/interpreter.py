@@ -102,30 +102,38 @@ def _epilogue(acc: np.ndarray, rest: Sequence[np.ndarray], attrs: Mapping[str, A
     if out_dtype == "int32":
         return np.clip(acc, int(attrs["out_min"]), int(attrs["out_max"])).astype(np.int32)
     m, n = rest
-    return fixed_point.requantize(acc, m, n, int(attrs["out_min"]), int(attrs["out_max"])).astype(out_dtype)
+    return fixed_point.requantize(acc, m, n, int(attrs["out_min"]), int(attrs["out_max"]),
+                                  zero_point=int(attrs.get("out_zero_point", 0))).astype(out_dtype)
+
+
+def _rounding(args: Sequence[np.ndarray], index: int, shift: int) -> np.int64:
+    """The optional trailing rounding constant of add / requantize / pool (zero points folded in)."""
+    return np.int64(args[index]) if len(args) > index else np.int64(1) << np.int64(shift - 1)
 
 
 def qnn_add(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
-    a, b, ma, mb = args
+    a, b, ma, mb = args[:4]
     n = np.int64(attrs["shift"])
-    total = a.astype(np.int64) * np.int64(ma) + b.astype(np.int64) * np.int64(mb) + (np.int64(1) << (n - 1))
+    total = a.astype(np.int64) * np.int64(ma) + b.astype(np.int64) * np.int64(mb) + _rounding(args, 4, int(n))
     return np.clip(total >> n, int(attrs["out_min"]), int(attrs["out_max"])).astype(str(attrs["out_dtype"]))
 
 
 def qnn_requantize(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
-    x, m = args
-    out = fixed_point.requantize(x, m, np.int64(attrs["shift"]), int(attrs["out_min"]), int(attrs["out_max"]))
+    x, m = args[:2]
+    n = np.int64(attrs["shift"])
+    out = np.clip((x.astype(np.int64) * np.int64(m) + _rounding(args, 2, int(n))) >> n,
+                  int(attrs["out_min"]), int(attrs["out_max"]))
     return out.astype(str(attrs["out_dtype"]))
 
 
 def qnn_quantize(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
     lo, hi = fixed_point.dtype_bounds(str(attrs["out_dtype"]))
     scaled = args[0].astype(np.float32) / np.float32(attrs["scale"])
-    return np.clip(np.round(scaled), lo, hi).astype(str(attrs["out_dtype"]))
+    return np.clip(np.round(scaled) + int(attrs.get("zero_point", 0)), lo, hi).astype(str(attrs["out_dtype"]))
 
 
 def qnn_dequantize(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
-    return args[0].astype(np.float32) * np.float32(attrs["scale"])
+    return (args[0].astype(np.int32) - np.int32(attrs.get("zero_point", 0))).astype(np.float32) * np.float32(attrs["scale"])
 
 
 def qnn_max_pool2d(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
@@ -139,8 +147,8 @@ def qnn_global_avg_pool2d(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) 
         return total.astype(np.float32) * _per_channel(args[1].astype(np.float32), total.ndim)
     if str(attrs["out_dtype"]) == "int32":
         return total.astype(np.int32)
-    m = args[1]
-    out = fixed_point.requantize(total, m, np.int64(attrs["shift"]), int(attrs["out_min"]), int(attrs["out_max"]))
+    n = np.int64(attrs["shift"])
+    out = np.clip((total * np.int64(args[1]) + _rounding(args, 2, int(n))) >> n, int(attrs["out_min"]), int(attrs["out_max"]))
     return out.astype(str(attrs["out_dtype"]))
 
 

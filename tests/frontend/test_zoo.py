@@ -296,7 +296,7 @@ def test_model_info():
 def test_core_modules_import_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from isquant_tvm.frontend import cifar_resnet, zoo\n"
+        "from isquant_tvm.frontend import zoo, cifar_resnet\n"
         "zoo.builtin_onnx('builtin:resnet20-cifar')\n"
         "try:\n"
         "    cifar_resnet.cifar_resnet(20)\n"
