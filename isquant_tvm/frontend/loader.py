@@ -154,12 +154,12 @@ def _load_onnx_proto(proto: Any, shapes: dict[str, list[int]], source: str) -> I
         raise ModelLoadError(f"{source}: the graph declares no outputs; a model needs at least one graph output")
     inputs = _onnx_inputs(proto, shapes, source)
     source_proto = _with_static_inputs(proto, inputs)
+    fmt = prequant.detect(source_proto)
+    if fmt == "qoperator":  # QOperator (its com.microsoft QLinear* ops included) is imported as QDQ
+        source_proto = qoperator.to_qdq(source_proto, source)
     validate.check_nodes(source_proto, source)
     validate.check_memory(source_proto, source)
-    fmt = prequant.detect(source_proto)
-    if fmt:  # bad quantization parameters are named before any import; QOperator is imported as QDQ
-        if fmt == "qoperator":
-            source_proto = qoperator.to_qdq(source_proto, source)
+    if fmt:  # bad quantization parameters are named before any import
         prequant.validate(source_proto, source)
     proto = fold_constants(source_proto)
     failure = None
