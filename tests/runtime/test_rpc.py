@@ -307,7 +307,7 @@ def test_cli_bench_through_tracker(board_env, arm_r20, tmp_path) -> None:
     import tvm
 
     report = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "isquant_tvm", "bench", str(arm_r20), "--rpc-tracker",
+    proc = subprocess.run([sys.executable, "-m", "isquant_tvm", "-v", "bench", str(arm_r20), "--rpc-tracker",
                            board_env.tracker, "--rpc-key", "rasp4b", "--repeat", "2", "--json", str(report)],
                           capture_output=True, text=True, timeout=240, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
@@ -315,7 +315,7 @@ def test_cli_bench_through_tracker(board_env, arm_r20, tmp_path) -> None:
     doc = json.loads(report.read_text())
     assert doc["median_ms"] > 0 and doc["repeat"] == 2
     assert "rasp4b" in doc["device"] and doc["remote_tvm_version"] == tvm.__version__
-    assert f"tracker {board_env.tracker}" in proc.stderr  # the resolved address is shown
+    assert f"tracker {board_env.tracker}" in proc.stderr  # -v shows the resolved address
 
 
 @pytest.mark.board
