@@ -15,7 +15,8 @@ import tvm
 from numpy.lib.stride_tricks import sliding_window_view
 from tvm import relax
 
-from . import fixed_point
+from . import fixed_point, float_ops, tvm_eval
+from .float_ops import UnsupportedOp
 from ..util import tvm_compat
 
 Env = dict[Any, Any]
@@ -265,16 +266,27 @@ def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-class UnsupportedOp(NotImplementedError):
-    pass
+# the wider float table (issue 15); its general pools replace the NCHW-only ones above
+OPS.update(float_ops.OPS)
+
+#: dtypes of the integer data path: ops on them are never evaluated by TVM (the oracle stays independent)
+_INTEGER_PATH = {"int8", "uint8", "int16", "int32"}
+
+
+def _tvm_may_evaluate(expr: relax.Call, args: list[Any]) -> bool:
+    dtypes = {str(a.dtype) for a in args if isinstance(a, np.ndarray)}
+    out = getattr(expr.ty, "dtype", None)
+    return not (dtypes | ({str(out)} if out is not None else set())) & _INTEGER_PATH
 
 
 class Interpreter:
     """Evaluate `mod["main"]` with numpy. `capture=True` keeps every binding's value (keyed by var)."""
 
-    def __init__(self, mod: tvm.IRModule) -> None:
+    def __init__(self, mod: tvm.IRModule, tvm_fallback: bool = True) -> None:
+        """`tvm_fallback`: a float op with no numpy rule is evaluated by TVM (`tvm_eval`), not refused."""
         self.mod = mod
         self.main = mod["main"]
+        self.tvm_fallback = tvm_fallback
 
     def run(self, inputs: Sequence[np.ndarray], capture: bool = False,
             hooks: Mapping[Any, Callable[[np.ndarray], np.ndarray]] | None = None,
@@ -339,10 +351,17 @@ class Interpreter:
                     raise UnsupportedOp(f"call to {expr.op.name_hint} has no numpy reference")
                 return QNN_REFERENCE[op](args, _attrs_dict(func.attrs))
             name = str(expr.op.name)
-            if name not in OPS:
-                raise UnsupportedOp(f"the numpy reference has no rule for {name}")
             dtype = str(expr.ty.dtype) if hasattr(expr.ty, "dtype") else "float32"
-            return OPS[name](args, expr.attrs, dtype)
+            rule = OPS.get(name)
+            reason = f"the numpy reference has no rule for {name}"
+            if rule is not None:
+                try:
+                    return rule(args, expr.attrs, dtype)
+                except UnsupportedOp as err:
+                    reason = str(err)
+            if self.tvm_fallback and _tvm_may_evaluate(expr, args):
+                return tvm_eval.evaluate(expr, args)
+            raise UnsupportedOp(reason)
         raise UnsupportedOp(f"cannot evaluate {type(expr).__name__}")
 
 
