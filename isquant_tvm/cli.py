@@ -110,6 +110,13 @@ def _add_quant_args(p: argparse.ArgumentParser, default_quantize: str) -> None:
                    help="calibration samples to use: the first N images of a folder / arrays of an .npz, or N"
                         " evenly spaced images of a labelled set (default 64)")
     g.add_argument("--report", metavar="PATH", help="write the per-layer quantization report (JSON) here")
+    _add_float_nodes_arg(g)
+
+
+def _add_float_nodes_arg(g: Any) -> None:
+    g.add_argument("--float-nodes", nargs="+", default=[], metavar="NAME",
+                   help="ONNX node names to keep float (like onnxruntime's nodes_to_exclude), e.g."
+                        " --float-nodes /model.22/dfl/conv/Conv; listed in the report")
 
 
 def _weight_bits(text: str) -> int:
@@ -228,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fold BatchNorm, round every Conv/Gemm weight with ISQuant/SQuant flips and write"
                                    " an ONNX model with int8 weights + DequantizeLinear (activations stay float).",
                        epilog=EPILOG)
-    p.add_argument("model", help="an .onnx file or builtin:NAME")
+    _add_model_args(p)
     p.add_argument("-o", "--output", required=True, metavar="PATH", help="the .onnx to write (atomically)")
     p.add_argument("--rounding", choices=["squant", "squant-e", "squant-k", "squant-c", "rtn"], default="squant",
                    help="weight rounding: squant (SQuant E+K+C flips, default), a single stage, or rtn")
@@ -236,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one symmetric scale per tensor (ISQuant, default) or per output channel")
     p.add_argument("--weight-bits", type=_weight_bits, default=8, metavar="B", help="weight bit width 2..8 (default 8)")
     p.add_argument("--report", metavar="PATH", help="write the per-layer weight report (JSON) here")
+    _add_float_nodes_arg(p)
 
     p = sub.add_parser("eval", help="accuracy of the int8 build vs the float model on labelled images",
                        description="Compile the model to int8 (x86) and run it beside the float model on labelled"
@@ -259,6 +267,8 @@ def _quant_options(args: argparse.Namespace) -> dict[str, Any]:
                                "activation_ranges": args.activation_ranges, "calibration": args.calibration,
                                "calibration_method": args.calibration_method,
                                "calibration_count": args.calibration_count}
+    if getattr(args, "float_nodes", None):
+        options["float_nodes"] = list(args.float_nodes)
     if args.rounding:
         options["rounding"] = args.rounding
     elif getattr(args, "quantize", "isquant") == "rtn":
@@ -284,10 +294,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from .api import load
     from .tools.qdq import export_qdq
 
-    model = load(args.model)
+    model = load(args.model, input_shapes=args.input_shapes)
     with Transaction() as txn:
         report = export_qdq(model.onnx_model, args.output, rounding=args.rounding, granularity=args.granularity,
-                            weight_bits=args.weight_bits, source=model.source, transaction=txn)
+                            weight_bits=args.weight_bits, source=model.source, transaction=txn,
+                            float_nodes=args.float_nodes)
         if args.report:
             txn.write_json(Path(args.report), report)
     summary = report.get("summary", {})

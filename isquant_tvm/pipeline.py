@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import tvm
@@ -19,6 +19,7 @@ from .frontend.loader import ImportedModel
 from .fold.layers import find_layers
 from .legalize.legalize import legalize
 from .quantize import prequant
+from .quantize import float_regions
 from .quantize.rewrite import quantize_module
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,10 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
                    calibration: str | None = None, calibration_method: str = "percentile", calibration_count: int = 64,
                    synthetic_count: int = 8, sigma_factor: float = 25.0, input_range: float | None = None,
                    synthetic: str = "smooth", range_rule: str = "sigma", bn_rule: str = "ksigma", bn_k: float = 6.0,
-                   progress: bool = True, only_reference: bool = False) -> QuantizedModel:
-    """Quantize a BN-folded float module to a legalized integer module plus a per-layer report."""
+                   progress: bool = True, only_reference: bool = False,
+                   float_nodes: Sequence[str] = ()) -> QuantizedModel:
+    """Quantize a BN-folded float module to a legalized integer module plus a per-layer report.
+    `float_nodes`: ONNX node names kept float (onnxruntime's nodes_to_exclude)."""
     if rounding not in ROUNDINGS:
         raise IsquantError(f"--rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
     if weight_bits != 8:
@@ -63,6 +66,8 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
                               "shape": list(layer.weight.shape), "groups": layer.groups,
                               "weight": isquant.weight_metrics(layer.weight, qw)})
     timings["weights_s"] = time.perf_counter() - start
+    onnx_nodes = float_regions.with_layers(model.onnx_nodes, layers)
+    float_vars = float_regions.resolve_float_nodes(float_nodes, onnx_nodes, model.source) if float_nodes else set()
 
     start = time.perf_counter()
     shapes = [tuple(i.shape) for i in model.inputs]
@@ -90,7 +95,7 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
         bn = bn_ranges.conv_batchnorms(model.mod)
         conv_vars = [layer.var for layer in layers if layer.kind == "conv2d"]
         if len(bn) == len(conv_vars) and any(s is not None for s in bn):
-            dists = bn_ranges.propagate(float_mod, conv_vars, bn)
+            dists = bn_ranges.propagate(float_mod, conv_vars, bn, k=bn_k if bn_rule == "ksigma" else 6.0)
             forward = None
             if any(d.mixed for d in dists.values()):
                 t0 = time.perf_counter()
@@ -114,7 +119,8 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
     timings["ranges_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    result = quantize_module(float_mod, layers, weights, chosen, input_range=input_range)
+    result = quantize_module(float_mod, layers, weights, chosen, input_range=input_range, float_vars=float_vars,
+                             onnx_nodes=onnx_nodes)
     timings["quantize_pass_s"] = time.perf_counter() - start
     start = time.perf_counter()
     legal, lowerings = legalize(result.mod, target, only_reference=only_reference)
@@ -138,7 +144,10 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
         summary["matched_forward_error"] = forward_error
     report = {"summary": summary, "layers": layer_reports, "tensors": result.tensors,
               "fallbacks": result.fallbacks, "lowerings": lowerings, "timings": timings,
-              "input_range": input_range}
+              "input_range": input_range,
+              # issue 15: float ops by ONNX op type and node (fallbacks above: by Relax op)
+              "float_nodes": float_regions.float_nodes_report(result.fallback_vars, onnx_nodes),
+              "float_nodes_requested": list(float_nodes)}
     metadata = {
         "scheme": "symmetric, zero point 0, int8 weights, int8/uint8 activations",
         "rounding": rounding,

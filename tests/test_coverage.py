@@ -145,3 +145,184 @@ def test_integer_ops_never_use_tvm():
         bb.emit_func_output(out)
     with pytest.raises(interpreter.UnsupportedOp, match="bitwise_xor"):
         interpreter.Interpreter(bb.get()).run([np.arange(4, dtype=np.int8)])
+
+
+# --- ONNX models: naming, heads, --float-nodes, BN ranges next to float ops, shape folding ----------
+
+import onnx  # noqa: E402
+from onnx import TensorProto as TP, helper as oh, numpy_helper as onh  # noqa: E402
+
+from isquant_tvm import api, cli  # noqa: E402
+from isquant_tvm.errors import IsquantError, ModelLoadError  # noqa: E402
+from isquant_tvm.pipeline import quantize_model  # noqa: E402
+from isquant_tvm.reference.interpreter import Interpreter  # noqa: E402
+
+
+class _Graph:
+    def __init__(self, seed: int = 0) -> None:
+        self.rng, self.inits, self.nodes = np.random.default_rng(seed), [], []
+
+    def const(self, name, a, dtype=np.float32):
+        self.inits.append(onh.from_array(np.asarray(a, dtype), name))
+        return name
+
+    def node(self, op, inputs, output, name, **attrs):
+        self.nodes.append(oh.make_node(op, inputs, [output] if isinstance(output, str) else output, name=name, **attrs))
+        return output
+
+    def conv(self, x, cin, cout, name, k=3, bn=False):
+        w = self.const(f"{name}.w", self.rng.standard_normal((cout, cin, k, k)) * (1.5 / np.sqrt(cin * k * k)))
+        # a conv before BN has no bias (as Paddle exports it; fold_bn leaves conv+bias+BN unfolded)
+        b = [] if bn else [self.const(f"{name}.b", self.rng.uniform(-0.2, 0.2, cout))]
+        y = self.node("Conv", [x, w, *b], f"{name}.out", f"/{name}/Conv", pads=[k // 2] * 4)
+        if bn:
+            stats = [self.const(f"{name}.{s}", v) for s, v in (("g", self.rng.uniform(0.5, 2, cout)),
+                                                               ("beta", self.rng.uniform(-1, 1, cout)),
+                                                               ("m", self.rng.uniform(-1, 1, cout)),
+                                                               ("v", self.rng.uniform(0.5, 2, cout)))]
+            y = self.node("BatchNormalization", [y, *stats], f"{name}.bn", f"/{name}/BatchNormalization")
+        return y
+
+    def model(self, inputs, outputs, opset=17):
+        g = oh.make_graph(self.nodes, "t", [oh.make_tensor_value_info(n, TP.FLOAT, s) for n, s in inputs],
+                          [oh.make_tensor_value_info(n, TP.FLOAT, s) for n, s in outputs], self.inits)
+        m = oh.make_model(g, opset_imports=[oh.make_opsetid("", opset)])
+        m.ir_version = 8
+        onnx.checker.check_model(m)
+        return m
+
+
+@pytest.fixture(scope="module")
+def bn_hardswish(tmp_path_factory):
+    """conv+BN+HardSwish x2 -> pool -> Gemm: a PP-LCNet in miniature."""
+    g = _Graph()
+    x = "x"
+    for i, (cin, cout) in enumerate([(3, 8), (8, 16)]):
+        x = g.node("HardSwish", [g.conv(x, cin, cout, f"conv{i}", bn=True)], f"a{i}", f"/act{i}/HardSwish")
+    p = g.node("GlobalAveragePool", [x], "p", "/pool/GlobalAveragePool")
+    f = g.node("Flatten", [p], "f", "/Flatten")
+    g.node("Gemm", [f, g.const("fc.w", g.rng.standard_normal((10, 16)) * 0.2), g.const("fc.b", np.zeros(10))],
+           "y", "/fc/Gemm", transB=1)
+    path = tmp_path_factory.mktemp("cov") / "bn_hardswish.onnx"
+    onnx.save(g.model([("x", [1, 3, 16, 16])], [("y", [1, 10])]), path)
+    model = api.load(str(path))
+    return path, model, api.prepare(model)
+
+
+def _quantize(model, float_mod, **options):
+    return quantize_model(model, float_mod, api.resolve_target("x86"), progress=False, **options)
+
+
+def test_float_ops_named_by_onnx_node_and_bn_ranges_through_them(bn_hardswish):
+    """The report names float ops by ONNX node and op type, and the tensors after a float HardSwish on
+    a conv+BN take their range from the BN statistics (they were all `synthetic σ×25`)."""
+    _, model, float_mod = bn_hardswish
+    assert model.onnx_nodes["act0_HardSwish"] == ("/act0/HardSwish", "HardSwish")
+    q = _quantize(model, float_mod)
+    floats = q.report["float_nodes"]
+    assert floats["HardSwish"] == {"count": 2, "nodes": ["/act0/HardSwish", "/act1/HardSwish"]}
+    assert set(floats) == {"HardSwish"}  # every float binding is traced back to its node
+    rules = {t["tensor"]: t["rule"] for t in q.report["tensors"]}
+    after_act = [r for name, r in rules.items() if name.startswith("act")]
+    assert after_act and all(r == "BatchNorm statistics through float ops" for r in after_act), rules
+    assert q.report["summary"]["activation_ranges"].startswith("bn+")
+
+
+def test_float_nodes_flag(bn_hardswish):
+    _, model, float_mod = bn_hardswish
+    q = _quantize(model, float_mod, float_nodes=["/conv1/Conv"])
+    assert q.report["float_nodes"]["Conv"] == {"count": 1, "nodes": ["/conv1/Conv"]}
+    assert q.report["float_nodes_requested"] == ["/conv1/Conv"]
+    with pytest.raises(IsquantError, match=r"'/conv1/Cnv' is not a node.*close matches: /conv1/Conv"):
+        _quantize(model, float_mod, float_nodes=["/conv1/Cnv"])
+
+
+def test_cli_float_nodes_typo_and_quantize_input_shapes(bn_hardswish, tmp_path, capsys):
+    path, _, _ = bn_hardswish
+    out = tmp_path / "m.so"
+    assert cli.main(["compile", str(path), "-o", str(out), "--float-nodes", "/act0/HardSwsh"]) == 2
+    assert "close matches: /act0/HardSwish" in capsys.readouterr().err and not out.exists()
+    qdq = tmp_path / "q.onnx"
+    assert cli.main(["quantize", str(path), "-o", str(qdq), "--input-shapes", "x:[1,3,16,16]",
+                     "--float-nodes", "/conv1/Conv"]) == 0
+    kept = [n for n in onnx.load(str(qdq)).graph.node if n.op_type == "DequantizeLinear"]
+    assert len(kept) == 2  # conv0 and the Gemm; conv1 stays float
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    """A 2-output toy detector head: boxes = concat of two convs (an integer concat would requantize it
+    to one data-free 8-bit scale), scores = sigmoid(conv)."""
+    g = _Graph(1)
+    y = g.node("Relu", [g.conv("x", 3, 16, "stem")], "r0", "/stem/Relu")
+    y = g.node("Relu", [g.conv(y, 16, 16, "body")], "r1", "/body/Relu")
+    g.node("Concat", [g.conv(y, 16, 2, "xy", k=1), g.conv(y, 16, 2, "wh", k=1)], "boxes", "/head/Concat", axis=1)
+    g.node("Sigmoid", [g.conv(y, 16, 3, "cls", k=1)], "scores", "/head/Sigmoid")
+    path = tmp_path_factory.mktemp("cov") / "detector.onnx"
+    onnx.save(g.model([("x", [1, 3, 24, 24])], [("boxes", [1, 4, 24, 24]), ("scores", [1, 3, 24, 24])]), path)
+    model = api.load(str(path))
+    float_mod = api.prepare(model)
+    return model, float_mod, _quantize(model, float_mod)
+
+
+def test_output_heads_keep_precision(detector):
+    model, float_mod, q = detector
+    assert {"Concat", "Sigmoid"} <= set(q.report["float_nodes"])
+    x = RNG.standard_normal((8, 3, 24, 24)).astype(np.float32)
+    ref = Interpreter(float_mod).run([x])[0]
+    got = Interpreter(q.qnn_mod).run([x])[0]
+    for name, r, o in zip(("boxes", "scores"), ref, got):
+        cos = float(np.dot(r.ravel(), o.ravel()) / np.linalg.norm(r) / np.linalg.norm(o))
+        assert np.unique(o).size >= 1000, name
+        assert cos >= 0.999, (name, cos)
+
+
+def test_output_heads_tvm_equals_reference(detector):
+    """The float head after the integer trunk: TVM's build equals the numpy reference."""
+    _, _, q = detector
+    ex = tvm.compile(q.mod, target=api.resolve_target("x86"))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    x = RNG.standard_normal((1, 3, 24, 24)).astype(np.float32)
+    got = [t.numpy() for t in vm["main"](tvm.runtime.tensor(x, tvm.cpu()))]
+    ref = Interpreter(q.qnn_mod).run([x])[0]
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_importer_rejection_names_the_node(tmp_path, capsys):
+    g = _Graph()
+    c = g.conv("x", 3, 8, "backbone")
+    seq = g.node("Transpose", [g.node("Reshape", [c, g.const("shp", [1, 8, 8], np.int64)], "s0", "/Reshape")], "s",
+                 "/Transpose", perm=[2, 0, 1])
+    g.node("LSTM", [seq, g.const("W", g.rng.standard_normal((1, 16, 8))), g.const("R", g.rng.standard_normal((1, 16, 4)))],
+           "y", "/rnn/LSTM", hidden_size=4)
+    path = tmp_path / "lstm.onnx"
+    onnx.save(g.model([("x", [1, 3, 2, 4])], [("y", [8, 1, 1, 4])], opset=14), path)
+    out = tmp_path / "l.so"
+    assert cli.main(["compile", str(path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'/rnn/LSTM' (op LSTM)" in err[0], err
+    assert not list(tmp_path.glob("l.so*"))
+
+
+def test_computed_reshape_is_folded(tmp_path):
+    """Paddle-style shape arithmetic: Shape -> Slice -> ReduceProd -> Concat -> Reshape, then
+    Shape -> Mul -> Reshape of that result (which needs a second folding pass)."""
+    g = _Graph()
+    r = g.node("Relu", [g.conv("x", 3, 8, "conv")], "r", "relu")
+    i64 = lambda n, v: g.const(n, v, np.int64)  # noqa: E731
+    s = g.node("Shape", [r], "s", "p2o.Shape.0")
+    hw = g.node("ReduceProd", [g.node("Slice", [s, i64("st", [2]), i64("en", [4]), i64("ax", [0])], "hw", "p2o.Slice.0")],
+                "hwp", "p2o.ReduceProd.0", keepdims=1)
+    y = g.node("Reshape", [r, g.node("Concat", [i64("z", [0]), i64("c8", [8]), hw], "ns", "p2o.Concat.0", axis=0)],
+               "y", "p2o.Reshape.0")
+    s2 = g.node("Mul", [g.node("Shape", [y], "s2", "p2o.Shape.1"), i64("one", [1, 1, 1])], "s2m", "p2o.Mul.0")
+    g.node("ReduceMean", [g.node("Reshape", [y, s2], "y2", "p2o.Reshape.1")], "out", "p2o.ReduceMean.0", axes=[2], keepdims=0)
+    path = tmp_path / "paddle.onnx"
+    onnx.save(g.model([("x", ["N", 3, "H", 8])], [("out", ["N", 8])], opset=13), path)
+    with pytest.raises(ModelLoadError, match="--input-shapes"):
+        api.load(str(path))
+    model = api.load(str(path), input_shapes="x:[2,3,8,8]")
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    out = Interpreter(model.mod).run([x])[0][0]
+    assert out.shape == (2, 8)

@@ -1,7 +1,9 @@
 """Import a model (ONNX file, built-in example, torch module or .pt2 program) as a float Relax IRModule."""
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import logging
 import re
 from dataclasses import dataclass, field
@@ -44,6 +46,8 @@ class ImportedModel:
     onnx_model: Any = None  # kept for onnxruntime comparisons and QDQ export
     onnx_source: Any = None  # the model before constant folding (pre-quantized models re-import it)
     prequantized: str | None = None  # "qdq" / "qoperator" when the model carries its own quantization
+    # Relax var name -> (ONNX node name, op type): the bindings are named after their node (ONNX only)
+    onnx_nodes: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -163,10 +167,12 @@ def _load_onnx_proto(proto: Any, shapes: dict[str, list[int]], source: str) -> I
         prequant.validate(source_proto, source)
     proto = fold_constants(source_proto)
     failure = None
-    with tvm_compat.native_stderr_filtered():
+    named = tvm_compat.NamedImport()
+    with tvm_compat.native_stderr_filtered(), contextlib.redirect_stdout(io.StringIO()):
+        # (stdout: the importer prints "Error converting operator ..." with every input's repr)
         try:
-            mod = tvm_compat.relax_from_onnx(
-                proto, {i.name: list(i.shape) for i in inputs}, {i.name: i.dtype for i in inputs}
+            tvm_compat.relax_from_onnx_named(
+                proto, {i.name: list(i.shape) for i in inputs}, {i.name: i.dtype for i in inputs}, named
             )
         except Exception as err:  # noqa: BLE001 - the importer's own wording, last line
             lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
@@ -175,10 +181,25 @@ def _load_onnx_proto(proto: Any, shapes: dict[str, list[int]], source: str) -> I
         # the failed importer's BlockBuilder warns from C++ when it is freed: free it inside the filter
         gc.collect()
     if failure is not None:
-        raise ModelLoadError(f"{source}: TVM's ONNX importer failed: {failure[:300]}")
+        raise ModelLoadError(_import_failure(proto, source, failure, named.failed))
+    mod = named.mod
     layer_names = [n.name or f"{n.op_type}_{i}" for i, n in enumerate(proto.graph.node) if n.op_type in ("Conv", "Gemm", "MatMul")]
     return ImportedModel(mod=mod, inputs=inputs, source=source, layer_names=layer_names, onnx_model=proto,
-                         onnx_source=source_proto if fmt else None, prequantized=fmt)
+                         onnx_source=source_proto if fmt else None, prequantized=fmt, onnx_nodes=named.nodes)
+
+
+def _import_failure(proto: Any, source: str, failure: str, node: tuple[str, str] | None) -> str:
+    """One line naming the ONNX node and op the importer stopped at. The importer refuses op types it
+    has no converter for before converting anything: those are named by their first node."""
+    missing = re.search(r"operators are not supported for frontend ONNX:\s*(.+)", failure)
+    if missing:
+        ops = [o.strip() for o in missing.group(1).split(",") if o.strip()]
+        found = [(n.name or f"{n.op_type}_{i}", n.op_type) for i, n in enumerate(proto.graph.node) if n.op_type in ops]
+        names = ", ".join(f"{name!r} (op {op})" for name, op in found[:3]) + (", ..." if len(found) > 3 else "")
+        return (f"{source}: TVM's ONNX importer has no converter for {', '.join(ops)}: node {names}; nothing"
+                " written (replace or remove those nodes, or export the model without them)")
+    where = f" at node {node[0]!r} (op {node[1]})" if node else ""
+    return f"{source}: TVM's ONNX importer failed{where}: {failure[:300]}"
 
 
 def _with_static_inputs(proto: Any, inputs: list[InputSpec]) -> Any:

@@ -3,7 +3,14 @@
 PyTorch's exporter computes some operands (e.g. the Pad widths of CIFAR ResNets' option-A
 shortcuts) with chains of Constant/ConstantOfShape/Concat/Reshape/Cast nodes. TVM's ONNX importer
 only accepts constant pads, so those chains are evaluated here with onnx's own reference
-evaluator and replaced by initializers."""
+evaluator and replaced by initializers.
+
+Shape arithmetic (issue 15) is folded to a fixed point: a Paddle-style Shape -> Slice -> ReduceProd ->
+Concat -> Reshape makes the Reshape's target constant only after one pass, and only then can onnx's
+shape inference give that Reshape's output a shape, which the next `Shape` of it needs. One pass left
+`Shape(y) -> Mul -> Reshape` for TVM, whose importer refuses it (`Node ... cannot handle ShapeExpr
+inputs`; on a Paddle export `Reshape requires the input new shape to be Shape`); the second pass folds
+it. `Shape` with start/end (opset 15) is folded too."""
 from __future__ import annotations
 
 import logging
@@ -18,14 +25,37 @@ _KEEP = {"Conv", "Gemm", "MatMul", "BatchNormalization", "RandomNormal", "Random
          "RandomUniformLike", "Multinomial", "Dropout"}
 
 
+#: folding passes at most (each one re-infers shapes from the constants the previous one made)
+MAX_PASSES = 8
+
+
 def fold_constants(model: Any, keep: set[str] | frozenset[str] = frozenset()) -> Any:
-    """A copy of `model` with every node whose inputs are all constant replaced by initializers
-    (except ops in `keep`: a pre-quantized model keeps its DequantizeLinear of integer weights)."""
+    """A copy of `model` with every node whose inputs are all constant (or whose shape is static, for
+    `Shape`) replaced by initializers, repeated until nothing more folds (except ops in `keep`: a
+    pre-quantized model keeps its DequantizeLinear of integer weights)."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for _ in range(MAX_PASSES):
+        model, folded = _fold_once(model, keep)
+        if not folded:
+            break
+    return model
+
+
+def _shape_value(node: Any, dims: list[int]) -> np.ndarray:
+    attrs = {a.name: a.i for a in node.attribute}
+    rank = len(dims)
+    start, end = attrs.get("start", 0), attrs.get("end", rank)
+    start, end = (start + rank if start < 0 else start), (end + rank if end < 0 else end)
+    return np.asarray(dims[max(start, 0):min(end, rank)], np.int64)
+
+
+def _fold_once(model: Any, keep: set[str] | frozenset[str]) -> tuple[Any, int]:
     import onnx
     from onnx import numpy_helper
     from onnx.reference import ReferenceEvaluator
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     try:
@@ -42,8 +72,8 @@ def fold_constants(model: Any, keep: set[str] | frozenset[str] = frozenset()) ->
     for node in graph.node:
         inputs = [i for i in node.input if i]
         value = None
-        if node.op_type == "Shape" and inputs and inputs[0] in static_shapes and not node.attribute:
-            value = [np.asarray(static_shapes[inputs[0]], np.int64)]
+        if node.op_type == "Shape" and inputs and inputs[0] in static_shapes and node.domain in ("", "ai.onnx"):
+            value = [_shape_value(node, static_shapes[inputs[0]])]
         elif node.op_type not in _KEEP and node.op_type not in keep and all(i in consts for i in inputs) and node.domain in ("", "ai.onnx"):
             try:
                 single = onnx.helper.make_model(
@@ -66,7 +96,7 @@ def fold_constants(model: Any, keep: set[str] | frozenset[str] = frozenset()) ->
             consts[name] = np.asarray(arr)
         folded += 1
     if not folded:
-        return model
+        return model, 0
     used = {i for n in kept for i in n.input} | {o.name for o in graph.output}
     del graph.node[:]
     graph.node.extend(kept)
@@ -78,7 +108,7 @@ def fold_constants(model: Any, keep: set[str] | frozenset[str] = frozenset()) ->
     del graph.initializer[:]
     graph.initializer.extend(keep_init)
     log.info("folded %d constant ONNX nodes", folded)
-    return model
+    return model, folded
 
 
 def _eval_with_inputs(node: Any, consts: dict[str, np.ndarray], opset: Any) -> list[np.ndarray]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import numpy as np
 import tvm
@@ -37,6 +37,7 @@ from ..util import tvm_compat
 from ..fold.layers import Layer
 from ..ranges.activation import ActivationRange
 from ..qnn import ops as qnn_ops
+from . import float_regions
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class QuantizeResult:
     tensors: list[dict[str, Any]] = field(default_factory=list)  # every quantized tensor: scale, dtype, rule
     fallbacks: dict[str, int] = field(default_factory=dict)  # float ops left in the graph
     fallback_reasons: dict[str, str] = field(default_factory=dict)  # op -> why a rule kept it float
+    fallback_vars: list[tuple[str, str]] = field(default_factory=list)  # (binding name, op) of each float op
     tensor_map: list[tuple[Any, Any, float]] = field(default_factory=list)  # (float var, int var, scale)
 
 
@@ -194,8 +196,11 @@ DATA_MOVEMENT = {"relax.reshape", "relax.flatten", "relax.squeeze", "relax.permu
 @relax.expr_functor.mutator
 class QuantizeMutator(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, layers: list[Layer], weights: Mapping[str, Any],
-                 ranges: Mapping[Any, ActivationRange], input_range: float | None = None) -> None:
+                 ranges: Mapping[Any, ActivationRange], input_range: float | None = None,
+                 float_vars: Collection[str] = ()) -> None:
+        """`float_vars`: binding names kept float whatever their rule (--float-nodes)."""
         super().__init__(mod)
+        self.float_vars = set(float_vars)
         self.mod_ = mod
         self.layer_of = {layer.var: layer for layer in layers}
         self.weights = weights
@@ -213,6 +218,7 @@ class QuantizeMutator(relax.PyExprMutator):
         self.uses = _count_uses(func)
         self.feeds_output = _feeds_output(func)
         self.pool_to_classifier = _pools_feeding_classifier(func, self.layer_of, self.feeds_output, self.uses)
+        self.heads = float_regions.head_vars(func, self.layer_of)
         new_func = self.visit_expr(func)
         self.builder_.update_func(gv, new_func)
         mod = self.builder_.get()
@@ -396,6 +402,8 @@ class QuantizeMutator(relax.PyExprMutator):
     # --- per-op rules -------------------------------------------------------------------------
     def _binding(self, var: Any, value: Any) -> Any:
         op = _op(value)
+        if var in self.heads or tvm_compat.var_name(var) in self.float_vars:
+            return self.keep_float(value, op, var)
         try:
             handled = self._quantized(var, value, op)
         except MissingRange as err:  # no range for a tensor (e.g. an integer side input): keep float
@@ -408,7 +416,7 @@ class QuantizeMutator(relax.PyExprMutator):
                             f" {type(err).__name__}: {err}") from err
         if handled is not None:
             return handled
-        return self.keep_float(value, op)
+        return self.keep_float(value, op, var)
 
     def _pending(self, arg: Any) -> Any:
         if isinstance(arg, relax.Var) and self.uses.get(arg, 0) == 1:
@@ -552,7 +560,7 @@ class QuantizeMutator(relax.PyExprMutator):
                     not any(int(v) for v in value.attrs.padding) and not bool(value.attrs.ceil_mode))
         return False
 
-    def keep_float(self, value: Any, op: str | None) -> Any:
+    def keep_float(self, value: Any, op: str | None, var: Any = None) -> Any:
         """The default rule: the op runs in float on dequantized inputs, counted in `fallbacks`."""
         if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
             args = []
@@ -564,6 +572,8 @@ class QuantizeMutator(relax.PyExprMutator):
             name = op.removeprefix("relax.") if op else "call"
             if op not in DATA_MOVEMENT:  # reshaping a float value is not a lost integer op
                 self.result.fallbacks[name] = self.result.fallbacks.get(name, 0) + 1
+                if var is not None:
+                    self.result.fallback_vars.append((tvm_compat.var_name(var), name))
             return self.builder_.emit(relax.Call(value.op, args, value.attrs, value.ty_args))
         if isinstance(value, relax.Var):
             return self.values.get(value, self.expr_of(value))
@@ -599,10 +609,14 @@ def register_rule(op: str, rule: Rule) -> None:
 
 
 def quantize_module(mod: tvm.IRModule, layers: list[Layer], weights: Mapping[str, Any],
-                    ranges: Mapping[Any, ActivationRange], input_range: float | None = None) -> QuantizeResult:
-    """Rewrite `mod["main"]` into qnn-level integer ops. `layers` must come from find_layers(mod["main"])."""
-    result = QuantizeMutator(mod, layers, weights, ranges, input_range).transform()
+                    ranges: Mapping[Any, ActivationRange], input_range: float | None = None,
+                    float_vars: Collection[str] = (), onnx_nodes: Mapping[str, tuple[str, str]] | None = None) -> QuantizeResult:
+    """Rewrite `mod["main"]` into qnn-level integer ops. `layers` must come from find_layers(mod["main"]).
+    `float_vars`: binding names to keep float; `onnx_nodes` (binding name -> ONNX node, op type) names
+    the float ops in the warning."""
+    result = QuantizeMutator(mod, layers, weights, ranges, input_range, float_vars).transform()
     if result.fallbacks:
-        log.warning("%d op(s) stay float (no integer rule): %s", sum(result.fallbacks.values()),
-                    ", ".join(f"{k}×{v}" for k, v in sorted(result.fallbacks.items())))
+        named = float_regions.float_nodes_report(result.fallback_vars, onnx_nodes or {})
+        log.warning("%d op(s) stay float (no integer rule, an output head, or --float-nodes): %s",
+                    sum(result.fallbacks.values()), float_regions.describe(named))
     return result

@@ -12,7 +12,15 @@ forward*: Gaussian noise images run through the float graph as one batch, and ev
 BN output is re-standardized per channel to the batch moments (β, γ²) it had in training, so each
 BN output matches its statistics while the adds combine the real tensors the weights produce
 (branch-shortcut correlation included). Tensors the BN statistics cannot describe (pools, concats,
-the input) keep the synthetic-input rule."""
+the input) keep the synthetic-input rule.
+
+Element-wise float ops (issue 15). A HardSwish / SiLU / sigmoid after a conv + BN used to end the
+propagation, and since the tensors that get quantized there are exactly those ops' outputs (the
+next conv's input), a PP-LCNet with BatchNorm after every conv reported `bn+sigma` with every
+tensor `synthetic σ×25`. Such an op is now applied to per-channel samples of its input (`Sampled`:
+Gaussian draws plus the μ ± kσ end points of each channel, so a monotone op reaches exactly
+f(μ ± kσ)); multiply(x, g(x)) sees the same draws on both sides. The range is the samples' extreme
+(`SAMPLED_RULE`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -111,9 +119,11 @@ def bn_outputs(folded: tvm.IRModule, layer_vars: list[Any],
     return out
 
 
-def propagate(folded: tvm.IRModule, layer_vars: list[Any], bn: list[tuple[np.ndarray, np.ndarray] | None]) -> dict[Any, Dist]:
+def propagate(folded: tvm.IRModule, layer_vars: list[Any], bn: list[tuple[np.ndarray, np.ndarray] | None],
+              k: float = 6.0) -> dict[Any, Dist]:
     """Per-channel distributions of every tensor the propagation can follow. `layer_vars` are
-    the conv binding vars of the folded module in the same order as `bn`."""
+    the conv binding vars of the folded module in the same order as `bn`; `k`: the σ multiple whose
+    end points the element-wise ops are evaluated at."""
     normalized = bn_outputs(folded, layer_vars, bn)
     dists: dict[Any, Dist] = {}
     for b in tvm_compat.bindings(folded["main"]):
@@ -147,7 +157,82 @@ def propagate(folded: tvm.IRModule, layer_vars: list[Any], bn: list[tuple[np.nda
                 before, after = widths[2], widths[3]
                 dists[b.var] = Dist(np.pad(src.mean, (before, after), constant_values=-1e9),
                                     np.pad(src.var, (before, after)), src.lo, src.hi, src.mixed)
+        if b.var not in dists and op in ELEMENTWISE and any(isinstance(a, relax.Var) and a in dists for a in args):
+            out = _sampled(value, dists, k)
+            if out is not None:
+                dists[b.var] = out
     return dists
+
+
+class Sampled(Dist):
+    """A per-channel distribution known by samples (C, n): the output of element-wise ops on Dists."""
+
+    def __init__(self, samples: np.ndarray, mixed: bool = False) -> None:
+        self.samples = samples
+        super().__init__(samples.mean(axis=1), samples.var(axis=1), mixed=mixed)
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        return self.samples
+
+    def moments(self) -> Moments:
+        return self.mean, self.var
+
+    @property
+    def unsigned(self) -> bool:
+        return bool(self.samples.min() >= 0)
+
+
+#: element-wise ops carried through on samples: (op, index of the first tensor argument)
+ELEMENTWISE = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum",
+               "relax.clip", "relax.nn.relu", "relax.nn.relu6", "relax.sigmoid", "relax.tanh", "relax.exp",
+               "relax.nn.silu", "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.leakyrelu", "relax.nn.prelu",
+               "relax.power", "relax.negative", "relax.abs", "relax.sqrt", "relax.nn.softplus"}
+SAMPLES_PER_CHANNEL = 2048
+SAMPLED_RULE = "BatchNorm statistics through float ops"
+
+
+def _samples_of(dist: Dist, k: float) -> np.ndarray:
+    if isinstance(dist, Sampled):
+        return dist.samples
+    std = np.sqrt(np.maximum(dist.var, 0))
+    ends = np.stack([dist.mean - k * std, dist.mean + k * std], axis=1)
+    x = np.concatenate([_draw(dist.mean, dist.var, SAMPLES_PER_CHANNEL), ends], axis=1)
+    if dist.lo is not None or dist.hi is not None:
+        x = np.clip(x, dist.lo if dist.lo is not None else -np.inf, dist.hi if dist.hi is not None else np.inf)
+    return x
+
+
+def _sampled(value: Any, dists: Mapping[Any, Dist], k: float) -> Sampled | None:
+    """`value` (an element-wise call) on samples of its described inputs; None when an argument is
+    neither described nor a scalar / per-channel constant."""
+    from ..reference.interpreter import OPS
+
+    args: list[Any] = []
+    channels = None
+    mixed = False
+    for a in value.args:
+        if isinstance(a, relax.Var) and a in dists:
+            x = _samples_of(dists[a], k)
+            if channels is not None and x.shape != channels:
+                return None
+            channels = x.shape
+            mixed = mixed or dists[a].mixed
+            args.append(x.astype(np.float32)[None, :, :, None])  # (1, C, n, 1): per-channel constants broadcast
+        elif tvm_compat.is_const(a):
+            c = tvm_compat.const_value(a)
+            if c.size > 1 and (c.ndim != 4 or c.shape[2:] != (1, 1) or c.shape[0] != 1) and c.ndim != 1:
+                return None
+            args.append(c)
+        elif tvm_compat.is_prim(a):
+            args.append(a.value)
+        else:
+            return None
+    if channels is None:
+        return None
+    out = np.asarray(OPS[_op(value)](args, value.attrs, "float32"))
+    if out.ndim != 4 or out.shape[1] != channels[0] or out.shape[0] != 1 or out.shape[3] != 1:
+        return None
+    return Sampled(out[0, :, :, 0].astype(np.float64), mixed)
 
 
 def _draw(mean: np.ndarray, var: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -224,6 +309,11 @@ def ranges_from_dists(dists: Mapping[Any, Dist], samples_per_channel: int = 2048
             f = forward[var]
             alpha = f.maximum if dist.unsigned else max(f.maximum, -f.minimum)
             out[var] = ActivationRange(max(alpha, 1e-8), FORWARD_RULE, dist.unsigned)
+            continue
+        if isinstance(dist, Sampled):  # already spans μ ± kσ of its BN sources
+            x = dist.samples
+            alpha = float(x.max()) if dist.unsigned else float(np.abs(x).max())
+            out[var] = ActivationRange(max(alpha, 1e-8), SAMPLED_RULE, dist.unsigned)
             continue
         if rule == "ksigma":
             upper = dist.mean + k * np.sqrt(dist.var)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -72,6 +72,7 @@ def export_qdq(
     weight_bits: int = 8,
     source: str = "",
     transaction: Any = None,
+    float_nodes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write ``model`` as a weight-only QDQ ONNX file at ``output``; return a JSON-able report.
 
@@ -112,6 +113,7 @@ def export_qdq(
     proto = _ensure_opset(proto, need_opset, source)
 
     rewriter = _Rewriter(proto, source, rounding, granularity, weight_bits)
+    rewriter.float_nodes = _check_float_nodes(proto, float_nodes, source)
     layers, skipped = rewriter.run()
     if not layers:
         why = f" (skipped: {'; '.join(s['name'] + ': ' + s['reason'] for s in skipped)})" if skipped else ""
@@ -162,6 +164,19 @@ def export_qdq(
 # --------------------------------------------------------------------------------------------
 # Reading, opset
 # --------------------------------------------------------------------------------------------
+
+
+def _check_float_nodes(proto: Any, names: Sequence[str], source: str) -> set[str]:
+    """--float-nodes names, checked against the graph's node names (close matches on a typo)."""
+    import difflib
+
+    known = [n.name for n in proto.graph.node if n.name]
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            raise IsquantError(f"{source}: --float-nodes {name!r} is not a node of the model{hint}")
+    return set(names)
 
 
 def _read_model(model: Any, source: str) -> tuple[Any, str]:
@@ -263,6 +278,7 @@ class _Rewriter:
 
         self.proto, self.graph = proto, proto.graph
         self.source, self.rounding, self.granularity, self.bits = source, rounding, granularity, bits
+        self.float_nodes: set[str] = set()
         self.to_array = numpy_helper.to_array
         self.from_array = numpy_helper.from_array
         g = self.graph
@@ -337,6 +353,9 @@ class _Rewriter:
             if node.domain not in ("", "ai.onnx") or node.op_type not in ("Conv", "Gemm", "MatMul"):
                 continue
             label = node.name or (node.output[0] if node.output else node.op_type)
+            if node.name and node.name in self.float_nodes:
+                skipped.append({"name": label, "reason": "kept float by --float-nodes"})
+                continue
             plan = self.plan(node, label, skipped)
             if plan is None:
                 continue

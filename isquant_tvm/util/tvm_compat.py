@@ -7,6 +7,8 @@ Everything else in the package goes through these helpers so the next rename is 
 from __future__ import annotations
 
 import contextlib
+import re
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -141,10 +143,109 @@ def _patch_onnx_importer() -> None:
 
 
 def relax_from_onnx(model: Any, shape_dict: dict[str, list[int]], dtype_dict: dict[str, str]) -> tvm.IRModule:
+    return relax_from_onnx_named(model, shape_dict, dtype_dict).mod
+
+
+def onnx_var_name(node_name: str, op_type: str, index: int) -> str:
+    """The Relax var name the bindings of an ONNX node get: its name as an identifier."""
+    base = re.sub(r"\W+", "_", node_name).strip("_") or f"{op_type}_{index}"
+    return base if not base[0].isdigit() else f"n{base}"
+
+
+@dataclass
+class NamedImport:
+    """A Relax module whose bindings are named after the ONNX node that emitted them.
+    `nodes`: var name -> (ONNX node name, op type); `failed`: the node being converted when the
+    importer raised (None on success)."""
+
+    mod: Any = None
+    nodes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    failed: tuple[str, str] | None = None
+
+
+def relax_from_onnx_named(model: Any, shape_dict: dict[str, list[int]], dtype_dict: dict[str, str],
+                          result: NamedImport | None = None) -> NamedImport:
+    """0.27's importer names every binding `lv<k>` and binds a converter's result only where a later
+    node uses it, so nothing downstream could say which ONNX node a float op came from. Here a node's
+    result (a Relax call) is bound as soon as its converter returns, so the bindings of one node are
+    contiguous and end with its output; the module is then re-emitted with every binding named after
+    its node (later passes re-emit bindings under the same name, so the name reaches the quantize pass
+    and the report). On failure `result.failed` names the node (pass `result` in to read it after the
+    raise)."""
     from tvm.relax.frontend.onnx import from_onnx
+    from tvm.relax.frontend.onnx import onnx_frontend as of
 
     _patch_onnx_importer()
-    return from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict)
+    result = result if result is not None else NamedImport()
+    converted: list[tuple[str, str]] = []  # (node name, op type) in conversion order
+    owner: dict[Any, int] = {}  # a node's output var -> index into converted
+    original_convert = of.ONNXGraphImporter._convert_operator
+
+    def own(expr: Any, index: int) -> None:
+        if isinstance(expr, relax.Var) and expr not in owner:
+            owner[expr] = index
+        elif isinstance(expr, relax.Tuple):
+            for f in expr.fields:
+                own(f, index)
+
+    def convert(self: Any, op_name: str, inputs: Any, attrs: Any, opset: int) -> Any:
+        node_name = str(attrs.get("tvm_custom", {}).get("name", "") or "")
+        index = len(converted)
+        converted.append((node_name or f"{op_name}_{index}", op_name))
+        result.failed = converted[-1]
+        out = original_convert(self, op_name, inputs, attrs, opset)
+        # bind a tensor-valued call now (constants and shapes stay unbound: converters test for them)
+        if isinstance(out, relax.Call) and isinstance(getattr(out, "ty", None), (relax.TensorType, relax.TupleType)):
+            out = self.bb.emit(out)
+        own(out, index)
+        return out
+
+    of.ONNXGraphImporter._convert_operator = convert
+    try:
+        mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict)
+    finally:
+        of.ONNXGraphImporter._convert_operator = original_convert
+    result.failed = None
+    names: dict[Any, tuple[str, str]] = {}  # binding var -> its node
+    pending: list[Any] = []
+    for binding in bindings(mod["main"]):
+        value = binding.value
+        if isinstance(value, relax.TupleGetItem) and value.tuple_value in names:  # a split's parts
+            names[binding.var] = names[value.tuple_value]
+            continue
+        pending.append(binding.var)
+        if binding.var in owner:
+            names.update({v: converted[owner[binding.var]] for v in pending})
+            pending = []
+    hints = {v: onnx_var_name(node, op, 0) for v, (node, op) in names.items()}
+    result.mod, actual = _renamed(mod, hints)
+    # the builder makes names unique (act_HardSwish, act_HardSwish1, ...): map each one it chose
+    result.nodes = {actual[v]: names[v] for v in names if v in actual}
+    return result
+
+
+def _renamed(mod: tvm.IRModule, names: Mapping[Any, str]) -> tuple[tvm.IRModule, dict[Any, str]]:
+    """`mod` with main's binding vars renamed by `names` (others keep their name), and the unique
+    name each old var got."""
+    actual: dict[Any, str] = {}
+
+    @relax.expr_functor.mutator
+    class Renamer(relax.PyExprMutator):
+        def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+            value = self.visit_expr(binding.value)
+            hint = names.get(binding.var, var_name(binding.var))
+            if isinstance(binding.var, relax.DataflowVar):
+                new = self.builder_.emit(value, name_hint=hint)
+            else:
+                new = self.builder_.emit_output(value, name_hint=hint)
+            actual[binding.var] = var_name(new)
+            self.set_var_remap(binding.var, new)
+
+    out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    gv = out.get_global_var("main")
+    func = Renamer(out).visit_expr(mod["main"])
+    out[gv] = func.with_attrs(mod["main"].attrs) if mod["main"].attrs else func
+    return out, actual
 
 
 def relax_from_exported_program(program: Any) -> tvm.IRModule:
