@@ -6,7 +6,9 @@ at most 256 levels (a YOLOv8n's score tensor came out with 37 distinct values 8.
 score 0). `head_vars` walks back from the function's result through every op that is not a conv /
 dense layer; those ops stay float, so a head ends either in a layer's int32 accumulator dequantized
 with its exact scale (what the classifier already did) or in float ops on dequantized inputs. The
-walk stops at a layer and at its bias add (`add(layer, const)`, folded into the accumulator).
+walk stops at a layer, at its bias add (`add(layer, const)`, folded into the accumulator) and at a
+global average pool, which the pass already ends in float from its int32 sums (SqueezeNet's head:
+conv -> ReLU -> global pool keeps the conv's accumulator).
 
 Named float nodes (`--float-nodes`, onnxruntime's `nodes_to_exclude`): the frontend names every
 binding after its ONNX node (`util.tvm_compat.relax_from_onnx_named`), so a node name selects its
@@ -26,6 +28,21 @@ from ..util import tvm_compat
 
 def _op(value: Any) -> str | None:
     return str(value.op.name) if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) else None
+
+
+def _global_pool(value: Any) -> bool:
+    op = _op(value)
+    if op == "relax.mean":
+        axes = value.attrs.axis
+        return axes is not None and sorted(int(a) for a in axes) == [2, 3]
+    if op == "relax.nn.adaptive_avg_pool2d":
+        size = value.attrs.output_size
+        return size is None or all(int(v) == 1 for v in size)
+    if op == "relax.nn.avg_pool2d":
+        shape = tvm_compat.expr_shape(value.args[0])
+        return ([int(v) for v in value.attrs.pool_size] == list(shape[2:])
+                and not any(int(v) for v in value.attrs.padding) and not bool(value.attrs.ceil_mode))
+    return False
 
 
 def head_vars(func: relax.Function, layer_vars: Iterable[Any]) -> set[Any]:
@@ -48,6 +65,8 @@ def head_vars(func: relax.Function, layer_vars: Iterable[Any]) -> set[Any]:
         if _op(value) == "relax.add" and any(a in layers for a in value.args if isinstance(a, relax.Var)) \
                 and any(tvm_compat.is_const(a) for a in value.args):
             continue  # a layer's bias: part of its accumulator
+        if _global_pool(value):
+            continue  # rule_global_pool dequantizes its int32 sums when the pool feeds the output
         out.add(expr)
         if isinstance(value, relax.Call):
             for a in value.args:
