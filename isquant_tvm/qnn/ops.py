@@ -17,6 +17,10 @@ Argument conventions (activations first, then constants):
 - qnn.global_avg_pool2d(x, m int64 ())               attrs: shift, keepdims, out_dtype, out_min, out_max
   qnn.global_avg_pool2d(x, dq float32 (C,))          float output: sum · dq (int32 x: summed in int64)
   qnn.global_avg_pool2d(x) with out_dtype "int32"    the raw int32 sums (feeding a classifier)
+- qnn.lut(x 8-bit, table (C | 1, 256) 8-bit)          attrs: out_dtype, output_scale (table row c for channel c
+  along axis 1; index x + 128 for int8 x, x for uint8): any element-wise function of one 8-bit tensor
+- qnn.mul(a, b, m int64 ())                          attrs: shift, out_dtype, out_min, out_max (b broadcasts,
+  e.g. a squeeze-and-excitation gate [N,C,1,1]): clip((a·b·m + 2^(n-1)) >> n)
 - qnn.dense with an int32 input: int64 accumulation and bias (pooled features into the classifier)
 - qnn.conv2d / qnn.dense with out_dtype "int32": clip(acc + bias, out_min, out_max), no requantize
 ISQuant's graphs have zero points 0 everywhere; requantize is `clip((a·m + 2^(n-1)) >> n, lo, hi)`
@@ -153,6 +157,30 @@ def ref_global_avg_pool2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], at
                            rounding=args[2] if len(args) > 2 else None)
 
 
+def ref_lut(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
+    # one gather from the flattened table: index = x (+128 for int8) (+ 256·c per channel)
+    x, table = args[:2]
+    shape = tvm_compat.expr_shape(x)
+    rows = int(tvm_compat.expr_shape(table)[0])
+    idx = bb.emit(relax.op.astype(x, "int32"))
+    if tvm_compat.expr_dtype(x) == "int8":
+        idx = bb.emit(relax.op.add(idx, relax.const(128, "int32")))
+    if rows > 1:
+        offsets = np.arange(rows, dtype=np.int32) * 256
+        idx = bb.emit(relax.op.add(idx, relax.const(offsets.reshape([1, rows] + [1] * (len(shape) - 2)), "int32")))
+    flat_table = bb.emit(relax.op.reshape(table, (rows * 256,)))
+    flat = bb.emit(relax.op.take(flat_table, bb.emit(relax.op.reshape(idx, (int(np.prod(shape)),))), axis=0,
+                                        mode="clip"))
+    return relax.op.reshape(flat, shape)
+
+
+def ref_mul(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
+    a, b, m = args[:3]
+    prod = bb.emit(relax.op.multiply(relax.op.astype(a, "int64"), relax.op.astype(b, "int64")))
+    n = relax.const(int(attrs["shift"]), "int64")
+    return requantize_expr(bb, prod, m, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]))
+
+
 REFERENCE_RULES: dict[str, Rule] = {
     "qnn.conv2d": ref_conv2d,
     "qnn.dense": ref_dense,
@@ -162,6 +190,8 @@ REFERENCE_RULES: dict[str, Rule] = {
     "qnn.dequantize": ref_dequantize,
     "qnn.max_pool2d": ref_max_pool2d,
     "qnn.global_avg_pool2d": ref_global_avg_pool2d,
+    "qnn.lut": ref_lut,
+    "qnn.mul": ref_mul,
 }
 
 
@@ -177,6 +207,10 @@ def make_function(op: str, args: Sequence[relax.Expr], attrs: Mapping[str, Any])
         names = {1: "multiplier", 2: "rounding"}
     elif op == "qnn.add":
         names = {1: "rhs", 2: "lhs_multiplier", 3: "rhs_multiplier", 4: "rounding"}
+    elif op == "qnn.lut":
+        names = {1: "table"}
+    elif op == "qnn.mul":
+        names = {1: "rhs", 2: "multiplier"}
     for i, name in names.items():
         if i < len(params):
             params[i] = relax.Var(name, args[i].ty)

@@ -213,6 +213,9 @@ class QuantizeMutator(relax.PyExprMutator):
         self.uses = _count_uses(func)
         self.feeds_output = _feeds_output(func)
         self.pool_to_classifier = _pools_feeding_classifier(func, self.layer_of, self.feeds_output, self.uses)
+        self.binding_rules: dict[Any, Rule] = {}
+        for finder in BINDING_FINDERS:
+            self.binding_rules.update(finder(self, func))
         new_func = self.visit_expr(func)
         self.builder_.update_func(gv, new_func)
         mod = self.builder_.get()
@@ -423,7 +426,7 @@ class QuantizeMutator(relax.PyExprMutator):
         args = list(value.args)
         if var in self.layer_of:
             return self.rule_layer(var, value, op, args)
-        rule = RULES.get(op)
+        rule = self.binding_rules.get(var) or RULES.get(op)
         if rule is None:
             return None
         if isinstance(rule, str):
@@ -598,9 +601,32 @@ def register_rule(op: str, rule: Rule) -> None:
     RULES[op] = rule
 
 
+# finder(mutator, main) -> {binding var: Rule}: rules for particular bindings, before RULES (a pattern that
+# spans several bindings, e.g. an activation the importer decomposes: quantize/lut.py)
+BindingFinder = Callable[[Any, relax.Function], Mapping[Any, Rule]]
+BINDING_FINDERS: list[BindingFinder] = []
+
+
+def register_finder(finder: BindingFinder) -> None:
+    if finder not in BINDING_FINDERS:
+        BINDING_FINDERS.append(finder)
+
+
+# the rule modules (one per rule family) that register themselves with register_rule / register_finder
+RULE_MODULES = ("lut", "elementwise")
+
+
+def load_rule_modules() -> None:
+    import importlib
+
+    for name in RULE_MODULES:
+        importlib.import_module(f"{__package__}.{name}")
+
+
 def quantize_module(mod: tvm.IRModule, layers: list[Layer], weights: Mapping[str, Any],
                     ranges: Mapping[Any, ActivationRange], input_range: float | None = None) -> QuantizeResult:
     """Rewrite `mod["main"]` into qnn-level integer ops. `layers` must come from find_layers(mod["main"])."""
+    load_rule_modules()
     result = QuantizeMutator(mod, layers, weights, ranges, input_range).transform()
     if result.fallbacks:
         log.warning("%d op(s) stay float (no integer rule): %s", sum(result.fallbacks.values()),

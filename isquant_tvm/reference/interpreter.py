@@ -152,6 +152,25 @@ def qnn_global_avg_pool2d(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) 
     return out.astype(str(attrs["out_dtype"]))
 
 
+def qnn_lut(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
+    """table (C, 256) or (1, 256): y[..c..] = table[c, x + 128 (int8) | x (uint8)], c along axis 1."""
+    x, table = args[0], args[1]
+    idx = x.astype(np.int64) + (128 if x.dtype == np.int8 else 0)
+    if table.shape[0] > 1:
+        idx = idx + _per_channel(np.arange(table.shape[0], dtype=np.int64) * 256, x.ndim)
+    return table.reshape(-1)[idx].astype(str(attrs["out_dtype"]))
+
+
+def qnn_mul(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
+    """clip((a·b·m + 2^(n-1)) >> n): the integer product (numpy broadcasting, e.g. a gate [N,C,1,1]),
+    requantized like qnn.requantize."""
+    a, b, m = args[:3]
+    n = np.int64(attrs["shift"])
+    prod = a.astype(np.int64) * b.astype(np.int64)
+    out = np.clip((prod * np.int64(m) + (np.int64(1) << (n - 1))) >> n, int(attrs["out_min"]), int(attrs["out_max"]))
+    return out.astype(str(attrs["out_dtype"]))
+
+
 QNN_REFERENCE: dict[str, Callable[[Sequence[np.ndarray], Mapping[str, Any]], np.ndarray]] = {
     "qnn.conv2d": qnn_conv2d,
     "qnn.dense": qnn_dense,
@@ -161,6 +180,8 @@ QNN_REFERENCE: dict[str, Callable[[Sequence[np.ndarray], Mapping[str, Any]], np.
     "qnn.dequantize": qnn_dequantize,
     "qnn.max_pool2d": qnn_max_pool2d,
     "qnn.global_avg_pool2d": qnn_global_avg_pool2d,
+    "qnn.lut": qnn_lut,
+    "qnn.mul": qnn_mul,
 }
 
 
@@ -237,6 +258,42 @@ OPS: dict[str, Callable[[list[Any], Any, str], np.ndarray]] = {
     "relax.squeeze": lambda a, at, dt: np.squeeze(a[0], axis=tuple(_ints(at.axis)) if at.axis is not None else None),
     "relax.nn.adaptive_avg_pool2d": lambda a, at, dt: a[0].mean(axis=(2, 3), keepdims=True).astype(dt),
 }
+
+
+# --- float rules for the element-wise activations the ONNX importer emits (issue 15, cov-rules: the LUT
+# tables of quantize/lut.py are these functions evaluated on the 256 input levels). Kept as one block
+# so the range-step coverage work (cov-ranges) merges around it.
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf
+
+    return erf(x.astype(np.float64)).astype(x.dtype)
+
+
+def _prelu(args: list[Any], attrs: Any, dtype: str) -> np.ndarray:
+    x, alpha = args[0], np.asarray(args[1])
+    axis = int(attrs.axis) % x.ndim
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return np.where(x >= 0, x, x * alpha.reshape(shape)).astype(dtype)
+
+
+ACTIVATION_OPS: dict[str, Callable[[list[Any], Any, str], np.ndarray]] = {
+    "relax.tanh": lambda a, at, dt: np.tanh(a[0]).astype(dt),
+    "relax.exp": lambda a, at, dt: np.exp(a[0]).astype(dt),
+    "relax.erf": lambda a, at, dt: _erf(a[0]).astype(dt),
+    "relax.negative": lambda a, at, dt: np.negative(a[0]).astype(dt),
+    "relax.abs": lambda a, at, dt: np.abs(a[0]).astype(dt),
+    "relax.power": lambda a, at, dt: np.power(a[0], a[1]).astype(dt),
+    "relax.nn.silu": lambda a, at, dt: (a[0] / (1 + np.exp(-a[0]))).astype(dt),
+    "relax.nn.gelu": lambda a, at, dt: (0.5 * a[0] * (1 + _erf(a[0] / np.float32(np.sqrt(2))))).astype(dt),
+    "relax.nn.gelu_tanh": lambda a, at, dt: (0.5 * a[0] * (1 + np.tanh(np.float32(np.sqrt(2 / np.pi))
+                                                                        * (a[0] + 0.044715 * a[0] ** 3)))).astype(dt),
+    "relax.nn.leakyrelu": lambda a, at, dt: np.where(a[0] >= 0, a[0], a[0] * np.float32(at.alpha)).astype(dt),
+    "relax.nn.prelu": _prelu,
+}
+for _name, _rule in ACTIVATION_OPS.items():
+    OPS.setdefault(_name, _rule)
 
 
 def _reshape(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:

@@ -1,0 +1,121 @@
+"""qnn.lut (element-wise activations as 256-entry tables) and qnn.mul (SE gates): the quantize rules
+(quantize/lut.py, quantize/elementwise.py), bit-exact TVM (reference and glue lowerings) vs the numpy
+reference, and close to the float graph."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+from tvm.script import ir as I
+from tvm.script import relax as R
+from tvm.script import tirx as T
+
+from isquant_tvm.fold.layers import find_layers
+from isquant_tvm.legalize.legalize import legalize
+from isquant_tvm.qnn import ops as qnn_ops
+from isquant_tvm.quantize.rewrite import quantize_module
+from isquant_tvm.ranges.activation import choose, collect, synthetic_inputs
+from isquant_tvm.reference import interpreter as reference
+from isquant_tvm.rounding import isquant
+from isquant_tvm.util import tvm_compat
+
+RNG = np.random.default_rng(15)
+C = 16
+
+
+def _w(o, i, k=3, s=0.25):
+    return (RNG.standard_normal((o, i, k, k)) * s).astype("float32")
+
+
+def _b(o, s=0.3):
+    return (RNG.standard_normal((1, o, 1, 1)) * s).astype("float32")
+
+
+W0, B0 = _w(C, 3, s=0.4), _b(C)
+W1, B1 = _w(C, C, s=0.12), _b(C)
+W2, B2 = _w(C, C, s=0.12), _b(C)
+W3, B3 = _w(C, C, s=0.12), _b(C)
+W4, B4 = _w(C, C, s=0.12), _b(C)
+W5, B5 = _w(C, C, s=0.12), _b(C)
+WS1, BS1 = _w(8, C, 1, 0.3), _b(8)
+WS2, BS2 = _w(C, 8, 1, 0.3), _b(C)
+SLOPE = np.linspace(-0.3, 0.4, C).astype("float32")
+
+
+@I.ir_module
+class Acts:
+    """conv -> hard-swish (as the importer emits it) -> SE gate with hard-sigmoid -> conv -> leaky ->
+    conv -> PReLU -> conv -> x*sigmoid(x) -> conv -> GELU + residual -> conv -> tanh."""
+    @R.function
+    def main(x: R.Tensor((1, 3, 12, 12), "float32")) -> R.Tensor((1, C, 12, 12), "float32"):
+        with R.dataflow():
+            c0 = R.add(R.nn.conv2d(x, R.const(W0), padding=[1, 1, 1, 1]), R.const(B0))
+            h0 = R.add(c0, R.const(3.0, "float32"))
+            h1 = R.clip(h0, T.float32(0.0), T.float32(6.0))
+            h2 = R.divide(h1, R.const(6.0, "float32"))
+            hs = R.multiply(c0, h2)
+            p = R.mean(hs, axis=[2, 3], keepdims=True)
+            s1 = R.nn.relu(R.add(R.nn.conv2d(p, R.const(WS1)), R.const(BS1)))
+            s2 = R.add(R.nn.conv2d(s1, R.const(WS2)), R.const(BS2))
+            g0 = R.multiply(R.const(0.16666667, "float32"), s2)
+            g1 = R.add(g0, R.const(0.5, "float32"))
+            g = R.clip(g1, T.float32(0.0), T.float32(1.0))
+            se = R.multiply(hs, g)
+            c1 = R.add(R.nn.conv2d(se, R.const(W1), padding=[1, 1, 1, 1]), R.const(B1))
+            l1 = R.nn.leakyrelu(c1, alpha=0.1)
+            c2 = R.add(R.nn.conv2d(l1, R.const(W2), padding=[1, 1, 1, 1]), R.const(B2))
+            l2 = R.nn.prelu(c2, R.const(SLOPE), axis=1)
+            c3 = R.add(R.nn.conv2d(l2, R.const(W3), padding=[1, 1, 1, 1]), R.const(B3))
+            sg = R.sigmoid(c3)
+            l3 = R.multiply(c3, sg)
+            c4 = R.add(R.nn.conv2d(l3, R.const(W4), padding=[1, 1, 1, 1]), R.const(B4))
+            l4 = R.nn.gelu(c4)
+            r = R.add(l4, l3)
+            c5 = R.add(R.nn.conv2d(r, R.const(W5), padding=[1, 1, 1, 1]), R.const(B5))
+            y = R.tanh(c5)
+            R.output(y)
+        return y
+
+
+def _quantize(mod):
+    layers = find_layers(mod["main"])
+    weights = {layer.id: isquant.quantize_weight(layer.weight) for layer in layers}
+    stats = collect(mod, synthetic_inputs([(1, 3, 12, 12)], count=4))
+    return quantize_module(mod, layers, weights, choose(stats, "minmax"), input_range=3.0)
+
+
+def _qnn_calls(mod) -> list[str]:
+    return [qnn_ops.qnn_op_of(mod, b.value) for b in tvm_compat.bindings(mod["main"])
+            if qnn_ops.qnn_op_of(mod, b.value)]
+
+
+@pytest.fixture(scope="module")
+def acts():
+    return _quantize(Acts)
+
+
+def _run(mod, target, x):
+    ex = tvm.compile(mod, target=target)
+    return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def test_every_activation_becomes_integer(acts) -> None:
+    assert acts.fallbacks == {}
+    calls = _qnn_calls(acts.mod)
+    assert calls.count("qnn.lut") == 7 and calls.count("qnn.mul") == 1, calls
+    assert "qnn.dequantize" == calls[-1] and calls.count("qnn.quantize") == 1
+
+
+def test_lut_and_mul_bit_exact(acts) -> None:
+    x = RNG.standard_normal((1, 3, 12, 12)).astype("float32")
+    want = reference.run(acts.mod, [x])[0]
+    ref_mod, chosen = legalize(acts.mod, only_reference=True)
+    np.testing.assert_array_equal(_run(ref_mod, "llvm", x), want)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
+    fast, chosen = legalize(acts.mod, target)
+    assert chosen.get("qnn.lut:glue") == 7 and chosen.get("qnn.mul:glue") == 1, chosen
+    np.testing.assert_array_equal(_run(fast, target, x), want)
+    fp = reference.run(Acts, [x])[0]
+    cos = float((want * fp).sum() / np.linalg.norm(want) / np.linalg.norm(fp))
+    assert cos > 0.99, cos
