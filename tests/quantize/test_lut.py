@@ -119,3 +119,32 @@ def test_lut_and_mul_bit_exact(acts) -> None:
     fp = reference.run(Acts, [x])[0]
     cos = float((want * fp).sum() / np.linalg.norm(want) / np.linalg.norm(fp))
     assert cos > 0.99, cos
+
+
+@pytest.fixture(scope="module")
+def mv3_block(tmp_path_factory):
+    import isquant_tvm as iq
+
+    from ..helpers import mobilenet_v3_block_onnx
+
+    d = tmp_path_factory.mktemp("mv3")
+    path = mobilenet_v3_block_onnx(d / "block.onnx")
+    return iq.compile(str(path), target="x86", output=d / "block_x86.so", progress=False)
+
+
+def test_mobilenet_v3_block_is_all_integer_and_bit_exact(mv3_block) -> None:
+    """HardSwish / HardSigmoid / PRelu / x*Sigmoid(x) as the ONNX importer emits them, the SE gate's Mul on
+    NCHW16c activations: no float op left, TVM == numpy reference, close to the float model."""
+    report = mv3_block.report
+    assert report["summary"]["float_fallback_ops"] == 0 and report["fallbacks"] == {}
+    low = report["lowerings"]
+    assert low.get("qnn.lut:glue") == 6 and low.get("qnn.mul:glue") == 1, low
+    assert low.get("layout:NCHW16c", 0) > 0
+    rules = {t["tensor"]: t["rule"] for t in report["tensors"]}
+    assert sum(r == "lut exact" for r in rules.values()) == 6
+    x = np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype("float32")
+    got = mv3_block.runner().run({"input": x})[0]
+    np.testing.assert_array_equal(got, reference.run(mv3_block.quantized.qnn_mod, [x])[0])
+    fp = reference.run(mv3_block.quantized.float_mod, [x])[0]
+    cos = float((got * fp).sum() / np.linalg.norm(got) / np.linalg.norm(fp))
+    assert cos > 0.99, cos
