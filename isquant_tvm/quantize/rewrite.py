@@ -421,12 +421,13 @@ class QuantizeMutator(relax.PyExprMutator):
         return None
 
     def _quantized(self, var: Any, value: Any, op: str | None) -> Any:
-        if op is None:
+        rule = self.binding_rules.get(var)
+        if op is None and rule is None:
             return None
-        args = list(value.args)
+        args = list(value.args) if isinstance(value, relax.Call) else []
         if var in self.layer_of:
             return self.rule_layer(var, value, op, args)
-        rule = self.binding_rules.get(var) or RULES.get(op)
+        rule = rule or RULES.get(op)
         if rule is None:
             return None
         if isinstance(rule, str):
@@ -613,7 +614,7 @@ def register_finder(finder: BindingFinder) -> None:
 
 
 # the rule modules (one per rule family) that register themselves with register_rule / register_finder
-RULE_MODULES = ("lut", "elementwise")
+RULE_MODULES = ("lut", "elementwise", "movement")
 
 
 def load_rule_modules() -> None:

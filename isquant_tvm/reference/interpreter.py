@@ -278,6 +278,66 @@ def _prelu(args: list[Any], attrs: Any, dtype: str) -> np.ndarray:
     return np.where(x >= 0, x, x * alpha.reshape(shape)).astype(dtype)
 
 
+def _split(args: list[Any], attrs: Any, dtype: str) -> list[np.ndarray]:
+    x = args[0]
+    axis = int(attrs.axis) % x.ndim
+    sections = attrs.indices_or_sections
+    if hasattr(sections, "__len__"):
+        return np.split(x, [int(c) for c in sections], axis=axis)
+    return np.split(x, int(sections), axis=axis)
+
+
+def _resize_coord(out_size: int, in_size: int, mode: str) -> np.ndarray:
+    """topi's resize input coordinate of every output index, in float32 like the TVM kernel."""
+    x = np.arange(out_size, dtype=np.float32)
+    scale = np.float32(in_size) / np.float32(out_size)
+    if mode == "align_corners":
+        return x * np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.zeros_like(x)
+    if mode == "asymmetric":
+        return x * scale
+    if mode == "pytorch_half_pixel" and out_size == 1:
+        return np.zeros_like(x)
+    if mode in ("half_pixel", "pytorch_half_pixel"):
+        return (x + np.float32(0.5)) * scale - np.float32(0.5)
+    raise UnsupportedOp(f"resize2d coordinate_transformation_mode {mode!r} has no numpy rule")
+
+
+def _nearest_index(coord: np.ndarray, rounding: str, mode: str, in_size: int) -> np.ndarray:
+    if rounding == "":
+        rounding = "round" if mode == "align_corners" else "floor"
+    ops = {"round": np.round, "floor": np.floor, "ceil": np.ceil,
+           "round_prefer_floor": lambda c: np.ceil(c - np.float32(0.5)),
+           "round_prefer_ceil": lambda c: np.floor(c + np.float32(0.5))}
+    if rounding not in ops:
+        raise UnsupportedOp(f"resize2d rounding_method {rounding!r} has no numpy rule")
+    return np.clip(ops[rounding](coord).astype(np.int64), 0, in_size - 1)
+
+
+def _resize2d(args: list[Any], attrs: Any, dtype: str) -> np.ndarray:
+    """relax.image.resize2d, NCHW: nearest (any dtype: a gather) and linear (float)."""
+    x, size = args[0], [int(s) for s in args[1]]
+    if str(attrs.layout) != "NCHW":
+        raise UnsupportedOp(f"resize2d layout {attrs.layout} has no numpy rule")
+    mode, method = str(attrs.coordinate_transformation_mode), str(attrs.method)
+    (H, W), (OH, OW) = x.shape[2:], size
+    cy, cx = _resize_coord(OH, H, mode), _resize_coord(OW, W, mode)
+    if method == "nearest_neighbor":
+        iy = _nearest_index(cy, str(attrs.rounding_method), mode, H)
+        ix = _nearest_index(cx, str(attrs.rounding_method), mode, W)
+        return x[:, :, iy][:, :, :, ix].astype(dtype)
+    if method != "linear":
+        raise UnsupportedOp(f"resize2d method {method!r} has no numpy rule")
+    y0, x0 = np.floor(cy), np.floor(cx)
+    wy, wx = (cy - y0)[:, None], (cx - x0)[None, :]
+    y0, x0 = y0.astype(np.int64), x0.astype(np.int64)
+    ya, yb = np.clip(y0, 0, H - 1), np.clip(y0 + 1, 0, H - 1)
+    xa, xb = np.clip(x0, 0, W - 1), np.clip(x0 + 1, 0, W - 1)
+    xf = x.astype(np.float32)
+    top = xf[:, :, ya][:, :, :, xa] * (1 - wx) + xf[:, :, ya][:, :, :, xb] * wx
+    bottom = xf[:, :, yb][:, :, :, xa] * (1 - wx) + xf[:, :, yb][:, :, :, xb] * wx
+    return (top * (1 - wy) + bottom * wy).astype(dtype)
+
+
 ACTIVATION_OPS: dict[str, Callable[[list[Any], Any, str], np.ndarray]] = {
     "relax.tanh": lambda a, at, dt: np.tanh(a[0]).astype(dt),
     "relax.exp": lambda a, at, dt: np.exp(a[0]).astype(dt),
@@ -291,6 +351,8 @@ ACTIVATION_OPS: dict[str, Callable[[list[Any], Any, str], np.ndarray]] = {
                                                                         * (a[0] + 0.044715 * a[0] ** 3)))).astype(dt),
     "relax.nn.leakyrelu": lambda a, at, dt: np.where(a[0] >= 0, a[0], a[0] * np.float32(at.alpha)).astype(dt),
     "relax.nn.prelu": _prelu,
+    "relax.split": _split,
+    "relax.image.resize2d": _resize2d,
 }
 for _name, _rule in ACTIVATION_OPS.items():
     OPS.setdefault(_name, _rule)

@@ -78,10 +78,10 @@ class Acts:
         return y
 
 
-def _quantize(mod):
+def _quantize(mod, shape=(1, 3, 12, 12)):
     layers = find_layers(mod["main"])
     weights = {layer.id: isquant.quantize_weight(layer.weight) for layer in layers}
-    stats = collect(mod, synthetic_inputs([(1, 3, 12, 12)], count=4))
+    stats = collect(mod, synthetic_inputs([shape], count=4))
     return quantize_module(mod, layers, weights, choose(stats, "minmax"), input_range=3.0)
 
 
@@ -148,3 +148,49 @@ def test_mobilenet_v3_block_is_all_integer_and_bit_exact(mv3_block) -> None:
     fp = reference.run(mv3_block.quantized.float_mod, [x])[0]
     cos = float((got * fp).sum() / np.linalg.norm(got) / np.linalg.norm(fp))
     assert cos > 0.99, cos
+
+
+WM0, BM0 = _w(C, 3, s=0.4), _b(C)
+WM1, BM1 = _w(8, C, s=0.15), _b(8)
+
+
+@I.ir_module
+class Movement:
+    """conv -> channel split (two forms) -> nearest upsampling (asymmetric/floor and half-pixel/round) ->
+    concat -> conv: all on the integers with their scales."""
+    @R.function
+    def main(x: R.Tensor((1, 3, 8, 8), "float32")) -> R.Tensor((1, 8, 16, 16), "float32"):
+        with R.dataflow():
+            c0 = R.nn.relu(R.add(R.nn.conv2d(x, R.const(WM0), padding=[1, 1, 1, 1]), R.const(BM0)))
+            parts = R.split(c0, indices_or_sections=[4], axis=1)
+            a = parts[0]
+            b = parts[1]
+            halves = R.split(b, indices_or_sections=2, axis=1)
+            b0 = halves[0]
+            b1 = halves[1]
+            ua = R.image.resize2d(a, R.shape([16, 16]), method="nearest_neighbor",
+                                  coordinate_transformation_mode="asymmetric", rounding_method="floor")
+            ub = R.image.resize2d(b0, R.shape([16, 16]), method="nearest_neighbor",
+                                  coordinate_transformation_mode="half_pixel", rounding_method="round_prefer_ceil")
+            ub1 = R.image.resize2d(b1, R.shape([16, 16]), method="nearest_neighbor",
+                                   coordinate_transformation_mode="align_corners", rounding_method="round")
+            cat = R.concat([ua, ub, ub1], axis=1)
+            y = R.add(R.nn.conv2d(cat, R.const(WM1), padding=[1, 1, 1, 1]), R.const(BM1))
+            R.output(y)
+        return y
+
+
+def test_split_and_nearest_resize_stay_integer() -> None:
+    res = _quantize(Movement, (1, 3, 8, 8))
+    assert res.fallbacks == {}, res.fallbacks
+    names = [b.value.op.name for b in tvm_compat.bindings(res.mod["main"])
+             if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)]
+    assert names.count("relax.strided_slice") == 4 and names.count("relax.image.resize2d") == 3
+    assert "relax.split" not in names
+    x = RNG.standard_normal((1, 3, 8, 8)).astype("float32")
+    want = reference.run(res.mod, [x])[0]
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
+    fast, _ = legalize(res.mod, target)
+    np.testing.assert_array_equal(_run(fast, target, x), want)
+    fp = reference.run(Movement, [x])[0]
+    assert float((want * fp).sum() / np.linalg.norm(want) / np.linalg.norm(fp)) > 0.99
