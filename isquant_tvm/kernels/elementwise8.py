@@ -107,3 +107,48 @@ def lower_mul(bb: relax.BlockBuilder, a: relax.Expr, b: relax.Expr, m: int, attr
     if sa == sb:
         return _emit_flat(bb, func, "qnn_mul", [a, b], sa, out_dtype)
     return _emit(bb, func, "qnn_mul", [a, b], sa, out_dtype)
+
+
+def avg_pool2d_primfunc(shape: Sequence[int], dtype: str, pool: Sequence[int], strides: Sequence[int],
+                        padding: Sequence[int], shift: int, out_dtype: str, lo: int, hi: int,
+                        vec: int) -> tirx.PrimFunc:
+    """NCHW or NCHW16c: the kh·kw window terms summed in int32 (unrolled: pools are small), times the
+    position's multiplier m[oh, ow], requantized in int64."""
+    import functools
+
+    kh, kw = (int(v) for v in pool)
+    sh, sw = (int(v) for v in strides)
+    pt, pl, pb, pr = (int(v) for v in padding)
+    H, W = int(shape[2]), int(shape[3])
+    OH, OW = (H + pt + pb - kh) // sh + 1, (W + pl + pr - kw) // sw + 1
+    x = te.placeholder(tuple(shape), dtype, name="x")
+    mult = te.placeholder((OH, OW), "int64", name="m")
+    half = tirx.const(1 << (int(shift) - 1), "int64")
+
+    def term(n, c, h, w, rest):
+        inside = tirx.all(h >= 0, h < H, w >= 0, w < W)
+        v = x[(n, c, tirx.max(tirx.min(h, H - 1), 0), tirx.max(tirx.min(w, W - 1), 0)) + tuple(rest)]
+        return tirx.if_then_else(inside, v.astype("int32"), tirx.const(0, "int32"))
+
+    def fn(n, c, oh, ow, *rest):
+        total = functools.reduce(lambda a, b: a + b, [term(n, c, oh * sh + i - pt, ow * sw + j - pl, rest)
+                                                      for i in range(kh) for j in range(kw)])
+        y = (total.astype("int64") * mult[oh, ow] + half) >> tirx.const(int(shift), "int64")
+        return _clip_cast(y, lo, hi, out_dtype)
+
+    out_shape = (int(shape[0]), int(shape[1]), OH, OW) + tuple(int(s) for s in shape[4:])
+    out = te.compute(out_shape, fn, name="avg_pool")
+    func = te.create_prim_func([x, mult, out])
+    return prim_func_attrs(_schedule_rows(func, "avg_pool", vec, int(np.prod(out_shape)) * kh * kw), "qnn_avg_pool2d")
+
+
+def lower_avg_pool2d(bb: relax.BlockBuilder, x: relax.Expr, m: np.ndarray, attrs: Mapping[str, Any],
+                     target: Any) -> relax.Expr:
+    shape = _shape(x)
+    out_dtype = str(attrs["out_dtype"])
+    func = avg_pool2d_primfunc(shape, _dtype(x), attrs["pool_size"], attrs["strides"], attrs["padding"],
+                               int(attrs["shift"]), out_dtype, int(attrs["out_min"]), int(attrs["out_max"]),
+                               _vec_for(target, _dtype(x), out_dtype))
+    out_shape = (shape[0], shape[1]) + tuple(m.shape) + tuple(shape[4:])
+    return _emit(bb, func, "qnn_avg_pool2d", [x, relax.const(np.ascontiguousarray(m, np.int64), "int64")],
+                 out_shape, out_dtype)

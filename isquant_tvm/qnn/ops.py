@@ -21,6 +21,8 @@ Argument conventions (activations first, then constants):
   along axis 1; index x + 128 for int8 x, x for uint8): any element-wise function of one 8-bit tensor
 - qnn.mul(a, b, m int64 ())                          attrs: shift, out_dtype, out_min, out_max (b broadcasts,
   e.g. a squeeze-and-excitation gate [N,C,1,1]): clip((a·b·m + 2^(n-1)) >> n)
+- qnn.avg_pool2d(x 8-bit, m int64 (OH, OW))         attrs: pool_size, strides, padding, shift, out_dtype,
+  out_min, out_max: clip((window sum · m[oh, ow] + 2^(n-1)) >> n), zero padding (m holds 1/count)
 - qnn.dense with an int32 input: int64 accumulation and bias (pooled features into the classifier)
 - qnn.conv2d / qnn.dense with out_dtype "int32": clip(acc + bias, out_min, out_max), no requantize
 ISQuant's graphs have zero points 0 everywhere; requantize is `clip((a·m + 2^(n-1)) >> n, lo, hi)`
@@ -181,6 +183,20 @@ def ref_mul(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[s
     return requantize_expr(bb, prod, m, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]))
 
 
+def ref_avg_pool2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
+    # the window sum as a depthwise int32 conv with ones (exact), then the per-position requantize
+    x, m = args[:2]
+    channels = int(tvm_compat.expr_shape(x)[1])
+    kh, kw = (int(v) for v in attrs["pool_size"])
+    ones = relax.const(np.ones((channels, 1, kh, kw), np.int32), "int32")
+    total = bb.emit(relax.op.nn.conv2d(relax.op.astype(x, "int32"), ones, strides=list(attrs["strides"]),
+                                       padding=list(attrs["padding"]), groups=channels, out_dtype="int32"))
+    shape = tvm_compat.expr_shape(m)
+    m4 = bb.emit(relax.op.reshape(m, (1, 1, int(shape[0]), int(shape[1]))))
+    n = relax.const(int(attrs["shift"]), "int64")
+    return requantize_expr(bb, total, m4, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]))
+
+
 REFERENCE_RULES: dict[str, Rule] = {
     "qnn.conv2d": ref_conv2d,
     "qnn.dense": ref_dense,
@@ -192,6 +208,7 @@ REFERENCE_RULES: dict[str, Rule] = {
     "qnn.global_avg_pool2d": ref_global_avg_pool2d,
     "qnn.lut": ref_lut,
     "qnn.mul": ref_mul,
+    "qnn.avg_pool2d": ref_avg_pool2d,
 }
 
 
@@ -207,6 +224,8 @@ def make_function(op: str, args: Sequence[relax.Expr], attrs: Mapping[str, Any])
         names = {1: "multiplier", 2: "rounding"}
     elif op == "qnn.add":
         names = {1: "rhs", 2: "lhs_multiplier", 3: "rhs_multiplier", 4: "rounding"}
+    elif op == "qnn.avg_pool2d":
+        names = {1: "multiplier"}
     elif op == "qnn.lut":
         names = {1: "table"}
     elif op == "qnn.mul":

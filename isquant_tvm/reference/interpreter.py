@@ -171,6 +171,19 @@ def qnn_mul(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
     return out.astype(str(attrs["out_dtype"]))
 
 
+def qnn_avg_pool2d(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
+    """window sum (zero padding) · m[oh, ow] (fixed-point 1/count), round half up, >> shift, saturate."""
+    x, m = args[0].astype(np.int64), args[1].astype(np.int64)
+    top, left, bottom, right = (int(v) for v in attrs["padding"])
+    kh, kw = (int(v) for v in attrs["pool_size"])
+    sh, sw = (int(v) for v in attrs["strides"])
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    total = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw].sum(axis=(-2, -1))
+    n = np.int64(attrs["shift"])
+    out = np.clip((total * m + (np.int64(1) << (n - 1))) >> n, int(attrs["out_min"]), int(attrs["out_max"]))
+    return out.astype(str(attrs["out_dtype"]))
+
+
 QNN_REFERENCE: dict[str, Callable[[Sequence[np.ndarray], Mapping[str, Any]], np.ndarray]] = {
     "qnn.conv2d": qnn_conv2d,
     "qnn.dense": qnn_dense,
@@ -182,6 +195,7 @@ QNN_REFERENCE: dict[str, Callable[[Sequence[np.ndarray], Mapping[str, Any]], np.
     "qnn.global_avg_pool2d": qnn_global_avg_pool2d,
     "qnn.lut": qnn_lut,
     "qnn.mul": qnn_mul,
+    "qnn.avg_pool2d": qnn_avg_pool2d,
 }
 
 

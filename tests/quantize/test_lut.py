@@ -157,9 +157,9 @@ WM1, BM1 = _w(8, C, s=0.15), _b(8)
 @I.ir_module
 class Movement:
     """conv -> channel split (two forms) -> nearest upsampling (asymmetric/floor and half-pixel/round) ->
-    concat -> conv: all on the integers with their scales."""
+    concat -> conv -> average pools (padding excluded / included): all on the integers with their scales."""
     @R.function
-    def main(x: R.Tensor((1, 3, 8, 8), "float32")) -> R.Tensor((1, 8, 16, 16), "float32"):
+    def main(x: R.Tensor((1, 3, 8, 8), "float32")) -> R.Tensor((1, 8, 8, 16), "float32"):
         with R.dataflow():
             c0 = R.nn.relu(R.add(R.nn.conv2d(x, R.const(WM0), padding=[1, 1, 1, 1]), R.const(BM0)))
             parts = R.split(c0, indices_or_sections=[4], axis=1)
@@ -175,22 +175,28 @@ class Movement:
             ub1 = R.image.resize2d(b1, R.shape([16, 16]), method="nearest_neighbor",
                                    coordinate_transformation_mode="align_corners", rounding_method="round")
             cat = R.concat([ua, ub, ub1], axis=1)
-            y = R.add(R.nn.conv2d(cat, R.const(WM1), padding=[1, 1, 1, 1]), R.const(BM1))
+            y0 = R.add(R.nn.conv2d(cat, R.const(WM1), padding=[1, 1, 1, 1]), R.const(BM1))
+            ap = R.nn.avg_pool2d(y0, pool_size=[3, 3], strides=[1, 1], padding=[1, 1, 1, 1], count_include_pad=False)
+            y = R.nn.avg_pool2d(ap, pool_size=[2, 3], strides=[2, 1], padding=[0, 1, 1, 1], count_include_pad=True)
             R.output(y)
         return y
 
 
-def test_split_and_nearest_resize_stay_integer() -> None:
+def test_split_resize_avg_pool_stay_integer() -> None:
     res = _quantize(Movement, (1, 3, 8, 8))
     assert res.fallbacks == {}, res.fallbacks
     names = [b.value.op.name for b in tvm_compat.bindings(res.mod["main"])
              if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)]
     assert names.count("relax.strided_slice") == 4 and names.count("relax.image.resize2d") == 3
     assert "relax.split" not in names
+    assert _qnn_calls(res.mod).count("qnn.avg_pool2d") == 2
     x = RNG.standard_normal((1, 3, 8, 8)).astype("float32")
     want = reference.run(res.mod, [x])[0]
     target = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
-    fast, _ = legalize(res.mod, target)
+    fast, chosen = legalize(res.mod, target)
+    assert chosen.get("qnn.avg_pool2d:glue") == 2, chosen
     np.testing.assert_array_equal(_run(fast, target, x), want)
+    ref_mod, _ = legalize(res.mod, only_reference=True)
+    np.testing.assert_array_equal(_run(ref_mod, "llvm", x), want)
     fp = reference.run(Movement, [x])[0]
     assert float((want * fp).sum() / np.linalg.norm(want) / np.linalg.norm(fp)) > 0.99
