@@ -614,7 +614,7 @@ def register_finder(finder: BindingFinder) -> None:
 
 
 # the rule modules (one per rule family) that register themselves with register_rule / register_finder
-RULE_MODULES = ("lut", "elementwise", "movement", "pooling")
+RULE_MODULES = ("lut", "elementwise", "movement", "pooling", "transpose")
 
 
 def load_rule_modules() -> None:

@@ -352,6 +352,25 @@ def _resize2d(args: list[Any], attrs: Any, dtype: str) -> np.ndarray:
     return (top * (1 - wy) + bottom * wy).astype(dtype)
 
 
+def conv2d_transpose(x: np.ndarray, w: np.ndarray, strides: Sequence[int], padding: Sequence[int],
+                     output_padding: Sequence[int], dilation: Sequence[int], groups: int) -> np.ndarray:
+    """IOHW transposed conv = zero insertion + a stride-1 conv with the flipped, in/out-swapped kernel."""
+    n, c, h, wd = x.shape
+    i, og, kh, kw = w.shape
+    sh, sw = strides
+    dh, dw = dilation
+    pt, pl, pb, pr = padding
+    up = np.zeros((n, c, (h - 1) * sh + 1, (wd - 1) * sw + 1), x.dtype)
+    up[:, :, ::sh, ::sw] = x
+    g = int(groups)
+    weq = w.reshape(g, i // g, og, kh, kw).transpose(0, 2, 1, 3, 4).reshape(g * og, i // g, kh, kw)[:, :, ::-1, ::-1]
+    pads = [dh * (kh - 1) - pt, dw * (kw - 1) - pl, dh * (kh - 1) - pb + output_padding[0],
+            dw * (kw - 1) - pr + output_padding[1]]
+    crop = [max(0, -p) for p in pads]
+    out = conv2d(up, np.ascontiguousarray(weq), (1, 1), [max(0, p) for p in pads], (dh, dw), g)
+    return out[:, :, crop[0]:out.shape[2] - crop[2], crop[1]:out.shape[3] - crop[3]]
+
+
 ACTIVATION_OPS: dict[str, Callable[[list[Any], Any, str], np.ndarray]] = {
     "relax.tanh": lambda a, at, dt: np.tanh(a[0]).astype(dt),
     "relax.exp": lambda a, at, dt: np.exp(a[0]).astype(dt),
@@ -366,6 +385,9 @@ ACTIVATION_OPS: dict[str, Callable[[list[Any], Any, str], np.ndarray]] = {
     "relax.nn.leakyrelu": lambda a, at, dt: np.where(a[0] >= 0, a[0], a[0] * np.float32(at.alpha)).astype(dt),
     "relax.nn.prelu": _prelu,
     "relax.split": _split,
+    "relax.nn.conv2d_transpose": lambda a, at, dt: conv2d_transpose(
+        a[0], a[1], _ints(at.strides), _ints(at.padding), _ints(at.output_padding), _ints(at.dilation),
+        int(at.groups)).astype(dt),
     "relax.image.resize2d": _resize2d,
 }
 for _name, _rule in ACTIVATION_OPS.items():

@@ -152,14 +152,17 @@ def test_mobilenet_v3_block_is_all_integer_and_bit_exact(mv3_block) -> None:
 
 WM0, BM0 = _w(C, 3, s=0.4), _b(C)
 WM1, BM1 = _w(8, C, s=0.15), _b(8)
+WT1, BT1 = (RNG.standard_normal((8, 4, 2, 2)) * 0.3).astype("float32"), _b(4)
+WT2 = (RNG.standard_normal((4, 2, 3, 3)) * 0.3).astype("float32")
 
 
 @I.ir_module
 class Movement:
     """conv -> channel split (two forms) -> nearest upsampling (asymmetric/floor and half-pixel/round) ->
-    concat -> conv -> average pools (padding excluded / included): all on the integers with their scales."""
+    concat -> conv -> average pools (padding excluded / included) -> ConvTranspose (2x2 s2 + bias + ReLU; 3x3 s2
+    grouped with output padding): all on the integers."""
     @R.function
-    def main(x: R.Tensor((1, 3, 8, 8), "float32")) -> R.Tensor((1, 8, 8, 16), "float32"):
+    def main(x: R.Tensor((1, 3, 8, 8), "float32")) -> R.Tensor((1, 4, 32, 64), "float32"):
         with R.dataflow():
             c0 = R.nn.relu(R.add(R.nn.conv2d(x, R.const(WM0), padding=[1, 1, 1, 1]), R.const(BM0)))
             parts = R.split(c0, indices_or_sections=[4], axis=1)
@@ -177,19 +180,22 @@ class Movement:
             cat = R.concat([ua, ub, ub1], axis=1)
             y0 = R.add(R.nn.conv2d(cat, R.const(WM1), padding=[1, 1, 1, 1]), R.const(BM1))
             ap = R.nn.avg_pool2d(y0, pool_size=[3, 3], strides=[1, 1], padding=[1, 1, 1, 1], count_include_pad=False)
-            y = R.nn.avg_pool2d(ap, pool_size=[2, 3], strides=[2, 1], padding=[0, 1, 1, 1], count_include_pad=True)
+            p2 = R.nn.avg_pool2d(ap, pool_size=[2, 3], strides=[2, 1], padding=[0, 1, 1, 1], count_include_pad=True)
+            t1 = R.nn.relu(R.add(R.nn.conv2d_transpose(p2, R.const(WT1), strides=[2, 2]), R.const(BT1)))
+            y = R.nn.conv2d_transpose(t1, R.const(WT2), strides=[2, 2], padding=[1, 1, 1, 1], output_padding=[1, 1],
+                                      groups=2)
             R.output(y)
         return y
 
 
-def test_split_resize_avg_pool_stay_integer() -> None:
+def test_split_resize_pools_conv_transpose_stay_integer() -> None:
     res = _quantize(Movement, (1, 3, 8, 8))
     assert res.fallbacks == {}, res.fallbacks
     names = [b.value.op.name for b in tvm_compat.bindings(res.mod["main"])
              if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)]
-    assert names.count("relax.strided_slice") == 4 and names.count("relax.image.resize2d") == 3
+    assert names.count("relax.strided_slice") == 4 + 2 and names.count("relax.image.resize2d") == 3  # + zero inserts
     assert "relax.split" not in names
-    assert _qnn_calls(res.mod).count("qnn.avg_pool2d") == 2
+    assert _qnn_calls(res.mod).count("qnn.avg_pool2d") == 2 and _qnn_calls(res.mod).count("qnn.conv2d") == 4
     x = RNG.standard_normal((1, 3, 8, 8)).astype("float32")
     want = reference.run(res.mod, [x])[0]
     target = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
@@ -200,3 +206,29 @@ def test_split_resize_avg_pool_stay_integer() -> None:
     np.testing.assert_array_equal(_run(ref_mod, "llvm", x), want)
     fp = reference.run(Movement, [x])[0]
     assert float((want * fp).sum() / np.linalg.norm(want) / np.linalg.norm(fp)) > 0.99
+
+
+@I.ir_module
+class FloatRules:
+    @R.function
+    def main(x: R.Tensor((1, 8, 5, 7), "float32")):
+        with R.dataflow():
+            t1 = R.nn.conv2d_transpose(x, R.const(WT1), strides=[2, 2])
+            t2 = R.nn.conv2d_transpose(t1, R.const(WT2), strides=[2, 3], padding=[1, 0, 2, 1], output_padding=[1, 2],
+                                       groups=2)
+            r = R.image.resize2d(x, R.shape([9, 16]), method="linear", coordinate_transformation_mode="half_pixel")
+            g = R.nn.gelu(x)
+            p = R.nn.prelu(x, R.const(SLOPE[:8]), axis=1)
+            out = (t2, r, g, p)
+            R.output(out)
+        return out
+
+
+def test_numpy_float_rules_match_tvm() -> None:
+    """The numpy rules the LUTs and the range step evaluate (conv2d_transpose, linear resize, gelu, prelu)
+    against TVM's own float ops."""
+    x = RNG.standard_normal((1, 8, 5, 7)).astype("float32")
+    vm = relax.VirtualMachine(tvm.compile(FloatRules, target="llvm"), tvm.cpu())
+    got = [t.numpy() for t in vm["main"](tvm.runtime.tensor(x))]
+    for g, w in zip(got, reference.run(FloatRules, [x])):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
