@@ -232,3 +232,71 @@ def test_numpy_float_rules_match_tvm() -> None:
     got = [t.numpy() for t in vm["main"](tvm.runtime.tensor(x))]
     for g, w in zip(got, reference.run(FloatRules, [x])):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+@I.ir_module
+class HardSwishBefore:
+    @R.function
+    def main(x: R.Tensor((1, 4, 2, 2), "float32")) -> R.Tensor((1, 4, 2, 2), "float32"):
+        with R.dataflow():
+            a = R.add(x, R.const(3.0, "float32"))
+            b = R.clip(a, T.float32(0.0), T.float32(6.0))
+            c = R.divide(b, R.const(6.0, "float32"))
+            y = R.multiply(x, c)
+            R.output(y)
+        return y
+
+
+S_IN = 3.0 / 127
+_LEVELS = np.arange(-128, 128).astype(np.float32) * np.float32(S_IN)
+_HS = (_LEVELS * np.clip(_LEVELS + np.float32(3), 0, 6) / np.float32(6)).astype(np.float64)
+S_OUT = float(np.abs(_HS).max()) / 127
+HS_TABLE = np.clip(np.rint(_HS / S_OUT), -128, 127).astype("int8").reshape(1, 256)
+
+
+@I.ir_module
+class HardSwishExpected:
+    @R.function(private=True)
+    def qnn_quantize_x(data: R.Tensor((1, 4, 2, 2), "float32")) -> R.Tensor((1, 4, 2, 2), "int8"):
+        R.func_attr({"qnn.op": "qnn.quantize", "scale": S_IN, "out_dtype": "int8"})
+        with R.dataflow():
+            gv = R.quantize(data, R.const(S_IN, "float32"), R.const(0, "int8"), axis=1, out_dtype="int8")
+            R.output(gv)
+        return gv
+
+    @R.function(private=True)
+    def qnn_lut_y(data: R.Tensor((1, 4, 2, 2), "int8"), table: R.Tensor((1, 256), "int8")) -> R.Tensor((1, 4, 2, 2), "int8"):
+        R.func_attr({"qnn.op": "qnn.lut", "out_dtype": "int8", "output_scale": S_OUT})
+        with R.dataflow():
+            idx = R.add(R.astype(data, "int32"), R.const(128, "int32"))
+            flat = R.take(R.reshape(table, R.shape([256])), R.reshape(idx, R.shape([16])), axis=0, mode="clip")
+            gv = R.reshape(flat, R.shape([1, 4, 2, 2]))
+            R.output(gv)
+        return gv
+
+    @R.function(private=True)
+    def qnn_dequantize_out(data: R.Tensor((1, 4, 2, 2), "int8")) -> R.Tensor((1, 4, 2, 2), "float32"):
+        R.func_attr({"qnn.op": "qnn.dequantize", "scale": S_OUT})
+        with R.dataflow():
+            gv = R.multiply(R.astype(data, "float32"), R.const(S_OUT, "float32"))
+            R.output(gv)
+        return gv
+
+    @R.function
+    def main(x: R.Tensor((1, 4, 2, 2), "float32")) -> R.Tensor((1, 4, 2, 2), "float32"):
+        cls = HardSwishExpected
+        with R.dataflow():
+            q = cls.qnn_quantize_x(x)
+            t = cls.qnn_lut_y(q, R.const(HS_TABLE))
+            d = cls.qnn_dequantize_out(t)
+            y = d  # a graph output is bound by the pass's emit_output
+            R.output(y)
+        return y
+
+
+def test_hardswish_rewrite_before_expected() -> None:
+    """The importer's four HardSwish bindings become one qnn.lut whose table is hard-swish on the 256 input
+    levels, output scale max|f| / 127 (no range needed, nothing clips)."""
+    res = quantize_module(HardSwishBefore, [], {}, {}, input_range=3.0)
+    assert res.fallbacks == {}
+    tvm.ir.assert_structural_equal(res.mod, HardSwishExpected)
