@@ -152,3 +152,38 @@ def lower_avg_pool2d(bb: relax.BlockBuilder, x: relax.Expr, m: np.ndarray, attrs
     out_shape = (shape[0], shape[1]) + tuple(m.shape) + tuple(shape[4:])
     return _emit(bb, func, "qnn_avg_pool2d", [x, relax.const(np.ascontiguousarray(m, np.int64), "int64")],
                  out_shape, out_dtype)
+
+
+def resize2d_primfunc(shape: Sequence[int], dtype: str, out_hw: Sequence[int], bits: int, out_dtype: str,
+                      vec: int) -> tirx.PrimFunc:
+    """Bilinear NCHW resize with integer weights (qnn.resize2d): the row / column tables are inputs."""
+    N, C, H, W = (int(v) for v in shape)
+    OH, OW = (int(v) for v in out_hw)
+    x = te.placeholder((N, C, H, W), dtype, name="x")
+    rows = te.placeholder((3, OH), "int32", name="rows")
+    cols = te.placeholder((3, OW), "int32", name="cols")
+    one = tirx.const(1 << bits, "int32")
+    lo, hi = (-128, 127) if out_dtype == "int8" else (0, 255)
+
+    def fn(n, c, oy, ox):
+        def mix(r):
+            a = x[n, c, r, cols[0, ox]].astype("int32")
+            b = x[n, c, r, cols[1, ox]].astype("int32")
+            return a * (one - cols[2, ox]) + b * cols[2, ox]
+        total = mix(rows[0, oy]) * (one - rows[2, oy]) + mix(rows[1, oy]) * rows[2, oy]
+        y = (total + tirx.const(1 << (2 * bits - 1), "int32")) >> tirx.const(2 * bits, "int32")
+        return _clip_cast(y, lo, hi, out_dtype)
+
+    out = te.compute((N, C, OH, OW), fn, name="resize")
+    func = te.create_prim_func([x, rows, cols, out])
+    return prim_func_attrs(_schedule_rows(func, "resize", vec, N * C * OH * OW * 4), "qnn_resize2d")
+
+
+def lower_resize2d(bb: relax.BlockBuilder, x: relax.Expr, rows: np.ndarray, cols: np.ndarray,
+                   attrs: Mapping[str, Any], target: Any) -> relax.Expr:
+    shape = _shape(x)
+    out_dtype = str(attrs["out_dtype"])
+    out_hw = (rows.shape[1], cols.shape[1])
+    func = resize2d_primfunc(shape, _dtype(x), out_hw, int(attrs["bits"]), out_dtype, _vec_for(target, "int32"))
+    return _emit(bb, func, "qnn_resize2d", [x, relax.const(rows, "int32"), relax.const(cols, "int32")],
+                 (shape[0], shape[1]) + out_hw, out_dtype)

@@ -4,7 +4,7 @@ qnn.conv2d / qnn.dense (int8/uint8 data): one lowering per registered kernel (ke
 x86_amx_blocked, x86_amx, x86_depthwise, x86_vnni, x86_avx2, x86_int32, arm_depthwise, arm_sdot,
 arm_neon), every out_dtype (int8, uint8, float32, int32), so the report names the kernel of each call.
 qnn.dense with int32 data (pooled int32 features): an int64-accumulating vectorised dense ("dense_i64",
-glue.py). qnn.lut, qnn.mul, qnn.avg_pool2d: elementwise8.py. qnn.add, qnn.requantize, qnn.quantize, qnn.dequantize, qnn.max_pool2d, qnn.global_avg_pool2d:
+glue.py). qnn.lut, qnn.mul, qnn.avg_pool2d, qnn.resize2d: elementwise8.py. qnn.add, qnn.requantize, qnn.quantize, qnn.dequantize, qnn.max_pool2d, qnn.global_avg_pool2d:
 scheduled TE computes ("glue", glue.py). Each lowering's ``accepts`` checks the call's arguments (8-bit
 data, constant weights and epilogue, shapes); a call no kernel accepts is lowered by the reference rule
 and counted as ``op:reference``."""
@@ -292,6 +292,16 @@ def avg_pool2d_rule(bb, args, attrs, target):
     return elementwise8.lower_avg_pool2d(bb, args[0], tvm_compat.const_value(args[1]), attrs, target)
 
 
+def _resize2d_fast(args) -> bool:
+    return (tvm_compat.expr_dtype(args[0]) in _IN_DTYPES and len(tvm_compat.expr_shape(args[0])) == 4
+            and tvm_compat.is_const(args[1]) and tvm_compat.is_const(args[2]))
+
+
+def resize2d_rule(bb, args, attrs, target):
+    return elementwise8.lower_resize2d(bb, args[0], tvm_compat.const_value(args[1]), tvm_compat.const_value(args[2]),
+                                       attrs, target)
+
+
 def _fast(check):
     return lambda args, attrs, target: check(args)
 
@@ -307,6 +317,7 @@ GLUE_RULES = {
     "qnn.lut": (lut_rule, _fast(_lut_fast), lut_role),
     "qnn.mul": (mul_rule, _fast(_mul_fast), mul_role),
     "qnn.avg_pool2d": (avg_pool2d_rule, _fast(_avg_pool_fast), avg_pool2d_role),
+    "qnn.resize2d": (resize2d_rule, _fast(_resize2d_fast), None),  # NCHW: rows are gathered by index
 }
 
 

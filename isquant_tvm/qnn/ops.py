@@ -23,6 +23,8 @@ Argument conventions (activations first, then constants):
   e.g. a squeeze-and-excitation gate [N,C,1,1]): clip((a·b·m + 2^(n-1)) >> n)
 - qnn.avg_pool2d(x 8-bit, m int64 (OH, OW))         attrs: pool_size, strides, padding, shift, out_dtype,
   out_min, out_max: clip((window sum · m[oh, ow] + 2^(n-1)) >> n), zero padding (m holds 1/count)
+- qnn.resize2d(x 8-bit, rows int32 (3, OH), cols int32 (3, OW))   attrs: bits, out_dtype: bilinear with
+  integer weights (index low, index high, weight of high in 2^bits), round half up, >> 2·bits; scale kept
 - qnn.dense with an int32 input: int64 accumulation and bias (pooled features into the classifier)
 - qnn.conv2d / qnn.dense with out_dtype "int32": clip(acc + bias, out_min, out_max), no requantize
 ISQuant's graphs have zero points 0 everywhere; requantize is `clip((a·m + 2^(n-1)) >> n, lo, hi)`
@@ -197,6 +199,34 @@ def ref_avg_pool2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Ma
     return requantize_expr(bb, total, m4, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]))
 
 
+def ref_resize2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
+    x, rows, cols = args[:3]
+    bits = int(attrs["bits"])
+    one = relax.const(1 << bits, "int32")
+    wide = bb.emit(relax.op.astype(x, "int32"))
+
+    def part(table: relax.Expr, i: int) -> relax.Expr:
+        return bb.emit(relax.op.squeeze(relax.op.strided_slice(table, axes=[0], begin=[i], end=[i + 1]), axis=[0]))
+
+    y0, y1, wy1 = (part(rows, i) for i in range(3))
+    x0, x1, wx1 = (part(cols, i) for i in range(3))
+    wy1 = bb.emit(relax.op.reshape(wy1, (1, 1, -1, 1)))
+    wx1 = bb.emit(relax.op.reshape(wx1, (1, 1, 1, -1)))
+    wy0, wx0 = bb.emit(relax.op.subtract(one, wy1)), bb.emit(relax.op.subtract(one, wx1))
+
+    def row_mix(r: relax.Expr) -> relax.Expr:
+        g = bb.emit(relax.op.take(wide, r, axis=2))
+        a = bb.emit(relax.op.multiply(relax.op.take(g, x0, axis=3), wx0))
+        return bb.emit(relax.op.add(a, relax.op.multiply(relax.op.take(g, x1, axis=3), wx1)))
+
+    total = bb.emit(relax.op.add(relax.op.multiply(row_mix(y0), wy0), relax.op.multiply(row_mix(y1), wy1)))
+    shifted = bb.emit(relax.op.right_shift(relax.op.add(total, relax.const(1 << (2 * bits - 1), "int32")),
+                                           relax.const(2 * bits, "int32")))
+    lo, hi = (-128, 127) if str(attrs["out_dtype"]) == "int8" else (0, 255)
+    clipped = bb.emit(relax.op.clip(shifted, tvm_compat.prim_int(lo, "int32"), tvm_compat.prim_int(hi, "int32")))
+    return relax.op.astype(clipped, str(attrs["out_dtype"]))
+
+
 REFERENCE_RULES: dict[str, Rule] = {
     "qnn.conv2d": ref_conv2d,
     "qnn.dense": ref_dense,
@@ -209,6 +239,7 @@ REFERENCE_RULES: dict[str, Rule] = {
     "qnn.lut": ref_lut,
     "qnn.mul": ref_mul,
     "qnn.avg_pool2d": ref_avg_pool2d,
+    "qnn.resize2d": ref_resize2d,
 }
 
 
@@ -224,6 +255,8 @@ def make_function(op: str, args: Sequence[relax.Expr], attrs: Mapping[str, Any])
         names = {1: "multiplier", 2: "rounding"}
     elif op == "qnn.add":
         names = {1: "rhs", 2: "lhs_multiplier", 3: "rhs_multiplier", 4: "rounding"}
+    elif op == "qnn.resize2d":
+        names = {1: "rows", 2: "cols"}
     elif op == "qnn.avg_pool2d":
         names = {1: "multiplier"}
     elif op == "qnn.lut":

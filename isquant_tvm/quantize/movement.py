@@ -6,18 +6,25 @@
   itself is never emitted); otherwise the split stays float.
 - ``R.image.resize2d`` with ``nearest_neighbor`` only copies elements, so TVM's own op runs on the int8 /
   uint8 tensor with the input's scale (the numpy reference has the same index rule,
-  reference/interpreter.py ``_resize2d``). Bilinear resize is not integer yet (it stays float, reported).
+  reference/interpreter.py ``_resize2d``).
+- Bilinear ``resize2d`` becomes qnn.resize2d: topi's source coordinates (same float32 formula) turned into
+  integer tables per output row / column (two clamped indices, the high one's weight in 2^7), the four
+  products summed in int32 and rounded back by >> 14: the input's scale is kept (a convex mix of values in
+  range stays in range), at most 2^-8 of a level away from the float weights.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from tvm import relax
 
+from ..qnn import ops as qnn_ops
+from ..reference import interpreter as reference
 from ..util import tvm_compat
 from . import rewrite
-from .rewrite import PendingAcc, PendingAdd, QTensor
+from .rewrite import PendingAcc, PendingAdd, QTensor, _safe
 
 
 @dataclass
@@ -81,9 +88,42 @@ def find_splits(mutator: Any, func: relax.Function) -> dict[Any, Any]:
     return out
 
 
+RESIZE_BITS = 7  # weight resolution: 255 · 2^14 fits int32 with room; error <= 2^-8 of a level
+
+
+def linear_tables(in_size: int, out_size: int, mode: str, bits: int = RESIZE_BITS) -> np.ndarray:
+    """(3, out_size) int32: low index, high index (clamped as topi does), weight of the high one in 2^bits."""
+    coord = reference._resize_coord(out_size, in_size, mode).astype(np.float64)
+    low = np.floor(coord)
+    weight = np.rint((coord - low) * (1 << bits)).astype(np.int64)
+    low = low.astype(np.int64)
+    return np.stack([np.clip(low, 0, in_size - 1), np.clip(low + 1, 0, in_size - 1), weight]).astype(np.int32)
+
+
+def _rule_bilinear(self: Any, var: Any, value: Any, args: list[Any]) -> Any:
+    x = self.quant_of(args[0])
+    if x.dtype not in ("int8", "uint8"):
+        return None
+    shape = tvm_compat.expr_shape(args[0])
+    out = tvm_compat.expr_shape(var)
+    mode = str(value.attrs.coordinate_transformation_mode)
+    try:
+        rows, cols = linear_tables(shape[2], out[2], mode), linear_tables(shape[3], out[3], mode)
+    except reference.UnsupportedOp:
+        return None
+    attrs = {"bits": RESIZE_BITS, "out_dtype": x.dtype}
+    expr = self.call_qnn("qnn.resize2d", [x.expr, qnn_ops.const(rows), qnn_ops.const(cols)], attrs,
+                         _safe(tvm_compat.var_name(var)))
+    return QTensor(expr, x.scale, x.dtype)
+
+
 def rule_resize2d(self: Any, var: Any, value: Any, op: str, args: list[Any]) -> Any:
     a = value.attrs
-    if str(a.method) != "nearest_neighbor" or str(a.layout) != "NCHW" or not _quantized_input(self, args[0]):
+    if str(a.layout) != "NCHW" or not _quantized_input(self, args[0]):
+        return None
+    if str(a.method) == "linear":
+        return _rule_bilinear(self, var, value, args)
+    if str(a.method) != "nearest_neighbor":
         return None
     x = self.quant_of(args[0])
     expr = self.builder_.emit(relax.op.image.resize2d(

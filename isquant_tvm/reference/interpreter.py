@@ -184,6 +184,22 @@ def qnn_avg_pool2d(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.n
     return out.astype(str(attrs["out_dtype"]))
 
 
+def qnn_resize2d(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
+    """Bilinear resize with integer weights: rows / cols (3, OH | OW) int32 = (low index, high index, high
+    weight w of 2^bits); sum of the four products with (2^bits - w) and w, round half up, >> 2·bits."""
+    x, rows, cols = args[0].astype(np.int64), args[1].astype(np.int64), args[2].astype(np.int64)
+    bits = int(attrs["bits"])
+    one = np.int64(1) << bits
+    wy1, wx1 = rows[2][:, None], cols[2][None, :]
+    wy0, wx0 = one - wy1, one - wx1
+    top = x[:, :, rows[0]][:, :, :, cols[0]] * wx0 + x[:, :, rows[0]][:, :, :, cols[1]] * wx1
+    bottom = x[:, :, rows[1]][:, :, :, cols[0]] * wx0 + x[:, :, rows[1]][:, :, :, cols[1]] * wx1
+    total = top * wy0 + bottom * wy1
+    out = (total + (np.int64(1) << (2 * bits - 1))) >> (2 * bits)
+    lo, hi = fixed_point.dtype_bounds(str(attrs["out_dtype"]))
+    return np.clip(out, lo, hi).astype(str(attrs["out_dtype"]))
+
+
 QNN_REFERENCE: dict[str, Callable[[Sequence[np.ndarray], Mapping[str, Any]], np.ndarray]] = {
     "qnn.conv2d": qnn_conv2d,
     "qnn.dense": qnn_dense,
@@ -196,6 +212,7 @@ QNN_REFERENCE: dict[str, Callable[[Sequence[np.ndarray], Mapping[str, Any]], np.
     "qnn.lut": qnn_lut,
     "qnn.mul": qnn_mul,
     "qnn.avg_pool2d": qnn_avg_pool2d,
+    "qnn.resize2d": qnn_resize2d,
 }
 
 

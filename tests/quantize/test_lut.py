@@ -151,14 +151,14 @@ def test_mobilenet_v3_block_is_all_integer_and_bit_exact(mv3_block) -> None:
 
 
 WM0, BM0 = _w(C, 3, s=0.4), _b(C)
-WM1, BM1 = _w(8, C, s=0.15), _b(8)
+WM1, BM1 = _w(8, C + 12, s=0.15), _b(8)
 WT1, BT1 = (RNG.standard_normal((8, 4, 2, 2)) * 0.3).astype("float32"), _b(4)
 WT2 = (RNG.standard_normal((4, 2, 3, 3)) * 0.3).astype("float32")
 
 
 @I.ir_module
 class Movement:
-    """conv -> channel split (two forms) -> nearest upsampling (asymmetric/floor and half-pixel/round) ->
+    """conv -> channel split (two forms) -> nearest (three modes) and bilinear upsampling ->
     concat -> conv -> average pools (padding excluded / included) -> ConvTranspose (2x2 s2 + bias + ReLU; 3x3 s2
     grouped with output padding): all on the integers."""
     @R.function
@@ -177,7 +177,11 @@ class Movement:
                                   coordinate_transformation_mode="half_pixel", rounding_method="round_prefer_ceil")
             ub1 = R.image.resize2d(b1, R.shape([16, 16]), method="nearest_neighbor",
                                    coordinate_transformation_mode="align_corners", rounding_method="round")
-            cat = R.concat([ua, ub, ub1], axis=1)
+            lin = R.image.resize2d(b1, R.shape([16, 16]), method="linear",
+                                   coordinate_transformation_mode="half_pixel")
+            ali = R.image.resize2d(b1, R.shape([16, 16]), method="linear",
+                                   coordinate_transformation_mode="align_corners")
+            cat = R.concat([ua, ub, ub1, lin, ali], axis=1)
             y0 = R.add(R.nn.conv2d(cat, R.const(WM1), padding=[1, 1, 1, 1]), R.const(BM1))
             ap = R.nn.avg_pool2d(y0, pool_size=[3, 3], strides=[1, 1], padding=[1, 1, 1, 1], count_include_pad=False)
             p2 = R.nn.avg_pool2d(ap, pool_size=[2, 3], strides=[2, 1], padding=[0, 1, 1, 1], count_include_pad=True)
@@ -195,12 +199,13 @@ def test_split_resize_pools_conv_transpose_stay_integer() -> None:
              if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)]
     assert names.count("relax.strided_slice") == 4 + 2 and names.count("relax.image.resize2d") == 3  # + zero inserts
     assert "relax.split" not in names
+    assert _qnn_calls(res.mod).count("qnn.resize2d") == 2
     assert _qnn_calls(res.mod).count("qnn.avg_pool2d") == 2 and _qnn_calls(res.mod).count("qnn.conv2d") == 4
     x = RNG.standard_normal((1, 3, 8, 8)).astype("float32")
     want = reference.run(res.mod, [x])[0]
     target = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
     fast, chosen = legalize(res.mod, target)
-    assert chosen.get("qnn.avg_pool2d:glue") == 2, chosen
+    assert chosen.get("qnn.avg_pool2d:glue") == 2 and chosen.get("qnn.resize2d:glue") == 2, chosen
     np.testing.assert_array_equal(_run(fast, target, x), want)
     ref_mod, _ = legalize(res.mod, only_reference=True)
     np.testing.assert_array_equal(_run(ref_mod, "llvm", x), want)
