@@ -22,6 +22,9 @@ Decisions:
 - A bias add on a conv / dense result, and ReLU / clip on it, are not region starts: they fold into the
   conv's requantize (quantize/rewrite.py) and the region roots at their result. A region made of
   ReLU / clip only is left to those rules too.
+- A region that turns a conv / dense result into a graph output (a detector's sigmoid scores, through
+  data movement / concat) stays float: there the conv dequantizes its int32 accumulator at full precision,
+  where a LUT would first requantize it to 8 bits (256 distinct scores).
 - Intermediate bindings of a region must be dataflow vars used only inside it; a region with two
   outputs, a constant with spatial extent, or an op without a numpy rule is left alone (float, reported).
 """
@@ -136,6 +139,7 @@ def find_regions(mutator: Any, func: relax.Function) -> dict[Any, Any]:
         region.values[b.var] = b.value
         region.channels = max(region.channels, rows)
         region_of[b.var] = region
+    heads = _reaches_output(bindings, func)
     out: dict[Any, Any] = {}
     for region in regions:
         members = set(region.members)
@@ -145,9 +149,32 @@ def find_regions(mutator: Any, func: relax.Function) -> dict[Any, Any]:
             continue
         if all(_op(region.values[v]) in ("relax.nn.relu", "relax.clip") for v in region.members):
             continue
+        if outputs[0] in heads and region.root in epilogue:
+            continue  # an output head on a conv result: float on the full-precision accumulator
         region.output = outputs[0]
         for v in region.members:
             out[v] = _region_rule(region)
+    return out
+
+
+def _reaches_output(bindings: list[Any], func: relax.Function) -> set[Any]:
+    """Vars whose value reaches the function's result through data movement, concat and tuples only."""
+    values = {b.var: b.value for b in bindings}
+    out: set[Any] = set()
+    frontier = [func.body.body]
+    while frontier:
+        expr = frontier.pop()
+        if isinstance(expr, relax.Tuple):
+            frontier.extend(expr.fields)
+        elif isinstance(expr, relax.TupleGetItem):
+            frontier.append(expr.tuple_value)
+        elif isinstance(expr, relax.Var) and expr not in out:
+            out.add(expr)
+            value = values.get(expr)
+            if isinstance(value, (relax.Var, relax.Tuple, relax.TupleGetItem)):
+                frontier.append(value)
+            elif _op(value) in rewrite.DATA_MOVEMENT | {"relax.concat", "relax.split"}:
+                frontier.append(value.args[0])
     return out
 
 
