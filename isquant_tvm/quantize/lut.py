@@ -140,6 +140,7 @@ def find_regions(mutator: Any, func: relax.Function) -> dict[Any, Any]:
         region.channels = max(region.channels, rows)
         region_of[b.var] = region
     heads = _reaches_output(bindings, func)
+    kept_float = set(getattr(mutator, "heads", ()))  # bindings the rewrite keeps float whatever their rule
     out: dict[Any, Any] = {}
     for region in regions:
         members = set(region.members)
@@ -149,6 +150,9 @@ def find_regions(mutator: Any, func: relax.Function) -> dict[Any, Any]:
             continue
         if all(_op(region.values[v]) in ("relax.nn.relu", "relax.clip") for v in region.members):
             continue
+        float_names = set(getattr(mutator, "float_vars", ()))  # --float-nodes
+        if any(v in kept_float or tvm_compat.var_name(v) in float_names for v in region.members):
+            continue  # partly float: its inner bindings must stay readable
         if outputs[0] in heads and region.root in epilogue:
             continue  # an output head on a conv result: float on the full-precision accumulator
         region.output = outputs[0]
