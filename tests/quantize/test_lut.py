@@ -215,13 +215,14 @@ WM0, BM0 = _w(C, 3, s=0.4), _b(C)
 WM1, BM1 = _w(8, C + 12, s=0.15), _b(8)
 WT1, BT1 = (RNG.standard_normal((8, 4, 2, 2)) * 0.3).astype("float32"), _b(4)
 WT2 = (RNG.standard_normal((4, 2, 3, 3)) * 0.3).astype("float32")
+WOUT = _w(4, 4, 1, 0.5)
 
 
 @I.ir_module
 class Movement:
     """conv -> channel split (two forms) -> nearest (three modes) and bilinear upsampling ->
     concat -> conv -> average pools (padding excluded / included) -> ConvTranspose (2x2 s2 + bias + ReLU; 3x3 s2
-    grouped with output padding): all on the integers."""
+    grouped with output padding) -> conv: all on the integers."""
     @R.function
     def main(x: R.Tensor((1, 3, 8, 8), "float32")) -> R.Tensor((1, 4, 32, 64), "float32"):
         with R.dataflow():
@@ -247,8 +248,9 @@ class Movement:
             ap = R.nn.avg_pool2d(y0, pool_size=[3, 3], strides=[1, 1], padding=[1, 1, 1, 1], count_include_pad=False)
             p2 = R.nn.avg_pool2d(ap, pool_size=[2, 3], strides=[2, 1], padding=[0, 1, 1, 1], count_include_pad=True)
             t1 = R.nn.relu(R.add(R.nn.conv2d_transpose(p2, R.const(WT1), strides=[2, 2]), R.const(BT1)))
-            y = R.nn.conv2d_transpose(t1, R.const(WT2), strides=[2, 2], padding=[1, 1, 1, 1], output_padding=[1, 1],
-                                      groups=2)
+            t2 = R.nn.conv2d_transpose(t1, R.const(WT2), strides=[2, 2], padding=[1, 1, 1, 1], output_padding=[1, 1],
+                                       groups=2)
+            y = R.nn.conv2d(t2, R.const(WOUT))  # a conv head: what follows the last conv may stay float
             R.output(y)
         return y
 
@@ -261,7 +263,7 @@ def test_split_resize_pools_conv_transpose_stay_integer() -> None:
     assert names.count("relax.strided_slice") == 4 + 2 and names.count("relax.image.resize2d") == 3  # + zero inserts
     assert "relax.split" not in names
     assert _qnn_calls(res.mod).count("qnn.resize2d") == 2
-    assert _qnn_calls(res.mod).count("qnn.avg_pool2d") == 2 and _qnn_calls(res.mod).count("qnn.conv2d") == 4
+    assert _qnn_calls(res.mod).count("qnn.avg_pool2d") == 2 and _qnn_calls(res.mod).count("qnn.conv2d") == 5
     x = RNG.standard_normal((1, 3, 8, 8)).astype("float32")
     want = reference.run(res.mod, [x])[0]
     target = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
