@@ -300,6 +300,9 @@ def test_numpy_float_rules_match_tvm() -> None:
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
 
 
+WHS = _w(4, 4, 1, 0.5)
+
+
 @I.ir_module
 class HardSwishBefore:
     @R.function
@@ -309,8 +312,9 @@ class HardSwishBefore:
             b = R.clip(a, T.float32(0.0), T.float32(6.0))
             c = R.divide(b, R.const(6.0, "float32"))
             y = R.multiply(x, c)
-            R.output(y)
-        return y
+            out = R.nn.conv2d(y, R.const(WHS))
+            R.output(out)
+        return out
 
 
 S_IN = 3.0 / 127
@@ -340,29 +344,16 @@ class HardSwishExpected:
             R.output(gv)
         return gv
 
-    @R.function(private=True)
-    def qnn_dequantize_out(data: R.Tensor((1, 4, 2, 2), "int8")) -> R.Tensor((1, 4, 2, 2), "float32"):
-        R.func_attr({"qnn.op": "qnn.dequantize", "scale": S_OUT})
-        with R.dataflow():
-            gv = R.multiply(R.astype(data, "float32"), R.const(S_OUT, "float32"))
-            R.output(gv)
-        return gv
-
-    @R.function
-    def main(x: R.Tensor((1, 4, 2, 2), "float32")) -> R.Tensor((1, 4, 2, 2), "float32"):
-        cls = HardSwishExpected
-        with R.dataflow():
-            q = cls.qnn_quantize_x(x)
-            t = cls.qnn_lut_y(q, R.const(HS_TABLE))
-            d = cls.qnn_dequantize_out(t)
-            y = d  # a graph output is bound by the pass's emit_output
-            R.output(y)
-        return y
-
 
 def test_hardswish_rewrite_before_expected() -> None:
     """The importer's four HardSwish bindings become one qnn.lut whose table is hard-swish on the 256 input
-    levels, output scale max|f| / 127 (no range needed, nothing clips)."""
-    res = quantize_module(HardSwishBefore, [], {}, {}, input_range=3.0)
+    levels, output scale max|f| / 127 (no range needed, nothing clips); the conv after it reads the LUT."""
+    layers = find_layers(HardSwishBefore["main"])
+    res = quantize_module(HardSwishBefore, layers, {l.id: isquant.quantize_weight(l.weight) for l in layers}, {},
+                          input_range=3.0)
     assert res.fallbacks == {}
-    tvm.ir.assert_structural_equal(res.mod, HardSwishExpected)
+    assert _qnn_calls(res.mod) == ["qnn.quantize", "qnn.lut", "qnn.conv2d"]
+    for name in ("qnn_quantize_x", "qnn_lut_y"):
+        tvm.ir.assert_structural_equal(res.mod[name], HardSwishExpected[name])
+    lut_call = [b.value for b in tvm_compat.bindings(res.mod["main"]) if qnn_ops.qnn_op_of(res.mod, b.value) == "qnn.lut"][0]
+    np.testing.assert_array_equal(tvm_compat.const_value(lut_call.args[1]), HS_TABLE)
