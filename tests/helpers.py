@@ -159,6 +159,57 @@ def tiny_conv_onnx(path: Path, c: int = 16, o: int = 32, hw: int = 8) -> Path:
     return path
 
 
+def mobilenet_v3_block_onnx(path: Path, hw: int = 16) -> Path:
+    """A MobileNetV3-like block with the issue-15 activations (issue 15, quantize/lut.py, elementwise.py):
+    conv-BN-HardSwish stem, expand conv-BN-HardSwish, depthwise conv-BN-HardSwish, SE gate (GAP, conv, ReLU,
+    conv, HardSigmoid, Mul), projection conv-BN + residual Add, conv-BN-PRelu (per-channel slopes),
+    conv-BN-SiLU (x * Sigmoid(x)), GAP, Gemm classifier."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(15)
+    inits, nodes = [], []
+
+    def const(name, array):
+        inits.append(numpy_helper.from_array(np.asarray(array, np.float32), name))
+        return name
+
+    def conv_bn(x, cin, cout, k, name, stride=1, groups=1):
+        w = const(f"{name}_w", rng.standard_normal((cout, cin // groups, k, k)) * (1.5 / np.sqrt(cin // groups * k * k)))
+        nodes.append(helper.make_node("Conv", [x, w], [f"{name}_c"], kernel_shape=[k, k], strides=[stride] * 2,
+                                      pads=[k // 2] * 4, group=groups, name=f"{name}_conv"))
+        bn = [const(f"{name}_{p}", v) for p, v in (("g", rng.uniform(0.5, 1.5, cout)), ("b", rng.uniform(-0.3, 0.3, cout)),
+                                                   ("m", rng.uniform(-0.2, 0.2, cout)), ("v", rng.uniform(0.5, 2, cout)))]
+        nodes.append(helper.make_node("BatchNormalization", [f"{name}_c"] + bn, [f"{name}_bn"], name=f"{name}_bn"))
+        return f"{name}_bn"
+
+    def act(op, x, name, *extra, **kw):
+        nodes.append(helper.make_node(op, [x, *extra], [name], name=name, **kw))
+        return name
+
+    x = act("HardSwish", conv_bn("input", 3, 16, 3, "stem", stride=2), "stem_hs")
+    e = act("HardSwish", conv_bn(x, 16, 32, 1, "exp"), "exp_hs")
+    d = act("HardSwish", conv_bn(e, 32, 32, 3, "dw", groups=32), "dw_hs")
+    p = act("GlobalAveragePool", d, "se_pool")
+    f1 = act("Relu", act("Conv", p, "se_fc1", const("se_w1", rng.standard_normal((8, 32, 1, 1)) * 0.3),
+                         const("se_b1", rng.uniform(-0.2, 0.2, 8))), "se_relu")
+    f2 = act("Conv", f1, "se_fc2", const("se_w2", rng.standard_normal((32, 8, 1, 1)) * 0.5), const("se_b2", rng.uniform(-0.5, 0.5, 32)))
+    gate = act("HardSigmoid", f2, "se_hsig", alpha=1.0 / 6, beta=0.5)
+    se = act("Mul", d, "se_mul", gate)
+    r = act("Add", x, "residual", conv_bn(se, 32, 16, 1, "proj"))
+    pr = act("PRelu", conv_bn(r, 16, 16, 3, "pre"), "prelu", const("slope", np.linspace(-0.2, 0.3, 16).reshape(16, 1, 1)))
+    s = conv_bn(pr, 16, 16, 3, "silu")
+    si = act("Mul", s, "silu_mul", act("Sigmoid", s, "silu_sig"))
+    g = act("Flatten", act("GlobalAveragePool", si, "pool"), "flat")
+    act("Gemm", g, "output", const("fc_w", rng.standard_normal((10, 16)) * 0.3), const("fc_b", rng.uniform(-0.1, 0.1, 10)),
+        transB=1)
+    graph = helper.make_graph(nodes, "mv3_block",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 2 * hw, 2 * hw])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 10])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
 # --- loopback TVM RPC servers (tests/runtime) ---------------------------------------------------
 
 

@@ -4,7 +4,7 @@ qnn.conv2d / qnn.dense (int8/uint8 data): one lowering per registered kernel (ke
 x86_amx_blocked, x86_amx, x86_depthwise, x86_vnni, x86_avx2, x86_int32, arm_depthwise, arm_sdot,
 arm_neon), every out_dtype (int8, uint8, float32, int32), so the report names the kernel of each call.
 qnn.dense with int32 data (pooled int32 features): an int64-accumulating vectorised dense ("dense_i64",
-glue.py). qnn.add, qnn.requantize, qnn.quantize, qnn.dequantize, qnn.max_pool2d, qnn.global_avg_pool2d:
+glue.py). qnn.lut, qnn.mul, qnn.avg_pool2d, qnn.resize2d: elementwise8.py. qnn.add, qnn.requantize, qnn.quantize, qnn.dequantize, qnn.max_pool2d, qnn.global_avg_pool2d:
 scheduled TE computes ("glue", glue.py). Each lowering's ``accepts`` checks the call's arguments (8-bit
 data, constant weights and epilogue, shapes); a call no kernel accepts is lowered by the reference rule
 and counted as ``op:reference``."""
@@ -20,7 +20,7 @@ from ..qnn import registry as lowerings
 from ..qnn.registry import CONSUME, FOLLOW, PRODUCE
 from ..util import tvm_compat
 from ..util.cpu import is_aarch64
-from . import glue, registry
+from . import elementwise8, glue, registry
 from .common import OUT_DTYPES, QConv2dParams, QDenseParams
 from .depthwise import is_blocked_depthwise
 
@@ -251,6 +251,57 @@ def global_avg_pool2d_rule(bb, args, attrs, target):
     return glue.lower_global_avg_pool2d(bb, x, [_scalar(args[1])], attrs, target, channels=C, rounding=rounding)
 
 
+def _lut_fast(args) -> bool:
+    return (tvm_compat.expr_dtype(args[0]) in _IN_DTYPES and tvm_compat.is_const(args[1])
+            and tvm_compat.expr_shape(args[1])[-1] == 256)
+
+
+def lut_role(args, attrs, target) -> Optional[str]:
+    # per tensor: any layout; per channel: NCHW16c rows are indexed by block and lane
+    return FOLLOW if _is_cpu(target) and _lut_fast(args) and len(tvm_compat.expr_shape(args[0])) == 4 else None
+
+
+def lut_rule(bb, args, attrs, target):
+    return elementwise8.lower_lut(bb, args[0], tvm_compat.const_value(args[1]), attrs, target)
+
+
+def _mul_fast(args) -> bool:
+    a, b, m = args[:3]
+    return (tvm_compat.expr_dtype(a) in _IN_DTYPES and tvm_compat.expr_dtype(b) in _IN_DTYPES
+            and _scalar(m) is not None and len(tvm_compat.expr_shape(a)) == len(tvm_compat.expr_shape(b)))
+
+
+def mul_role(args, attrs, target) -> Optional[str]:
+    return FOLLOW if _is_cpu(target) and _mul_fast(args) and len(tvm_compat.expr_shape(args[0])) == 4 else None
+
+
+def mul_rule(bb, args, attrs, target):
+    return elementwise8.lower_mul(bb, args[0], args[1], _scalar(args[2]), attrs, target)
+
+
+def _avg_pool_fast(args) -> bool:
+    return (tvm_compat.expr_dtype(args[0]) in _IN_DTYPES and tvm_compat.is_const(args[1])
+            and len(tvm_compat.expr_shape(args[0])) in (4, 5))
+
+
+def avg_pool2d_role(args, attrs, target) -> Optional[str]:
+    return FOLLOW if _is_cpu(target) and _avg_pool_fast(args) and len(tvm_compat.expr_shape(args[0])) == 4 else None
+
+
+def avg_pool2d_rule(bb, args, attrs, target):
+    return elementwise8.lower_avg_pool2d(bb, args[0], tvm_compat.const_value(args[1]), attrs, target)
+
+
+def _resize2d_fast(args) -> bool:
+    return (tvm_compat.expr_dtype(args[0]) in _IN_DTYPES and len(tvm_compat.expr_shape(args[0])) == 4
+            and tvm_compat.is_const(args[1]) and tvm_compat.is_const(args[2]))
+
+
+def resize2d_rule(bb, args, attrs, target):
+    return elementwise8.lower_resize2d(bb, args[0], tvm_compat.const_value(args[1]), tvm_compat.const_value(args[2]),
+                                       attrs, target)
+
+
 def _fast(check):
     return lambda args, attrs, target: check(args)
 
@@ -263,6 +314,10 @@ GLUE_RULES = {
     "qnn.dequantize": (dequantize_rule, _fast(_dequantize_fast), None),
     "qnn.max_pool2d": (max_pool2d_rule, _fast(_max_pool2d_fast), max_pool2d_role),
     "qnn.global_avg_pool2d": (global_avg_pool2d_rule, _gap_accepts, global_avg_pool2d_role),
+    "qnn.lut": (lut_rule, _fast(_lut_fast), lut_role),
+    "qnn.mul": (mul_rule, _fast(_mul_fast), mul_role),
+    "qnn.avg_pool2d": (avg_pool2d_rule, _fast(_avg_pool_fast), avg_pool2d_role),
+    "qnn.resize2d": (resize2d_rule, _fast(_resize2d_fast), None),  # NCHW: rows are gathered by index
 }
 
 

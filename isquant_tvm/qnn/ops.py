@@ -17,6 +17,14 @@ Argument conventions (activations first, then constants):
 - qnn.global_avg_pool2d(x, m int64 ())               attrs: shift, keepdims, out_dtype, out_min, out_max
   qnn.global_avg_pool2d(x, dq float32 (C,))          float output: sum · dq (int32 x: summed in int64)
   qnn.global_avg_pool2d(x) with out_dtype "int32"    the raw int32 sums (feeding a classifier)
+- qnn.lut(x 8-bit, table (C | 1, 256) 8-bit)          attrs: out_dtype, output_scale (table row c for channel c
+  along axis 1; index x + 128 for int8 x, x for uint8): any element-wise function of one 8-bit tensor
+- qnn.mul(a, b, m int64 ())                          attrs: shift, out_dtype, out_min, out_max (b broadcasts,
+  e.g. a squeeze-and-excitation gate [N,C,1,1]): clip((a·b·m + 2^(n-1)) >> n)
+- qnn.avg_pool2d(x 8-bit, m int64 (OH, OW))         attrs: pool_size, strides, padding, shift, out_dtype,
+  out_min, out_max: clip((window sum · m[oh, ow] + 2^(n-1)) >> n), zero padding (m holds 1/count)
+- qnn.resize2d(x 8-bit, rows int32 (3, OH), cols int32 (3, OW))   attrs: bits, out_dtype: bilinear with
+  integer weights (index low, index high, weight of high in 2^bits), round half up, >> 2·bits; scale kept
 - qnn.dense with an int32 input: int64 accumulation and bias (pooled features into the classifier)
 - qnn.conv2d / qnn.dense with out_dtype "int32": clip(acc + bias, out_min, out_max), no requantize
 ISQuant's graphs have zero points 0 everywhere; requantize is `clip((a·m + 2^(n-1)) >> n, lo, hi)`
@@ -153,6 +161,72 @@ def ref_global_avg_pool2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], at
                            rounding=args[2] if len(args) > 2 else None)
 
 
+def ref_lut(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
+    # one gather from the flattened table: index = x (+128 for int8) (+ 256·c per channel)
+    x, table = args[:2]
+    shape = tvm_compat.expr_shape(x)
+    rows = int(tvm_compat.expr_shape(table)[0])
+    idx = bb.emit(relax.op.astype(x, "int32"))
+    if tvm_compat.expr_dtype(x) == "int8":
+        idx = bb.emit(relax.op.add(idx, relax.const(128, "int32")))
+    if rows > 1:
+        offsets = np.arange(rows, dtype=np.int32) * 256
+        idx = bb.emit(relax.op.add(idx, relax.const(offsets.reshape([1, rows] + [1] * (len(shape) - 2)), "int32")))
+    flat_table = bb.emit(relax.op.reshape(table, (rows * 256,)))
+    flat = bb.emit(relax.op.take(flat_table, bb.emit(relax.op.reshape(idx, (int(np.prod(shape)),))), axis=0,
+                                        mode="clip"))
+    return relax.op.reshape(flat, shape)
+
+
+def ref_mul(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
+    a, b, m = args[:3]
+    prod = bb.emit(relax.op.multiply(relax.op.astype(a, "int64"), relax.op.astype(b, "int64")))
+    n = relax.const(int(attrs["shift"]), "int64")
+    return requantize_expr(bb, prod, m, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]))
+
+
+def ref_avg_pool2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
+    # the window sum as a depthwise int32 conv with ones (exact), then the per-position requantize
+    x, m = args[:2]
+    channels = int(tvm_compat.expr_shape(x)[1])
+    kh, kw = (int(v) for v in attrs["pool_size"])
+    ones = relax.const(np.ones((channels, 1, kh, kw), np.int32), "int32")
+    total = bb.emit(relax.op.nn.conv2d(relax.op.astype(x, "int32"), ones, strides=list(attrs["strides"]),
+                                       padding=list(attrs["padding"]), groups=channels, out_dtype="int32"))
+    shape = tvm_compat.expr_shape(m)
+    m4 = bb.emit(relax.op.reshape(m, (1, 1, int(shape[0]), int(shape[1]))))
+    n = relax.const(int(attrs["shift"]), "int64")
+    return requantize_expr(bb, total, m4, n, int(attrs["out_min"]), int(attrs["out_max"]), str(attrs["out_dtype"]))
+
+
+def ref_resize2d(bb: relax.BlockBuilder, args: Sequence[relax.Expr], attrs: Mapping[str, Any], target: Any = None) -> relax.Expr:
+    x, rows, cols = args[:3]
+    bits = int(attrs["bits"])
+    one = relax.const(1 << bits, "int32")
+    wide = bb.emit(relax.op.astype(x, "int32"))
+
+    def part(table: relax.Expr, i: int) -> relax.Expr:
+        return bb.emit(relax.op.squeeze(relax.op.strided_slice(table, axes=[0], begin=[i], end=[i + 1]), axis=[0]))
+
+    y0, y1, wy1 = (part(rows, i) for i in range(3))
+    x0, x1, wx1 = (part(cols, i) for i in range(3))
+    wy1 = bb.emit(relax.op.reshape(wy1, (1, 1, -1, 1)))
+    wx1 = bb.emit(relax.op.reshape(wx1, (1, 1, 1, -1)))
+    wy0, wx0 = bb.emit(relax.op.subtract(one, wy1)), bb.emit(relax.op.subtract(one, wx1))
+
+    def row_mix(r: relax.Expr) -> relax.Expr:
+        g = bb.emit(relax.op.take(wide, r, axis=2))
+        a = bb.emit(relax.op.multiply(relax.op.take(g, x0, axis=3), wx0))
+        return bb.emit(relax.op.add(a, relax.op.multiply(relax.op.take(g, x1, axis=3), wx1)))
+
+    total = bb.emit(relax.op.add(relax.op.multiply(row_mix(y0), wy0), relax.op.multiply(row_mix(y1), wy1)))
+    shifted = bb.emit(relax.op.right_shift(relax.op.add(total, relax.const(1 << (2 * bits - 1), "int32")),
+                                           relax.const(2 * bits, "int32")))
+    lo, hi = (-128, 127) if str(attrs["out_dtype"]) == "int8" else (0, 255)
+    clipped = bb.emit(relax.op.clip(shifted, tvm_compat.prim_int(lo, "int32"), tvm_compat.prim_int(hi, "int32")))
+    return relax.op.astype(clipped, str(attrs["out_dtype"]))
+
+
 REFERENCE_RULES: dict[str, Rule] = {
     "qnn.conv2d": ref_conv2d,
     "qnn.dense": ref_dense,
@@ -162,6 +236,10 @@ REFERENCE_RULES: dict[str, Rule] = {
     "qnn.dequantize": ref_dequantize,
     "qnn.max_pool2d": ref_max_pool2d,
     "qnn.global_avg_pool2d": ref_global_avg_pool2d,
+    "qnn.lut": ref_lut,
+    "qnn.mul": ref_mul,
+    "qnn.avg_pool2d": ref_avg_pool2d,
+    "qnn.resize2d": ref_resize2d,
 }
 
 
@@ -177,6 +255,14 @@ def make_function(op: str, args: Sequence[relax.Expr], attrs: Mapping[str, Any])
         names = {1: "multiplier", 2: "rounding"}
     elif op == "qnn.add":
         names = {1: "rhs", 2: "lhs_multiplier", 3: "rhs_multiplier", 4: "rounding"}
+    elif op == "qnn.resize2d":
+        names = {1: "rows", 2: "cols"}
+    elif op == "qnn.avg_pool2d":
+        names = {1: "multiplier"}
+    elif op == "qnn.lut":
+        names = {1: "table"}
+    elif op == "qnn.mul":
+        names = {1: "rhs", 2: "multiplier"}
     for i, name in names.items():
         if i < len(params):
             params[i] = relax.Var(name, args[i].ty)

@@ -65,6 +65,8 @@ def head_vars(func: relax.Function, layer_vars: Iterable[Any]) -> set[Any]:
         if _op(value) == "relax.add" and any(a in layers for a in value.args if isinstance(a, relax.Var)) \
                 and any(tvm_compat.is_const(a) for a in value.args):
             continue  # a layer's bias: part of its accumulator
+        if _op(value) == "relax.nn.conv2d_transpose" and tvm_compat.is_const(value.args[1]):
+            continue  # quantize/transpose.py makes it a qnn.conv2d: its accumulator dequantizes like a layer's
         if _global_pool(value):
             continue  # rule_global_pool dequantizes its int32 sums when the pool feeds the output
         out.add(expr)

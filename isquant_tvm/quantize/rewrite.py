@@ -219,6 +219,9 @@ class QuantizeMutator(relax.PyExprMutator):
         self.feeds_output = _feeds_output(func)
         self.pool_to_classifier = _pools_feeding_classifier(func, self.layer_of, self.feeds_output, self.uses)
         self.heads = float_regions.head_vars(func, self.layer_of)
+        self.binding_rules: dict[Any, Rule] = {}
+        for finder in BINDING_FINDERS:
+            self.binding_rules.update(finder(self, func))
         new_func = self.visit_expr(func)
         self.builder_.update_func(gv, new_func)
         mod = self.builder_.get()
@@ -426,12 +429,13 @@ class QuantizeMutator(relax.PyExprMutator):
         return None
 
     def _quantized(self, var: Any, value: Any, op: str | None) -> Any:
-        if op is None:
+        rule = self.binding_rules.get(var)
+        if op is None and rule is None:
             return None
-        args = list(value.args)
+        args = list(value.args) if isinstance(value, relax.Call) else []
         if var in self.layer_of:
             return self.rule_layer(var, value, op, args)
-        rule = RULES.get(op)
+        rule = rule or RULES.get(op)
         if rule is None:
             return None
         if isinstance(rule, str):
@@ -608,12 +612,35 @@ def register_rule(op: str, rule: Rule) -> None:
     RULES[op] = rule
 
 
+# finder(mutator, main) -> {binding var: Rule}: rules for particular bindings, before RULES (a pattern that
+# spans several bindings, e.g. an activation the importer decomposes: quantize/lut.py)
+BindingFinder = Callable[[Any, relax.Function], Mapping[Any, Rule]]
+BINDING_FINDERS: list[BindingFinder] = []
+
+
+def register_finder(finder: BindingFinder) -> None:
+    if finder not in BINDING_FINDERS:
+        BINDING_FINDERS.append(finder)
+
+
+# the rule modules (one per rule family) that register themselves with register_rule / register_finder
+RULE_MODULES = ("lut", "elementwise", "movement", "pooling", "transpose")
+
+
+def load_rule_modules() -> None:
+    import importlib
+
+    for name in RULE_MODULES:
+        importlib.import_module(f"{__package__}.{name}")
+
+
 def quantize_module(mod: tvm.IRModule, layers: list[Layer], weights: Mapping[str, Any],
                     ranges: Mapping[Any, ActivationRange], input_range: float | None = None,
                     float_vars: Collection[str] = (), onnx_nodes: Mapping[str, tuple[str, str]] | None = None) -> QuantizeResult:
     """Rewrite `mod["main"]` into qnn-level integer ops. `layers` must come from find_layers(mod["main"]).
     `float_vars`: binding names to keep float; `onnx_nodes` (binding name -> ONNX node, op type) names
     the float ops in the warning."""
+    load_rule_modules()
     result = QuantizeMutator(mod, layers, weights, ranges, input_range, float_vars).transform()
     if result.fallbacks:
         named = float_regions.float_nodes_report(result.fallback_vars, onnx_nodes or {})

@@ -153,6 +153,54 @@ def qnn_global_avg_pool2d(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) 
     return out.astype(str(attrs["out_dtype"]))
 
 
+def qnn_lut(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
+    """table (C, 256) or (1, 256): y[..c..] = table[c, x + 128 (int8) | x (uint8)], c along axis 1."""
+    x, table = args[0], args[1]
+    idx = x.astype(np.int64) + (128 if x.dtype == np.int8 else 0)
+    if table.shape[0] > 1:
+        idx = idx + _per_channel(np.arange(table.shape[0], dtype=np.int64) * 256, x.ndim)
+    return table.reshape(-1)[idx].astype(str(attrs["out_dtype"]))
+
+
+def qnn_mul(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
+    """clip((a·b·m + 2^(n-1)) >> n): the integer product (numpy broadcasting, e.g. a gate [N,C,1,1]),
+    requantized like qnn.requantize."""
+    a, b, m = args[:3]
+    n = np.int64(attrs["shift"])
+    prod = a.astype(np.int64) * b.astype(np.int64)
+    out = np.clip((prod * np.int64(m) + (np.int64(1) << (n - 1))) >> n, int(attrs["out_min"]), int(attrs["out_max"]))
+    return out.astype(str(attrs["out_dtype"]))
+
+
+def qnn_avg_pool2d(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
+    """window sum (zero padding) · m[oh, ow] (fixed-point 1/count), round half up, >> shift, saturate."""
+    x, m = args[0].astype(np.int64), args[1].astype(np.int64)
+    top, left, bottom, right = (int(v) for v in attrs["padding"])
+    kh, kw = (int(v) for v in attrs["pool_size"])
+    sh, sw = (int(v) for v in attrs["strides"])
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    total = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw].sum(axis=(-2, -1))
+    n = np.int64(attrs["shift"])
+    out = np.clip((total * m + (np.int64(1) << (n - 1))) >> n, int(attrs["out_min"]), int(attrs["out_max"]))
+    return out.astype(str(attrs["out_dtype"]))
+
+
+def qnn_resize2d(args: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
+    """Bilinear resize with integer weights: rows / cols (3, OH | OW) int32 = (low index, high index, high
+    weight w of 2^bits); sum of the four products with (2^bits - w) and w, round half up, >> 2·bits."""
+    x, rows, cols = args[0].astype(np.int64), args[1].astype(np.int64), args[2].astype(np.int64)
+    bits = int(attrs["bits"])
+    one = np.int64(1) << bits
+    wy1, wx1 = rows[2][:, None], cols[2][None, :]
+    wy0, wx0 = one - wy1, one - wx1
+    top = x[:, :, rows[0]][:, :, :, cols[0]] * wx0 + x[:, :, rows[0]][:, :, :, cols[1]] * wx1
+    bottom = x[:, :, rows[1]][:, :, :, cols[0]] * wx0 + x[:, :, rows[1]][:, :, :, cols[1]] * wx1
+    total = top * wy0 + bottom * wy1
+    out = (total + (np.int64(1) << (2 * bits - 1))) >> (2 * bits)
+    lo, hi = fixed_point.dtype_bounds(str(attrs["out_dtype"]))
+    return np.clip(out, lo, hi).astype(str(attrs["out_dtype"]))
+
+
 QNN_REFERENCE: dict[str, Callable[[Sequence[np.ndarray], Mapping[str, Any]], np.ndarray]] = {
     "qnn.conv2d": qnn_conv2d,
     "qnn.dense": qnn_dense,
@@ -162,6 +210,10 @@ QNN_REFERENCE: dict[str, Callable[[Sequence[np.ndarray], Mapping[str, Any]], np.
     "qnn.dequantize": qnn_dequantize,
     "qnn.max_pool2d": qnn_max_pool2d,
     "qnn.global_avg_pool2d": qnn_global_avg_pool2d,
+    "qnn.lut": qnn_lut,
+    "qnn.mul": qnn_mul,
+    "qnn.avg_pool2d": qnn_avg_pool2d,
+    "qnn.resize2d": qnn_resize2d,
 }
 
 
@@ -238,6 +290,126 @@ OPS: dict[str, Callable[[list[Any], Any, str], np.ndarray]] = {
     "relax.squeeze": lambda a, at, dt: np.squeeze(a[0], axis=tuple(_ints(at.axis)) if at.axis is not None else None),
     "relax.nn.adaptive_avg_pool2d": lambda a, at, dt: a[0].mean(axis=(2, 3), keepdims=True).astype(dt),
 }
+
+
+# --- float rules for the element-wise activations the ONNX importer emits (issue 15, cov-rules: the LUT
+# tables of quantize/lut.py are these functions evaluated on the 256 input levels). Kept as one block
+# so the range-step coverage work (cov-ranges) merges around it.
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf
+
+    return erf(x.astype(np.float64)).astype(x.dtype)
+
+
+def _prelu(args: list[Any], attrs: Any, dtype: str) -> np.ndarray:
+    x, alpha = args[0], np.asarray(args[1])
+    axis = int(attrs.axis) % x.ndim
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return np.where(x >= 0, x, x * alpha.reshape(shape)).astype(dtype)
+
+
+def _split(args: list[Any], attrs: Any, dtype: str) -> list[np.ndarray]:
+    x = args[0]
+    axis = int(attrs.axis) % x.ndim
+    sections = attrs.indices_or_sections
+    if hasattr(sections, "__len__"):
+        return np.split(x, [int(c) for c in sections], axis=axis)
+    return np.split(x, int(sections), axis=axis)
+
+
+def _resize_coord(out_size: int, in_size: int, mode: str) -> np.ndarray:
+    """topi's resize input coordinate of every output index, in float32 like the TVM kernel."""
+    x = np.arange(out_size, dtype=np.float32)
+    scale = np.float32(in_size) / np.float32(out_size)
+    if mode == "align_corners":
+        return x * np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.zeros_like(x)
+    if mode == "asymmetric":
+        return x * scale
+    if mode == "pytorch_half_pixel" and out_size == 1:
+        return np.zeros_like(x)
+    if mode in ("half_pixel", "pytorch_half_pixel"):
+        return (x + np.float32(0.5)) * scale - np.float32(0.5)
+    raise UnsupportedOp(f"resize2d coordinate_transformation_mode {mode!r} has no numpy rule")
+
+
+def _nearest_index(coord: np.ndarray, rounding: str, mode: str, in_size: int) -> np.ndarray:
+    if rounding == "":
+        rounding = "round" if mode == "align_corners" else "floor"
+    ops = {"round": np.round, "floor": np.floor, "ceil": np.ceil,
+           "round_prefer_floor": lambda c: np.ceil(c - np.float32(0.5)),
+           "round_prefer_ceil": lambda c: np.floor(c + np.float32(0.5))}
+    if rounding not in ops:
+        raise UnsupportedOp(f"resize2d rounding_method {rounding!r} has no numpy rule")
+    return np.clip(ops[rounding](coord).astype(np.int64), 0, in_size - 1)
+
+
+def _resize2d(args: list[Any], attrs: Any, dtype: str) -> np.ndarray:
+    """relax.image.resize2d, NCHW: nearest (any dtype: a gather) and linear (float)."""
+    x, size = args[0], [int(s) for s in args[1]]
+    if str(attrs.layout) != "NCHW":
+        raise UnsupportedOp(f"resize2d layout {attrs.layout} has no numpy rule")
+    mode, method = str(attrs.coordinate_transformation_mode), str(attrs.method)
+    (H, W), (OH, OW) = x.shape[2:], size
+    cy, cx = _resize_coord(OH, H, mode), _resize_coord(OW, W, mode)
+    if method == "nearest_neighbor":
+        iy = _nearest_index(cy, str(attrs.rounding_method), mode, H)
+        ix = _nearest_index(cx, str(attrs.rounding_method), mode, W)
+        return x[:, :, iy][:, :, :, ix].astype(dtype)
+    if method != "linear":
+        raise UnsupportedOp(f"resize2d method {method!r} has no numpy rule")
+    y0, x0 = np.floor(cy), np.floor(cx)
+    wy, wx = (cy - y0)[:, None], (cx - x0)[None, :]
+    y0, x0 = y0.astype(np.int64), x0.astype(np.int64)
+    ya, yb = np.clip(y0, 0, H - 1), np.clip(y0 + 1, 0, H - 1)
+    xa, xb = np.clip(x0, 0, W - 1), np.clip(x0 + 1, 0, W - 1)
+    xf = x.astype(np.float32)
+    top = xf[:, :, ya][:, :, :, xa] * (1 - wx) + xf[:, :, ya][:, :, :, xb] * wx
+    bottom = xf[:, :, yb][:, :, :, xa] * (1 - wx) + xf[:, :, yb][:, :, :, xb] * wx
+    return (top * (1 - wy) + bottom * wy).astype(dtype)
+
+
+def conv2d_transpose(x: np.ndarray, w: np.ndarray, strides: Sequence[int], padding: Sequence[int],
+                     output_padding: Sequence[int], dilation: Sequence[int], groups: int) -> np.ndarray:
+    """IOHW transposed conv = zero insertion + a stride-1 conv with the flipped, in/out-swapped kernel."""
+    n, c, h, wd = x.shape
+    i, og, kh, kw = w.shape
+    sh, sw = strides
+    dh, dw = dilation
+    pt, pl, pb, pr = padding
+    up = np.zeros((n, c, (h - 1) * sh + 1, (wd - 1) * sw + 1), x.dtype)
+    up[:, :, ::sh, ::sw] = x
+    g = int(groups)
+    weq = w.reshape(g, i // g, og, kh, kw).transpose(0, 2, 1, 3, 4).reshape(g * og, i // g, kh, kw)[:, :, ::-1, ::-1]
+    pads = [dh * (kh - 1) - pt, dw * (kw - 1) - pl, dh * (kh - 1) - pb + output_padding[0],
+            dw * (kw - 1) - pr + output_padding[1]]
+    crop = [max(0, -p) for p in pads]
+    out = conv2d(up, np.ascontiguousarray(weq), (1, 1), [max(0, p) for p in pads], (dh, dw), g)
+    return out[:, :, crop[0]:out.shape[2] - crop[2], crop[1]:out.shape[3] - crop[3]]
+
+
+ACTIVATION_OPS: dict[str, Callable[[list[Any], Any, str], np.ndarray]] = {
+    "relax.tanh": lambda a, at, dt: np.tanh(a[0]).astype(dt),
+    "relax.exp": lambda a, at, dt: np.exp(a[0]).astype(dt),
+    "relax.erf": lambda a, at, dt: _erf(a[0]).astype(dt),
+    "relax.negative": lambda a, at, dt: np.negative(a[0]).astype(dt),
+    "relax.abs": lambda a, at, dt: np.abs(a[0]).astype(dt),
+    "relax.power": lambda a, at, dt: np.power(a[0], a[1]).astype(dt),
+    "relax.nn.silu": lambda a, at, dt: (a[0] / (1 + np.exp(-a[0]))).astype(dt),
+    "relax.nn.gelu": lambda a, at, dt: (0.5 * a[0] * (1 + _erf(a[0] / np.float32(np.sqrt(2))))).astype(dt),
+    "relax.nn.gelu_tanh": lambda a, at, dt: (0.5 * a[0] * (1 + np.tanh(np.float32(np.sqrt(2 / np.pi))
+                                                                        * (a[0] + 0.044715 * a[0] ** 3)))).astype(dt),
+    "relax.nn.leakyrelu": lambda a, at, dt: np.where(a[0] >= 0, a[0], a[0] * np.float32(at.alpha)).astype(dt),
+    "relax.nn.prelu": _prelu,
+    "relax.split": _split,
+    "relax.nn.conv2d_transpose": lambda a, at, dt: conv2d_transpose(
+        a[0], a[1], _ints(at.strides), _ints(at.padding), _ints(at.output_padding), _ints(at.dilation),
+        int(at.groups)).astype(dt),
+    "relax.image.resize2d": _resize2d,
+}
+for _name, _rule in ACTIVATION_OPS.items():
+    OPS.setdefault(_name, _rule)
 
 
 def _reshape(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:

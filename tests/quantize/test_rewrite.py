@@ -114,7 +114,7 @@ class WithUnsupported:
     def main(x: R.Tensor((1, 3, 8, 8), "float32")) -> R.Tensor((1, 8, 8, 8), "float32"):
         with R.dataflow():
             c1 = R.nn.conv2d(x, R.const(W1), padding=[1, 1, 1, 1])
-            s = R.sigmoid(c1)
+            s = R.nn.softmax(c1, axis=1)  # no integer rule (sigmoid has one: quantize/lut.py)
             c2 = R.nn.conv2d(s, R.const(W2), padding=[1, 1, 1, 1])
             R.output(c2)
         return c2
@@ -123,11 +123,11 @@ class WithUnsupported:
 def test_unsupported_op_stays_float_with_warning(caplog) -> None:
     with caplog.at_level(logging.WARNING):
         result = _quantize(WithUnsupported)
-    assert result.fallbacks == {"sigmoid": 1}
+    assert result.fallbacks == {"nn.softmax": 1}
     assert "stay float" in caplog.text
     calls = _calls(result.mod)
     # conv -> float island: the conv dequantizes its accumulator; the next conv re-quantizes its input
-    assert calls == ["qnn.quantize", "qnn.conv2d", "relax.sigmoid", "qnn.quantize", "qnn.conv2d"]
+    assert calls == ["qnn.quantize", "qnn.conv2d", "relax.nn.softmax", "qnn.quantize", "qnn.conv2d"]
     assert {a["out_dtype"] for a in _attrs(result.mod, "qnn.conv2d")} == {"float32"}
     x = RNG.standard_normal((1, 3, 8, 8)).astype("float32")
     legal, _ = legalize(result.mod, only_reference=True)

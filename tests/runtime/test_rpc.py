@@ -413,3 +413,23 @@ def test_tune_on_the_board_then_compile_with_its_records(board_env, tmp_path) ->
     name = result.metadata["inputs"][0]["name"]
     outputs, _, _ = run_remote(result.output, {name: x}, tracker=board_env.tracker, key="rasp4b", session_timeout=120)
     np.testing.assert_array_equal(outputs[0], reference.run(result.quantized.qnn_mod, [x])[0])
+
+
+@pytest.mark.board
+def test_board_issue15_ops_bit_exact(board_env, tmp_path) -> None:
+    """qnn.lut (per tensor and per channel) and qnn.mul (SE gate) on NCHW16c: a rasp4b build of the
+    MobileNetV3-like block equals the numpy reference bit for bit on the emulated board (the x86 build of
+    the same block equals it too: tests/quantize/test_lut.py), so board == x86."""
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("no aarch64 cross compiler")
+    from isquant_tvm.reference import interpreter as reference
+
+    from ..helpers import mobilenet_v3_block_onnx
+
+    model = iq.load(str(mobilenet_v3_block_onnx(tmp_path / "block.onnx", hw=8)))
+    arm = iq.compile(model, target="rasp4b", output=tmp_path / "block_rasp4b.so", progress=False)
+    low = arm.report["lowerings"]
+    assert arm.report["fallbacks"] == {} and low.get("qnn.lut:glue") == 6 and low.get("qnn.mul:glue") == 1, low
+    feed = random_inputs(model.inputs, seed=15)
+    outputs, _, _ = run_remote(arm.output, feed, tracker=board_env.tracker, key="rasp4b", session_timeout=120)
+    np.testing.assert_array_equal(outputs[0], reference.run(arm.quantized.qnn_mod, list(feed.values()))[0])
