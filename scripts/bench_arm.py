@@ -77,7 +77,7 @@ mod = tvm.runtime.load_module(lib)
 real = os.path.realpath(lib)
 for line in open("/proc/self/maps"):
     f = line.split()
-    if f[-1] == real and "x" in f[1]:
+    if f[-1] == real:
         print("MAP", f[0], f[2], flush=True)
 if os.environ.get("BENCH_ARM_PROBE") == "1":
     sys.exit(0)
@@ -144,7 +144,7 @@ def build(model: str, target: str, work: Path, rebuild: bool) -> Path:
 # 2. dynamic trace under qemu user mode
 # ----------------------------------------------------------------------------------------------------------
 
-def qemu_cmd(arch: str, cpu: str) -> tuple[list[str], dict, Path]:
+def qemu_cmd(arch: str, cpu: str, work: Path) -> tuple[list[str], dict, Path]:
     """(qemu + python prefix, env, working python) for running our .so on the emulated board or host."""
     if arch == "aarch64":
         sr = BOARD_ROOT / "sysroot"
@@ -155,7 +155,7 @@ def qemu_cmd(arch: str, cpu: str) -> tuple[list[str], dict, Path]:
         env = dict(os.environ, QEMU_CPU=cpu, PATH=f"{sr}/usr/local/bin:{sr}/usr/bin", TVM_USE_RUNTIME_LIB="1",
                    TVM_NUM_THREADS="1", OMP_NUM_THREADS="1")
         return [str(q), "-L", str(sr), "-0", f"{sr}/usr/bin/python3"], env, sr / "usr/bin/python3.11"
-    q = BOARD_ROOT / "bin" / "qemu-x86_64-static"
+    q = work / "qemu-x86_64-static"  # unpacked from the board's cached .deb (the board root is left alone)
     if not q.exists():
         deb = sorted((BOARD_ROOT / "cache" / "host-debs").glob("qemu-user-static_*.deb"))
         if not deb:
@@ -175,21 +175,25 @@ def trace(so: Path, arch: str, cpu: str, work: Path, rebuild: bool) -> dict:
     out = so.with_suffix(f".{cpu}.trace.json")
     if out.exists() and not rebuild and out.stat().st_mtime >= so.stat().st_mtime:
         return json.loads(out.read_text())
-    prefix, env, py = qemu_cmd(arch, cpu)
+    prefix, env, py = qemu_cmd(arch, cpu, work)
+    # host ASLR off: qemu places guest mappings the same way in the probe and the traced run
+    aslr_off = [shutil.which("setarch"), os.uname().machine, "-R"] if shutil.which("setarch") else []
     runner = work / "trace_runner.py"
     runner.write_text(TRACE_RUNNER)
-    cmd = prefix + [str(py), str(runner), str(so)]
+    cmd = aslr_off + prefix + [str(py), str(runner), str(so)]
     probe = subprocess.run(cmd, env=dict(env, BENCH_ARM_PROBE="1"), capture_output=True, text=True, cwd="/")
     maps = [ln.split()[1:] for ln in probe.stdout.splitlines() if ln.startswith("MAP ")]
     if probe.returncode or not maps:
         raise SystemExit(f"trace probe of {so} failed:\n{probe.stderr[-3000:]}")
-    lo, hi = (int(v, 16) for v in maps[0][0].split("-"))
-    base = lo - int(maps[0][1], 16)
+    # every mapping of the file (qemu-x86_64 reports the text of a same-arch guest as r--p): one filter range
+    spans = [tuple(int(v, 16) for v in m[0].split("-")) for m in maps]
+    lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+    base = next(a for (a, _), m in zip(spans, maps) if int(m[1], 16) == 0)
     t0 = time.time()
     with tempfile.TemporaryDirectory() as d:
         fifo = Path(d) / "qemu.log"
         os.mkfifo(fifo)
-        proc = subprocess.Popen(prefix[:1] + ["-d", "exec,nochain,in_asm", "-dfilter", f"0x{lo:x}..0x{hi - 1:x}",
+        proc = subprocess.Popen(aslr_off + prefix[:1] + ["-d", "exec,nochain,in_asm", "-dfilter", f"0x{lo:x}..0x{hi - 1:x}",
                                               "-D", str(fifo)] + prefix[1:] + [str(py), str(runner), str(so)],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
         counts: collections.Counter = collections.Counter()
@@ -211,8 +215,8 @@ def trace(so: Path, arch: str, cpu: str, work: Path, rebuild: bool) -> dict:
                     cur = None
         stdout, stderr = proc.communicate()
     mapped = [ln.split()[1] for ln in stdout.splitlines() if ln.startswith("MAP ")]
-    if proc.returncode or "DONE" not in stdout or not mapped or mapped[0] != maps[0][0]:
-        raise SystemExit(f"trace run of {so} failed (or the library moved: {maps[0][0]} vs {mapped}):\n"
+    if proc.returncode or "DONE" not in stdout or mapped != [m[0] for m in maps]:
+        raise SystemExit(f"trace run of {so} failed (or the library moved: {[m[0] for m in maps]} vs {mapped}):\n"
                          f"{stderr[-3000:]}")
     calls = json.loads(next(ln[6:] for ln in stdout.splitlines() if ln.startswith("CALLS ")))
     res = {"base": base, "calls": {k: {"calls": v[0], "bytes": v[1]} for k, v in calls.items()}, "exec": {int(k, 16): v for k, v in counts.items()},
@@ -463,6 +467,27 @@ def predict(model: str, target: str, threads: list[int], ratio: float, args, mca
     return rows
 
 
+def markdown(rows: list[dict], calib: dict | None) -> str:
+    """The docs/results.md table: predicted ms beside the published figures, and the top kernels."""
+    out = ["| model | board | threads | **predicted** ms | published ms (engine) | predicted / published |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        pub = f"{r['published_ms']} ({r['published_source']})" if r["published_ms"] else "-"
+        vs = f"{r['vs_published']:.2f}x" if r["vs_published"] else "-"
+        out.append(f"| {r['model']} | {r['target']} ({r['core']} {r['ghz']} GHz) | {r['threads']} | "
+                   f"**{r['predicted_ms']:.1f}** | {pub} | {vs} |")
+    out += ["", "| model | board | threads | top kernels: predicted ms, % of int8 peak, bound |", "| --- | --- | --- | --- |"]
+    for r in rows:
+        top = ", ".join(f"{k['name']} {k['predicted_ms']:.2f} ms {k['pct_of_peak']:.0f}% {k['bound'][0]}"
+                        for k in r["kernels"][:4])
+        out.append(f"| {r['model']} | {r['target']} | {r['threads']} | {top} |")
+    if calib:
+        out += ["", f"calibration ({calib['target']}, llvm-mca -mcpu={calib['mca_cpu']} at {calib['host_ghz']:.2f} GHz "
+                f"vs measured): ratio **{calib['ratio']:.2f}** = " + ", ".join(
+                    f"{m} {v['measured_ms']:.1f} / {v['predicted_ms']:.1f} ms" for m, v in calib["models"].items())]
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"], help="built-in model names")
@@ -470,6 +495,7 @@ def main() -> None:
                     help="board presets to predict")
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 4], help="thread counts to predict")
     ap.add_argument("--json", default="", help="write the rows here")
+    ap.add_argument("--markdown", action="store_true", help="also print the docs/results.md tables")
     ap.add_argument("--work-dir", default=str(REPO / "out" / "bench_arm_work"),
                     help="cache of built libraries and traces (reused unless --rebuild)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild and retrace even when cached")
@@ -478,6 +504,9 @@ def main() -> None:
                     help="blocks costed by llvm-mca until they cover this share of the dynamic instructions")
     ap.add_argument("--calibration-ratio", type=float, default=0.0,
                     help="use this measured/predicted ratio instead of calibrating on this host")
+    ap.add_argument("--calib-models", nargs="+", default=[],
+                    help="built-in models the calibration runs on this host (default: --models)")
+    ap.add_argument("--calibrate-only", action="store_true", help="calibrate, print the ratio, predict nothing")
     ap.add_argument("--calib-target", default="x86-avx2", help="x86 preset the calibration builds")
     ap.add_argument("--calib-mca-cpu", default="znver4", help="llvm-mca -mcpu of this host")
     ap.add_argument("--calib-qemu-cpu", default="max", help="qemu-x86_64 -cpu for the calibration trace")
@@ -496,8 +525,11 @@ def main() -> None:
     calib = None
     ratio = args.calibration_ratio
     if not ratio:
-        calib = calibrate(args.models, args, mca, work)
+        calib = calibrate(args.calib_models or args.models, args, mca, work)
         ratio = calib["ratio"]
+        if args.calibrate_only:
+            print(f"calibration ratio (measured / predicted on this host): {ratio:.3f}")
+            return
     rows = []
     for model in args.models:
         for target in args.targets:
@@ -509,6 +541,8 @@ def main() -> None:
         vs = f"{r['vs_published']:.2f}" if r["vs_published"] else "-"
         print(f"{r['model']:14s} {r['target']:7s} {r['threads']:3d} {r['predicted_ms']:12.1f} {pub:>10s} {vs:>6s}  "
               f"{top['name']} {top['predicted_ms']:.2f} ms {top['pct_of_peak']:.0f}% of peak")
+    if args.markdown:
+        print(markdown(rows, calib))
     if args.json:
         from isquant_tvm.util.fileio import Transaction
 
