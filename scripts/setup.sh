@@ -15,6 +15,18 @@ if ! command -v aarch64-linux-gnu-gcc >/dev/null 2>&1; then
     fi
 fi
 
+# scripts/bench_arm.py's cycle model: llvm-mca with a Neoverse-N1 (Cortex-A76) model, LLVM >= 16 (Debian: llvm-19)
+if [ ! -x /usr/lib/llvm-19/bin/llvm-mca ] && ! command -v llvm-mca-19 >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "setup: installing llvm-19 (llvm-mca for scripts/bench_arm.py)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends llvm-19 >/dev/null \
+            || echo "setup: llvm-19 not available (apt-cache policy llvm-19); bench_arm.py needs an llvm-mca" >&2
+    else
+        echo "setup: llvm-mca-19 missing (scripts/bench_arm.py); run: sudo apt-get install llvm-19" >&2
+    fi
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv

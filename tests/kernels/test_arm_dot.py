@@ -56,6 +56,11 @@ def objdump_ops(path) -> collections.Counter:
 def test_target_dispatch():
     assert arm_dot.config_for(tvm.target.Target(RASP5)) is arm_dot.SDOT_CONFIG
     assert arm_dot.config_for(tvm.target.Target(RASP4B)) is arm_dot.NEON_CONFIG
+    # int16 pair sums are exact only without -128 weights (-128 x -128 twice overflows int16)
+    w = np.full((16, 4, 1, 1), -127, np.int8)
+    assert arm_dot.config_for(tvm.target.Target(RASP4B), w) is arm_dot.NEON_PAIRS_CONFIG
+    w[0, 0, 0, 0] = -128
+    assert arm_dot.config_for(tvm.target.Target(RASP4B), w) is arm_dot.NEON_CONFIG
     assert is_aarch64(tvm.target.Target(RASP4B)) and not is_aarch64(tvm.target.Target(HOST))
 
 
@@ -77,6 +82,7 @@ def test_cross_compile_instructions(board, tmp_path):
     else:
         assert ops["sdot"] == 0
         assert ops["smull"] + ops["smull2"] + ops["smlal"] + ops["smlal2"] >= 16, ops
+        assert ops["sadalp"] >= 16 and ops["saddlp"] == 0, ops  # make_params' weights are in [-127, 127]: pairs
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
