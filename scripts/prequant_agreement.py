@@ -99,10 +99,14 @@ def ort_quantize(src: Path, dst: Path, calib: np.ndarray, fmt: str, per_channel:
                       activation_type=q.QuantType.QUInt8 if act == "uint8" else q.QuantType.QInt8)
 
 
-def ort_session(path: Path) -> Any:
+def ort_session(path: Path, optimized: bool = True) -> Any:
+    """optimized=False: graph optimizations off, so a QDQ model runs literally (DQ, float op, Q) instead of
+    fused into QLinearConv & co.: onnxruntime against itself, the noise floor of a chaotic model."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if not optimized:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -121,16 +125,19 @@ def one(name: str, fmt: str, weights: str, act: str, args: argparse.Namespace, t
     res = iq.compile(str(dst), target="x86", progress=False)
     summary = res.report["summary"]
     scale = res.quantized.report["tensors"][-1]["scale"]
-    sess = ort_session(dst)
+    sess, literal = ort_session(dst), ort_session(dst, optimized=False)
     in_name = sess.get_inputs()[0].name
     runner = res.runner()
     x, labels = images(dataset, slice(0, limit))
-    agree = within = total = top1_ours = top1_ort = 0
+    agree = within = total = top1_ours = top1_ort = self_agree = self_within = 0
     worst = 0
     hist = np.zeros(4, np.int64)  # |d| = 0, 1, 2, >= 3 LSB
     ours_first: list[np.ndarray] = []
     for i in range(len(x)):
         theirs = sess.run(None, {in_name: x[i:i + 1]})[0]
+        plain = literal.run(None, {in_name: x[i:i + 1]})[0]
+        self_within += int((np.abs(np.rint((plain.astype(np.float64) - theirs) / scale)) <= 1).sum())
+        self_agree += int(plain.argmax() == theirs.argmax())
         ours = runner.run({in_name: x[i:i + 1]})[0]
         if i < args.board_images:
             ours_first.append(ours)
@@ -146,7 +153,9 @@ def one(name: str, fmt: str, weights: str, act: str, args: argparse.Namespace, t
            "images": len(x), "top1_agreement": agree / len(x), "agree": agree,
            "within_1_lsb": within / total, "elements": total, "max_lsb": worst,
            "lsb_histogram_0_1_2_3plus": hist.tolist(), "top1_ours": top1_ours / len(x),
-           "top1_ort": top1_ort / len(x), "layers": summary["layers"],
+           "top1_ort": top1_ort / len(x),
+           "ort_unoptimized_vs_ort": {"top1_agreement": self_agree / len(x), "within_1_lsb": self_within / total},
+           "layers": summary["layers"],
            "float_fallback_ops": summary["float_fallback_ops"], "fallbacks": res.report["fallbacks"],
            "quantization": summary["quantization"]}
     if board is not None and args.board_images:
