@@ -129,7 +129,7 @@ def one(name: str, fmt: str, weights: str, act: str, args: argparse.Namespace, t
     in_name = sess.get_inputs()[0].name
     runner = res.runner()
     x, labels = images(dataset, slice(0, limit))
-    agree = within = total = top1_ours = top1_ort = self_agree = self_within = 0
+    agree = within = total = top1_ours = top1_ort = self_agree = self_within = ties = tie_misses = 0
     worst = 0
     hist = np.zeros(4, np.int64)  # |d| = 0, 1, 2, >= 3 LSB
     ours_first: list[np.ndarray] = []
@@ -147,13 +147,17 @@ def one(name: str, fmt: str, weights: str, act: str, args: argparse.Namespace, t
         within += int((lsb <= 1).sum())
         total += lsb.size
         agree += int(ours.argmax() == theirs.argmax())
+        top2 = np.sort(theirs.reshape(-1))[-2:]
+        if np.rint((top2[1] - top2[0]) / scale) <= 1:  # ORT's top two within 1 LSB: a 1-LSB change flips it
+            ties += 1
+            tie_misses += int(ours.argmax() != theirs.argmax())
         top1_ours += int(ours.argmax() == labels[i])
         top1_ort += int(theirs.argmax() == labels[i])
     row = {"model": name, "format": fmt, "weights": weights, "activations": act, "dataset": dataset,
            "images": len(x), "top1_agreement": agree / len(x), "agree": agree,
            "within_1_lsb": within / total, "elements": total, "max_lsb": worst,
            "lsb_histogram_0_1_2_3plus": hist.tolist(), "top1_ours": top1_ours / len(x),
-           "top1_ort": top1_ort / len(x),
+           "top1_ort": top1_ort / len(x), "ort_top2_within_1_lsb": ties, "disagreements_on_those": tie_misses,
            "ort_unoptimized_vs_ort": {"top1_agreement": self_agree / len(x), "within_1_lsb": self_within / total},
            "layers": summary["layers"],
            "float_fallback_ops": summary["float_fallback_ops"], "fallbacks": res.report["fallbacks"],
