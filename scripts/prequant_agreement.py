@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed sweep still stops its board
     board = None
-    run_dir = Path(tempfile.mkdtemp(prefix="prequant-board-"))
     if args.board_images:
+        run_dir = Path(tempfile.mkdtemp(prefix="prequant-board-"))
         from isquant_tvm.tools import board as board_mod
 
         board = board_mod.start(args.board_root, cpu="cortex-a72", run_dir=run_dir, tracker_port=9290,
