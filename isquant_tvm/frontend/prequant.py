@@ -82,6 +82,12 @@ def validate(proto: Any, source: str) -> None:
             qdtype = _ONNX_INT.get(int(attr["output_dtype"].i), "uint8") if "output_dtype" in attr else "uint8"
         if zp is not None:
             zp_arr = np.asarray(zp)
+            if data is None and qdtype not in ("int8", "uint8"):
+                # an activation's zero point type is its integer type: only int8 / uint8 run as integers
+                # (a wider zero point would otherwise reach TVM's importer and fail there, node unnamed)
+                raise PrequantError(f"{label}: zero point {zp_arr.reshape(-1)[:4].tolist()} of type {qdtype}:"
+                                    " activations must be int8 (zero point in [-128, 127]) or uint8 ([0, 255]);"
+                                    " re-export the model with 8-bit activations")
             if qdtype in ("int8", "uint8") and zp_arr.size:
                 lo, hi = fixed_point.dtype_bounds(qdtype)
                 if zp_arr.min() < lo or zp_arr.max() > hi:

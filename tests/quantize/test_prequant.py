@@ -144,6 +144,9 @@ def _corrupt(path: Path, tmp_path: Path, what: str) -> tuple[Path, str]:
         wrong = np.full(w.shape[0] + 1, 0.01, np.float32)
         inits[node.input[1]].CopyFrom(numpy_helper.from_array(wrong, node.input[1]))
         inits[node.input[2]].CopyFrom(numpy_helper.from_array(np.zeros(w.shape[0] + 1, np.int8), node.input[2]))
+    elif what == "zp_range":  # 300 fits no 8-bit type: the file stores it as int32
+        node = act_q
+        inits[node.input[2]].CopyFrom(numpy_helper.from_array(np.asarray(300, np.int32), node.input[2]))
     elif what == "asymmetric":
         node = weight_dq
         zp = numpy_helper.to_array(inits[node.input[2]])
@@ -159,6 +162,7 @@ def _corrupt(path: Path, tmp_path: Path, what: str) -> tuple[Path, str]:
 
 @pytest.mark.parametrize("what,needle", [("scale", "scale must be finite and > 0"),
                                          ("axis", "per-channel scale has"),
+                                         ("zp_range", "of type int32: activations must be int8"),
                                          ("asymmetric", "asymmetric weights"),
                                          ("zp_type", "zero point type")])
 def test_bad_parameters_name_the_node_and_write_nothing(tmp_path: Path, what: str, needle: str,
