@@ -488,14 +488,11 @@ _ALIASES = {
 }
 
 # The modern replicas (MobileNetV3, YOLOv8n, DBNet, MTCNN P-Net) live in zoo_modern, which builds on this
-# module's _GraphBuilder; imported here, after everything it uses is defined, so every "builtin:NAME" path
-# (loader, bench, CLI) sees one table.  CLASSIC_MODELS are the four whose tests assume a "logits" classifier.
+# module's _GraphBuilder and adds its models to the three tables above when it is imported; imported here,
+# after everything it uses is defined, so every "builtin:NAME" path (loader, bench, CLI) sees one table
+# whichever module is imported first.  CLASSIC_MODELS: the four whose tests assume a "logits" classifier.
 CLASSIC_MODELS = tuple(BUILTIN_MODELS)
 from . import zoo_modern as _zoo_modern  # noqa: E402  (circular by design: zoo_modern extends _GraphBuilder)
-
-_BUILDERS.update(_zoo_modern.MODERN_BUILDERS)  # type: ignore[arg-type]
-BUILTIN_MODELS.update(_zoo_modern.MODERN_MODELS)
-_ALIASES.update(_zoo_modern.MODERN_ALIASES)
 
 
 def _canonical(name: str) -> str | None:

@@ -440,3 +440,8 @@ MODERN_ALIASES = {
     "dbnet_mv3": "dbnet_mv3", "dbnet": "dbnet_mv3",
     "mtcnn_pnet": "mtcnn_pnet", "pnet": "mtcnn_pnet",
 }
+
+# into zoo's tables (zoo imports this module at its end; see there)
+zoo._BUILDERS.update(MODERN_BUILDERS)  # type: ignore[arg-type]
+zoo.BUILTIN_MODELS.update(MODERN_MODELS)
+zoo._ALIASES.update(MODERN_ALIASES)
