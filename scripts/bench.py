@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     host = {"machine": platform.machine(), "cores": _cores(), "python": platform.python_version()}
-    if "tvm-fp32" in engines and args.repeat_slow != args.repeat:
+    if any(e in SLOW_ENGINES for e in engines) and args.repeat_slow != args.repeat:
         print(f"note: tvm-fp32 (untuned TVM float build) is timed over --repeat-slow {args.repeat_slow} runs, "
               f"the other engines over --repeat {args.repeat}")
     rows: list[dict[str, Any]] = []
