@@ -18,7 +18,7 @@ from .util import lifecycle
 from .util.fileio import Transaction, atomic_write_json, check_output_path, check_outputs
 from .util.version import __version__
 
-EPILOG = "Models: an .onnx file, a torch.export .pt2 file, or builtin:NAME (resnet18, resnet20-cifar, squeezenet1_1, mobilenet_v2)."
+EPILOG = "Models: an .onnx file, a torch.export .pt2 file, or builtin:NAME (resnet18, resnet20-cifar, squeezenet1_1, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, yolov8n, dbnet_mv3, mtcnn_pnet)."
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 MAX_SESSION_TIMEOUT = 86400.0

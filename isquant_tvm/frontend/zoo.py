@@ -38,6 +38,7 @@ from onnx import TensorProto, helper, numpy_helper
 __all__ = [
     "BUILTIN_PREFIX",
     "BUILTIN_MODELS",
+    "CLASSIC_MODELS",
     "ModelInfo",
     "builtin_onnx",
     "is_builtin",
@@ -303,11 +304,15 @@ class _GraphBuilder:
         return self.node("Pad", [x, pads], name, None, y, mode="constant")
 
     # -- model ---------------------------------------------------------------------------------------
-    def build(self, graph_name: str, input_shape: Sequence[int | str], output: str, num_classes: int,
-              batch: int | str, metadata: dict[str, str]) -> onnx.ModelProto:
+    def build(self, graph_name: str, input_shape: Sequence[int | str], output: str | Sequence[str],
+              num_classes: int, batch: int | str, metadata: dict[str, str]) -> onnx.ModelProto:
         inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, list(input_shape))
-        out = helper.make_tensor_value_info(output, TensorProto.FLOAT, [batch, num_classes])
-        graph = helper.make_graph(self.nodes, graph_name, [inp], [out], list(self.initializers.values()))
+        outputs = [output] if isinstance(output, str) else list(output)
+        # a classifier's "logits" is [N, classes]; other heads (zoo_modern) take their shape from the probe
+        outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT,
+                                              [batch, num_classes] if o == "logits" else
+                                              [batch, *self.v[o].shape[1:]]) for o in outputs]
+        graph = helper.make_graph(self.nodes, graph_name, [inp], outs, list(self.initializers.values()))
         model = helper.make_model(
             graph,
             opset_imports=[helper.make_opsetid("", OPSET)],
@@ -320,7 +325,7 @@ class _GraphBuilder:
         # (cheaper than onnx.shape_inference on a 47 MB model; the tests cross-check it against onnx's)
         for node in self.nodes:
             for out_name in node.output:
-                if out_name != output:
+                if out_name not in outputs:
                     shape = [batch, *self.v[out_name].shape[1:]]
                     model.graph.value_info.append(
                         helper.make_tensor_value_info(out_name, TensorProto.FLOAT, shape))
@@ -482,6 +487,13 @@ _ALIASES = {
     "mobilenetv2": "mobilenet_v2",
 }
 
+# The modern replicas (MobileNetV3, YOLOv8n, DBNet, MTCNN P-Net) live in zoo_modern, which builds on this
+# module's _GraphBuilder and adds its models to the three tables above when it is imported; imported here,
+# after everything it uses is defined, so every "builtin:NAME" path (loader, bench, CLI) sees one table
+# whichever module is imported first.  CLASSIC_MODELS: the four whose tests assume a "logits" classifier.
+CLASSIC_MODELS = tuple(BUILTIN_MODELS)
+from . import zoo_modern as _zoo_modern  # noqa: E402  (circular by design: zoo_modern extends _GraphBuilder)
+
 
 def _canonical(name: str) -> str | None:
     if name in BUILTIN_MODELS:
@@ -513,17 +525,19 @@ def parse_builtin(spec: str) -> str:
 class _Built:
     model: onnx.ModelProto
     probe_input: np.ndarray  # the (1, C, H, W) normalised random image the weights were scaled on
-    probe_logits: np.ndarray  # numpy reference forward pass of that image (independent of onnx)
+    probe_logits: np.ndarray  # numpy reference forward pass of that image (independent of onnx); first output
     conv_rescale: dict  # conv name -> factor applied on top of the He-normal draw
+    probe_outputs: dict  # graph output name -> its numpy reference (all outputs, in graph order)
 
 
 @functools.lru_cache(maxsize=8)
 def _build_cached(name: str, batch: int | None, seed: int) -> _Built:
     info = BUILTIN_MODELS[name]
     probe = np.random.default_rng([seed, zlib.crc32(b"probe")]).standard_normal(info.input_nchw(1))
-    g = _GraphBuilder(seed, probe.astype(np.float32))
+    g = (_zoo_modern.ModernBuilder if name in _zoo_modern.MODERN_BUILDERS else _GraphBuilder)(
+        seed, probe.astype(np.float32))
     out = _BUILDERS[name](g)
-    assert out == "logits", out
+    outs = [out] if isinstance(out, str) else list(out)
     b: int | str = "N" if batch is None else batch
     model = g.build(
         graph_name=name.replace("-", "_"),
@@ -538,7 +552,7 @@ def _build_cached(name: str, batch: int | None, seed: int) -> _Built:
             "description": info.description,
         },
     )
-    return _Built(model, g.v["input"], g.v[out], dict(g.conv_rescale))
+    return _Built(model, g.v["input"], g.v[outs[0]], dict(g.conv_rescale), {o: g.v[o] for o in outs})
 
 
 def builtin_onnx(name: str, batch: int | None = 1, seed: int = 0) -> onnx.ModelProto:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tvm
@@ -256,6 +256,25 @@ def relax_from_exported_program(program: Any) -> tvm.IRModule:
 
 def build(mod: tvm.IRModule, target: tvm.target.Target, relax_pipeline: Any = "default") -> Any:
     return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)
+
+
+def cpu_pipeline(target: tvm.target.Target, legalize_overrides: dict[str, Any],
+                 after_fusion: Sequence[Any] = ()) -> tvm.transform.Pass:
+    """TVM 0.27's CPU Relax pipeline (relax.backend.cpu_generic) with op legalization overrides and extra
+    passes on the fused PrimFuncs (kernels/float_ops.py schedules the float remainder with both)."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    @tvm.transform.module_pass(opt_level=0, name="IsquantCPUPipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
+        with target:
+            legalize = [relax.transform.LegalizeOps(customize_legalize_map=legalize_overrides),
+                        relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+                        relax.transform.FuseOps(), relax.transform.FuseTIR(), *after_fusion]
+            seq = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + legalize
+                                           + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
+            return seq(mod)
+
+    return _pipeline
 
 
 def virtual_machine(lib: Any, device: Any) -> relax.VirtualMachine:

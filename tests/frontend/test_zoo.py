@@ -17,7 +17,7 @@ from isquant_tvm.frontend import zoo
 
 ort = pytest.importorskip("onnxruntime")
 
-MODELS = list(zoo.BUILTIN_MODELS)
+MODELS = list(zoo.CLASSIC_MODELS)  # the "logits" classifiers; the modern replicas: test_zoo_modern.py
 
 # torchvision / akamaster parameter counts (weights + biases + BN affine; BN running stats excluded)
 PARAMS = {"resnet18": 11_689_512, "resnet20-cifar": 269_722, "squeezenet1_1": 1_235_496, "mobilenet_v2": 3_504_872}

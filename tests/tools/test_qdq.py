@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from isquant_tvm.errors import IsquantError, ModelLoadError
 from isquant_tvm.tools.qdq import QDQ_METADATA_KEY, export_qdq
-from isquant_tvm.frontend.zoo import BUILTIN_MODELS, builtin_onnx
+from isquant_tvm.frontend.zoo import BUILTIN_MODELS, CLASSIC_MODELS, builtin_onnx
 
 from ..conftest import onnxruntime_outputs, shared_data_dir
 
@@ -83,7 +83,7 @@ def _check_qdq_structure(proto: onnx.ModelProto, qmax: int = 127) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(BUILTIN_MODELS))
+@pytest.mark.parametrize("name", list(CLASSIC_MODELS))
 def test_builtin_qdq_matches_float(name: str, tmp_path: Path) -> None:
     model = _model(name)
     before = model.SerializeToString()
