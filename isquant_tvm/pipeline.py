@@ -40,8 +40,8 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
                    granularity: str = "per-tensor", weight_bits: int = 8, activation_ranges: str = "auto",
                    calibration: str | None = None, calibration_method: str = "percentile", calibration_count: int = 64,
                    synthetic_count: int = 8, sigma_factor: float = 25.0, input_range: float | None = None,
-                   synthetic: str = "smooth", range_rule: str = "sigma", bn_rule: str = "ksigma", bn_k: float = 6.0,
-                   progress: bool = True, only_reference: bool = False) -> QuantizedModel:
+                   synthetic: str = "auto", range_rule: str = "auto", bn_rule: str = "ksigma", bn_k: float = 6.0,
+                   progress: bool = True, only_reference: bool = False, preprocess: str = "auto") -> QuantizedModel:
     """Quantize a BN-folded float module to a legalized integer module plus a per-layer report."""
     if rounding not in ROUNDINGS:
         raise IsquantError(f"--rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
@@ -73,12 +73,15 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
 
         if calibration_count < 1:
             raise IsquantError(f"--calibration-count must be at least 1, got {calibration_count}")
-        batches = load_calibration(calibration, model.inputs, limit=calibration_count)
+        batches = load_calibration(calibration, model.inputs, limit=calibration_count, preprocess=preprocess)
         method = calibration_method
         pct = 99.99 if method == "percentile" else None
     else:
-        batches = ranges.synthetic_inputs(shapes, count=synthetic_count, kind=synthetic)
-        method, pct = range_rule, None
+        from .ranges import datafree
+
+        plan = datafree.plan(model.mod, float_mod, shapes, activation_ranges, synthetic, range_rule, synthetic_count)
+        batches, method, pct = plan.batches, plan.method, None
+        timings.update(plan.timings)
     calibrated = method in ("minmax", "percentile", "calibration-mse")
     bar = tqdm(total=len(batches), desc="activation ranges", unit="batch", disable=not progress or None, leave=False)
     stats = ranges.collect(float_mod, batches, percentile=pct, progress=bar)
@@ -134,6 +137,10 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
     }
     if calibrated:
         summary["calibration_samples"] = len(batches)
+    else:  # data-free: how much to trust the ranges (ranges/datafree.py), for the report and the CLI's hint
+        summary["range_confidence"] = plan.confidence
+        if not plan.has_bn:
+            summary["ranges_note"] = f"synthetic: no BatchNorm statistics in the model, {plan.source} images"
     if forward_error:
         summary["matched_forward_error"] = forward_error
     report = {"summary": summary, "layers": layer_reports, "tensors": result.tensors,
