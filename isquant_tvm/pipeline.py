@@ -64,7 +64,7 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
                               "weight": isquant.weight_metrics(layer.weight, qw)})
     timings["weights_s"] = time.perf_counter() - start
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     shapes = [tuple(i.shape) for i in model.inputs]
     if activation_ranges == "calibration" or calibration is not None:
         if calibration is None:
@@ -115,6 +115,7 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
         s = stats[params[0]]
         input_range = s.percentile if method == "percentile" else s.amax
     timings["ranges_s"] = time.perf_counter() - start
+    timings["ranges_cpu_s"] = time.process_time() - cpu_start  # all threads: the load-independent cost
 
     start = time.perf_counter()
     result = quantize_module(float_mod, layers, weights, chosen, input_range=input_range)
@@ -140,7 +141,7 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
     else:  # data-free: how much to trust the ranges (ranges/datafree.py), for the report and the CLI's hint
         summary["range_confidence"] = plan.confidence
         if not plan.has_bn:
-            summary["ranges_note"] = f"synthetic: no BatchNorm statistics in the model, {plan.source} images"
+            summary["ranges_note"] = f"synthetic ranges, no BatchNorm statistics used: {plan.source} images"
     if forward_error:
         summary["matched_forward_error"] = forward_error
     report = {"summary": summary, "layers": layer_reports, "tensors": result.tensors,
