@@ -109,6 +109,11 @@ def _add_quant_args(p: argparse.ArgumentParser, default_quantize: str) -> None:
     g.add_argument("--calibration-count", type=_int_at_least(1, "calibration samples"), default=64, metavar="N",
                    help="calibration samples to use: the first N images of a folder / arrays of an .npz, or N"
                         " evenly spaced images of a labelled set (default 64)")
+    g.add_argument("--preprocess", choices=["auto", "resize-crop", "center-crop"], default="auto",
+                   help="how image files (--calibration, --data folders) become the model input: resize-crop ="
+                        " short side to 256, centre crop 224 (standard for full-size photos); center-crop = crop"
+                        " only (pre-scaled images, e.g. 227x227); auto = per image, crop only when its short side"
+                        " is within 1.25x of the input size (default)")
     g.add_argument("--report", metavar="PATH", help="write the per-layer quantization report (JSON) here")
     _add_float_nodes_arg(g)
 
@@ -266,7 +271,8 @@ def _quant_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {"granularity": args.granularity, "weight_bits": args.weight_bits,
                                "activation_ranges": args.activation_ranges, "calibration": args.calibration,
                                "calibration_method": args.calibration_method,
-                               "calibration_count": args.calibration_count}
+                               "calibration_count": args.calibration_count,
+                               "preprocess": getattr(args, "preprocess", "auto")}
     if getattr(args, "float_nodes", None):
         options["float_nodes"] = list(args.float_nodes)
     if args.rounding:
@@ -321,6 +327,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(f"{'int8':10}{result['int8_top1']:9.2f}{result['int8_top5']:9.2f}")
     print(f"top-1 drop {result['top1_drop']:.2f} pt, agreement {result['top1_agreement']:.2f} %, "
           f"logit cosine mean {result['logit_cosine_mean']:.5f}")
+    _print_range_hint(result.get("quantization", {}))
     rows = result.get("layers_sqnr", [])
     if rows:
         worst = min(rows, key=lambda r: r["sqnr_db"])
@@ -387,6 +394,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     summary = result.report.get("summary") if result.report else None
     if summary:
         print(summary_line(summary))
+        _print_range_hint(summary)
     tuning = result.metadata.get("tuning")
     if tuning is not None:
         applied = tuning["applied"]
@@ -417,6 +425,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     print(f"wrote {report.out_dir}/summary.json and the MetaSchedule database; use it with"
           f" `compile --tuning-records {report.out_dir}`")
     return 0
+
+
+def _print_range_hint(summary: dict[str, Any]) -> None:
+    from .ranges.datafree import hint
+
+    line = hint(summary)
+    if line:
+        print(line)
 
 
 def summary_line(summary: dict[str, Any]) -> str:

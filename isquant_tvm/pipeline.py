@@ -41,8 +41,8 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
                    granularity: str = "per-tensor", weight_bits: int = 8, activation_ranges: str = "auto",
                    calibration: str | None = None, calibration_method: str = "percentile", calibration_count: int = 64,
                    synthetic_count: int = 8, sigma_factor: float = 25.0, input_range: float | None = None,
-                   synthetic: str = "smooth", range_rule: str = "sigma", bn_rule: str = "ksigma", bn_k: float = 6.0,
-                   progress: bool = True, only_reference: bool = False,
+                   synthetic: str = "auto", range_rule: str = "auto", bn_rule: str = "ksigma", bn_k: float = 6.0,
+                   progress: bool = True, only_reference: bool = False, preprocess: str = "auto",
                    float_nodes: Sequence[str] = ()) -> QuantizedModel:
     """Quantize a BN-folded float module to a legalized integer module plus a per-layer report.
     `float_nodes`: ONNX node names kept float (onnxruntime's nodes_to_exclude)."""
@@ -69,7 +69,7 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
     onnx_nodes = float_regions.with_layers(model.onnx_nodes, layers)
     float_vars = float_regions.resolve_float_nodes(float_nodes, onnx_nodes, model.source) if float_nodes else set()
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     shapes = [tuple(i.shape) for i in model.inputs]
     if activation_ranges == "calibration" or calibration is not None:
         if calibration is None:
@@ -78,12 +78,15 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
 
         if calibration_count < 1:
             raise IsquantError(f"--calibration-count must be at least 1, got {calibration_count}")
-        batches = load_calibration(calibration, model.inputs, limit=calibration_count)
+        batches = load_calibration(calibration, model.inputs, limit=calibration_count, preprocess=preprocess)
         method = calibration_method
         pct = 99.99 if method == "percentile" else None
     else:
-        batches = ranges.synthetic_inputs(shapes, count=synthetic_count, kind=synthetic)
-        method, pct = range_rule, None
+        from .ranges import datafree
+
+        plan = datafree.plan(model.mod, float_mod, shapes, activation_ranges, synthetic, range_rule, synthetic_count)
+        batches, method, pct = plan.batches, plan.method, None
+        timings.update(plan.timings)
     calibrated = method in ("minmax", "percentile", "calibration-mse")
     bar = tqdm(total=len(batches), desc="activation ranges", unit="batch", disable=not progress or None, leave=False)
     stats = ranges.collect(float_mod, batches, percentile=pct, progress=bar)
@@ -117,6 +120,7 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
         s = stats[params[0]]
         input_range = s.percentile if method == "percentile" else s.amax
     timings["ranges_s"] = time.perf_counter() - start
+    timings["ranges_cpu_s"] = time.process_time() - cpu_start  # all threads: the load-independent cost
 
     start = time.perf_counter()
     result = quantize_module(float_mod, layers, weights, chosen, input_range=input_range, float_vars=float_vars,
@@ -140,6 +144,10 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
     }
     if calibrated:
         summary["calibration_samples"] = len(batches)
+    else:  # data-free: how much to trust the ranges (ranges/datafree.py), for the report and the CLI's hint
+        summary["range_confidence"] = plan.confidence
+        if not plan.has_bn:
+            summary["ranges_note"] = f"synthetic ranges, no BatchNorm statistics used: {plan.source} images"
     if forward_error:
         summary["matched_forward_error"] = forward_error
     report = {"summary": summary, "layers": layer_reports, "tensors": result.tensors,

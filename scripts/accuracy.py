@@ -12,6 +12,10 @@ the .onnx export of the same checkpoint.
 Columns (each reports fp32 top-1, quantized top-1, drop, top-1 agreement with fp32):
   isquant             ours: data-free W8A8 per-tensor symmetric, SQuant rounding, integer graph in TVM
   isquant-rtn         the same with round-to-nearest weights
+  isquant-onnx        ours, data-free, on the .onnx file (BatchNorm folded by the exporter: no BN statistics,
+                      ranges from images inverted against the model, ranges/datafree.py); what `compile
+                      model.onnx` gives. For SqueezeNet (no checkpoint) it is the same model as `isquant`
+  isquant-onnx-rtn    the same with round-to-nearest weights
   isquant-calibrated  ours with activation ranges from minmax calibration on 100 evenly spaced images
                       of the evaluated set (a reference point, not data-free)
   ort-static          onnxruntime quantize_static (QDQ, per-tensor, uint8 activations, int8 symmetric
@@ -54,7 +58,8 @@ MODELS: dict[str, dict[str, Any]] = {
     "resnet56": {"onnx": "cifar10/resnet56.onnx", "checkpoint": "cifar10/resnet56-4bfd9763.th",
                  "data": "cifar10/test_jpeg_decoded.npz", "title": "ResNet-56 (CIFAR-10)", "set": "CIFAR-10 test"},
 }
-TVM_COLUMNS = ("isquant", "isquant-rtn", "isquant-calibrated")
+TVM_COLUMNS = ("isquant", "isquant-rtn", "isquant-onnx", "isquant-onnx-rtn", "isquant-calibrated")
+ONNX_COLUMNS = ("isquant-onnx", "isquant-onnx-rtn")  # imported from the .onnx file, not the checkpoint
 ORT_COLUMNS = ("ort-static", "w4-rtn", "w4-squant", "w6-rtn", "w6-squant")
 COLUMNS = TVM_COLUMNS + ORT_COLUMNS
 WEIGHT_ONLY = {"w4-rtn": (4, "rtn"), "w4-squant": (4, "squant"), "w6-rtn": (6, "rtn"), "w6-squant": (6, "squant")}
@@ -62,6 +67,8 @@ DESCRIPTIONS = {
     "isquant": "ours, data-free W8A8 per-tensor symmetric, SQuant rounding, integer graph in TVM (x86)",
     "isquant-rtn": "ours, data-free W8A8, round-to-nearest weights, TVM",
     "isquant-calibrated": "ours, W8A8 SQuant, activation ranges from minmax calibration (CALIB images), TVM",
+    "isquant-onnx": "ours, data-free W8A8 on the BN-folded .onnx (synthetic ranges: inverted images), TVM",
+    "isquant-onnx-rtn": "ours, data-free W8A8 on the BN-folded .onnx, round-to-nearest weights, TVM",
     "ort-static": "onnxruntime quantize_static: QDQ, per-tensor, U8 activations / S8 symmetric weights,"
                   " MinMax (CALIB images), quant_pre_process; run in onnxruntime",
     "w4-rtn": "weight-only 4-bit per-tensor, round-to-nearest (export_qdq); activations float; onnxruntime",
@@ -246,7 +253,7 @@ def run_tvm_column(name: str, column: str, model: Any, dataset: Any, data_path: 
     from isquant_tvm.tools.evaluate import evaluate
 
     options: dict[str, Any] = {}
-    if column == "isquant-rtn":
+    if column.endswith("-rtn"):
         options = {"rounding": "rtn"}
     elif column == "isquant-calibrated":
         options = {"calibration": str(data_path), "calibration_method": "minmax", "calibration_count": CALIB_IMAGES}
@@ -346,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     import tvm
     from tqdm.auto import tqdm
 
+    import isquant_tvm as iq
     from isquant_tvm.ranges.datasets import load_labelled
     from isquant_tvm.util.fileio import atomic_write_bytes, atomic_write_json
 
@@ -385,11 +393,13 @@ def main(argv: list[str] | None = None) -> int:
             tvm_cols = [c for c in columns if c in TVM_COLUMNS]
             if tvm_cols:
                 model = import_model(name, data_dir)
+                onnx_model = iq.load(fp32_path) if any(c in ONNX_COLUMNS for c in tvm_cols) else None
                 if tuple(model.inputs[0].shape) != shape:
                     raise SystemExit(f"{name}: unexpected input shape {model.inputs[0].shape}, expected {shape}")
                 for column in tvm_cols:
                     tasks.set_postfix_str(f"{name}: {column}")
-                    run_tvm_column(name, column, model, dataset, data_path, args.limit, record)
+                    run_tvm_column(name, column, onnx_model if column in ONNX_COLUMNS else model, dataset,
+                                   data_path, args.limit, record)
                     tasks.update()
     tasks.close()
     write(partial=False)

@@ -68,6 +68,11 @@ class TensorStats:
         return max(abs(self.minimum), abs(self.maximum))
 
 
+#: the rule names the report shows per tensor for min-max over each source of synthetic images (datafree.py)
+SYNTHETIC_RULES = {"inverted": "synthetic min-max (inverted images)", "smooth": "synthetic min-max (1/f noise)",
+                   "uniform": "synthetic min-max (uniform noise)"}
+
+
 @dataclass(frozen=True)
 class ActivationRange:
     alpha: float  # the tensor is represented on [-alpha, alpha] (signed) or [0, alpha] (unsigned)
@@ -166,6 +171,9 @@ def choose(stats: Mapping[Any, TensorStats], method: str, factor: float = 25.0) 
         elif method in ("mse", "calibration-mse"):
             rule = "synthetic MSE-optimal" if method == "mse" else "calibration MSE-optimal"
             out[var] = ActivationRange(max(mse_alpha(s.sample, unsigned), 1e-8), rule, unsigned)
+        elif method.startswith("synthetic-minmax:"):  # datafree.py: min-max over synthetic images
+            source = method.split(":", 1)[1]
+            out[var] = ActivationRange(max(s.maximum if unsigned else s.amax, 1e-8), SYNTHETIC_RULES[source], unsigned)
         elif method == "minmax":
             out[var] = ActivationRange(max(s.maximum if unsigned else s.amax, 1e-8), "calibration min-max", unsigned)
         elif method == "percentile":

