@@ -36,7 +36,7 @@ class EqualizeStage:
 
 
 def equalize_stage(model: Any, float_mod: tvm.IRModule, layers: Sequence[Layer], mode: str,
-                   granularity: str = "per-tensor", clip_policy: str = "shrink",
+                   granularity: str = "per-tensor", clip_policy: str = "skip",
                    absorb: bool = True) -> EqualizeStage | None:
     """Equalize `float_mod`'s layer chains (mode auto / on); None for off."""
     if mode == "off":

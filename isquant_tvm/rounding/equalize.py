@@ -10,10 +10,17 @@ the same row, so it can be the B of one link and the A of the next (MobileNetV2'
 the links are swept in graph order until no factor moves by more than `tol` (log scale).
 
 **ReLU6 (clip(0, hi)).** After the rescale, channel i computes min(relu(x), hi * s_i): exact only
-where the clip never acts. A per-tensor clip cannot carry per-channel bounds, so the policy
-(`clip_policy`) is one of: "skip" (no rescale across a clip), "shrink" (only s_i >= 1: the clip
-becomes looser, hi * s_i >= hi, and differs only where the original clip was active, x > hi) or
-"full". "shrink" is the default; figures in docs/results.md ("Equalization").
+where the clip never acts. A per-tensor clip cannot carry per-channel bounds, so `clip_policy` is one
+of "skip" (no rescale across a clip: the default), "bn" (a channel whose BatchNorm says it reaches hi,
+beta + 6 gamma >= hi, keeps s = 1; the others only take s >= (beta + 6 gamma) / hi, so neither bound
+is reached in theory), "shrink" (only s_i >= 1: the clip loosens, wrong only where the original clip
+acted) or "full". Decided by measurement on the built-in MobileNetV2 (ReLU6 after every expand and
+depthwise conv; 6 photos of imagenet-val-1300, output cosine against the original float graph, then
+the int8 reference graph's): the equalized *float* graph alone keeps cosine 1.000000 with skip, 0.993
+with bn, 0.942 with shrink (its activations reach 20 where it clips at 6, so a loosened clip passes
+large values); int8 0.98568 with skip + bias correction, 0.98294 with bn, 0.937 with shrink, against
+0.98560 with --equalize off. So across ReLU6 nothing is rescaled; MobileNetV2's depthwise layers gain
+only from bias correction, and its two identity links (project -> expand without a residual) equalize.
 
 **Hard-swish, sigmoid, anything else** is not positively homogeneous: such a link is not found
 (fold/chains.py only walks ReLU, clip(0, hi), identity, zero padding, pools and the pool -> dense
@@ -46,7 +53,7 @@ import numpy as np
 __all__ = ["LayerParams", "Link", "EqualizeResult", "equalize", "bias_correction", "MODES", "CLIP_POLICIES"]
 
 MODES = ("auto", "on", "off")
-CLIP_POLICIES = ("skip", "shrink", "full")
+CLIP_POLICIES = ("skip", "bn", "shrink", "full")
 ABSORB_SIGMAS = 3.0
 RANGE_SIGMAS = 6.0  # the pipeline's BatchNorm range rule (mu + 6 sigma)
 _S_LIMIT = 1e4  # a factor beyond this means a dead channel on one side: leave it alone
@@ -106,16 +113,6 @@ def in_range(layer: LayerParams) -> np.ndarray:
     return np.abs(w).max(axis=(0, 2, 3))
 
 
-def _scale_out(w: np.ndarray, s: np.ndarray) -> np.ndarray:
-    return w / s.reshape((-1,) + (1,) * (w.ndim - 1)).astype(w.dtype)
-
-
-def _scale_in(layer: LayerParams, w: np.ndarray, s: np.ndarray) -> np.ndarray:
-    if layer.depthwise:
-        return w * s.reshape(-1, 1, 1, 1).astype(w.dtype)
-    return w * s.reshape((1, -1) + (1,) * (w.ndim - 2)).astype(w.dtype)
-
-
 def in_channels(layer: LayerParams) -> int:
     return layer.weight.shape[0] if layer.depthwise else layer.weight.shape[1]
 
@@ -128,14 +125,24 @@ def linkable(layers: Sequence[LayerParams], link: Link) -> bool:
     return in_channels(b) == a.weight.shape[0]
 
 
-def _pair_factor(a: np.ndarray, b: LayerParams, policy: str, act: str) -> np.ndarray:
-    r1, r2 = out_range(a).astype(np.float64), in_range(b).astype(np.float64)
+def _pair_factor(r1: np.ndarray, r2: np.ndarray, policy: str, act: str) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.sqrt(r1 / r2)
     s = np.where(np.isfinite(s) & (s > 1 / _S_LIMIT) & (s < _S_LIMIT), s, 1.0)
     if act == "clip" and policy == "shrink":
         s = np.maximum(s, 1.0)
     return s
+
+
+def _clip_safe(s: np.ndarray, total: np.ndarray, bn: tuple[np.ndarray, np.ndarray], hi: float) -> np.ndarray:
+    """The "bn" clip policy: channel i's clip moves to hi * S_i (S: the cumulative factor). Exact where
+    neither bound is reached: a channel whose BatchNorm says it reaches hi (beta + 6 gamma >= hi) keeps
+    S = 1; the others may take any S >= (beta + 6 gamma) / hi."""
+    gamma, beta = bn
+    top = beta + RANGE_SIGMAS * np.abs(gamma)
+    free = top < hi
+    target = np.where(free, np.maximum(total * s, np.maximum(top, 0.0) / hi), 1.0)
+    return target / total
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -149,12 +156,6 @@ def _rtn_error(w: np.ndarray) -> np.ndarray:
         return np.zeros_like(w)
     step = np.asarray(amax / 127.0, dtype=w.dtype)
     return np.rint(w / step) * step - w
-
-
-def sqnr_db(w: np.ndarray, err: np.ndarray) -> float:
-    noise = float(np.sum(np.square(err, dtype=np.float64)))
-    signal = float(np.sum(np.square(w, dtype=np.float64)))
-    return float("inf") if noise == 0 else 10.0 * math.log10(max(signal, 1e-300) / noise)
 
 
 def _second_moment(bn: tuple[np.ndarray, np.ndarray] | None, act: str, hi: float | None) -> np.ndarray | None:
@@ -173,31 +174,63 @@ def _rng_normal(mean: np.ndarray, std: np.ndarray, n: int = 256) -> np.ndarray:
     return mean.reshape(-1, 1) + np.abs(std).reshape(-1, 1) * z
 
 
-def _in_weights(layer: LayerParams, m2: np.ndarray | None, w: np.ndarray) -> np.ndarray:
-    """Per-element weights of layer's weight tensor: its input channel's second moment (or 1)."""
-    if m2 is None:
-        return np.ones((1,) * w.ndim)
-    m2 = np.maximum(m2, 1e-12)
+def _reduce_taps(layer: LayerParams, a: np.ndarray, how: str = "sum") -> np.ndarray:
+    """An elementwise weight-shaped array reduced over the kernel taps: (O, I) for plain convs and dense
+    layers, (O,) for depthwise ones (whose input channel is the row). Row / column rescales commute
+    with it, so the sweeps and the measure work on these small matrices, never on the weights."""
+    if how == "max":
+        if layer.depthwise:
+            return a.reshape(a.shape[0], -1).max(axis=1)
+        return a if a.ndim == 2 else a.max(axis=(2, 3))
     if layer.depthwise:
-        return m2.reshape(-1, 1, 1, 1)
-    return m2.reshape((1, -1) + (1,) * (w.ndim - 2))
+        return a.reshape(a.shape[0], -1).sum(axis=1, dtype=np.float64)
+    return a.astype(np.float64) if a.ndim == 2 else a.sum(axis=(2, 3), dtype=np.float64)
 
 
-def _score(orig: Sequence[LayerParams], new: Sequence[LayerParams], out_div: Sequence[np.ndarray],
-           in_mul: Sequence[np.ndarray], members: Sequence[int], links: Sequence[Link],
+def _weighted(layer: LayerParams, mat: np.ndarray, row: np.ndarray, col: np.ndarray) -> float:
+    """sum over (o, i) of mat[o, i] * row[o] * col[i] (depthwise: mat[o] * row[o] * col[o])."""
+    if layer.depthwise:
+        return float(np.sum(mat * row * col))
+    return float(row @ mat @ col)
+
+
+class _Measure:
+    """RTN error energy of every layer, reduced over taps, cached for the original weights."""
+
+    def __init__(self, orig: Sequence[LayerParams]) -> None:
+        self.orig = orig
+        self.cache: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+
+    def of(self, i: int, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+        """(error energy, signal energy, sqnr dB) of layer i's weight (default: the original)."""
+        if w is None and i in self.cache:
+            return self.cache[i]
+        lay = self.orig[i]
+        src = lay.weight if w is None else w
+        err = _rtn_error(src)
+        e = _reduce_taps(lay, np.square(err))
+        sig = _reduce_taps(lay, np.square(src))
+        total_e, total_s = float(np.sum(e)), float(np.sum(sig))
+        db = float("inf") if total_e == 0 else 10.0 * math.log10(max(total_s, 1e-300) / total_e)
+        out = (e, sig, db)
+        if w is None:
+            self.cache[i] = out
+        return out
+
+
+def _score(orig: Sequence[LayerParams], energies: dict[int, np.ndarray], out_div: Sequence[np.ndarray],
+           in_mul: Sequence[np.ndarray], members: Sequence[int], links: Sequence[Link], measure: _Measure,
            input_m2: dict[int, np.ndarray], m2_of: dict[int, np.ndarray | None]) -> tuple[float, float]:
     """Relative output noise of the component: weights (RTN, mapped back to the original
     parametrization, input-moment weighted) + the linked tensors' per-tensor activation steps."""
     weight_noise = 0.0
     for i in members:
-        lay, w0 = new[i], orig[i].weight
-        err = _rtn_error(lay.weight)
-        err = err * out_div[i].reshape((-1,) + (1,) * (err.ndim - 1))
-        err = err / (in_mul[i].reshape(-1, 1, 1, 1) if lay.depthwise
-                     else in_mul[i].reshape((1, -1) + (1,) * (err.ndim - 2)))
-        q = _in_weights(lay, input_m2.get(i), w0)
-        weight_noise += float(np.sum(err * err * q, dtype=np.float64)
-                              / max(float(np.sum(w0 * w0 * q, dtype=np.float64)), 1e-300))
+        lay = orig[i]
+        m2 = input_m2.get(i)
+        m2 = np.ones(in_channels(lay)) if m2 is None else np.maximum(m2, 1e-12)
+        signal = _weighted(lay, measure.of(i)[1], np.ones(lay.weight.shape[0]), m2)
+        noise = _weighted(lay, energies[i], out_div[i] ** 2, m2 / in_mul[i] ** 2)
+        weight_noise += noise / max(signal, 1e-300)
     act_noise = 0.0
     for link in links:
         a, b = orig[link.a], orig[link.b]
@@ -213,9 +246,8 @@ def _score(orig: Sequence[LayerParams], new: Sequence[LayerParams], out_div: Seq
         alpha = float(np.max(top))
         levels = 254.0 if link.act == "identity" else 255.0
         m2 = m2_of[id(link)]
-        wb = np.square(b.weight, dtype=np.float64)
-        col = wb.reshape(wb.shape[0], -1).sum(axis=1) if b.depthwise else (
-            wb.sum(axis=0) if wb.ndim == 2 else wb.sum(axis=(0, 2, 3)))
+        sig_b = measure.of(link.b)[1]
+        col = sig_b if b.depthwise else sig_b.sum(axis=0)
         step2 = (alpha / levels) ** 2 / 12.0
         # in the equalized graph channel i's step is the tensor's step; in original units it is step * s_i
         act_noise += float(np.sum(step2 * s * s * col) / max(np.sum(m2 * col), 1e-300))
@@ -226,24 +258,27 @@ def _score(orig: Sequence[LayerParams], new: Sequence[LayerParams], out_div: Seq
 # the algorithm
 
 
-def equalize(layers: Sequence[LayerParams], links: Sequence[Link], mode: str = "auto", clip_policy: str = "shrink",
+def _rescaled(lay: LayerParams, out_div: np.ndarray, in_mul: np.ndarray) -> np.ndarray:
+    w = lay.weight
+    f = (1.0 / out_div)
+    if lay.depthwise:
+        return w * (in_mul * f).reshape(-1, 1, 1, 1).astype(w.dtype)
+    w = w * f.reshape((-1,) + (1,) * (w.ndim - 1)).astype(w.dtype)
+    return w * in_mul.reshape((1, -1) + (1,) * (w.ndim - 2)).astype(w.dtype)
+
+
+def equalize(layers: Sequence[LayerParams], links: Sequence[Link], mode: str = "auto", clip_policy: str = "skip",
              absorb: bool = True, max_iter: int = 64, tol: float = 1e-3) -> EqualizeResult:
     """Equalize every link (per connected component of links, swept in graph order until no factor
     moves by more than `tol` in log scale), then absorb biases; `auto` keeps a component only where
-    `_score` goes down. Inputs are not modified; weights keep their dtype (float32 arithmetic)."""
+    `_score` goes down. Inputs are not modified; weights keep their dtype."""
     if mode not in MODES:
         raise ValueError(f"equalize mode must be one of {MODES}, got {mode!r}")
     if clip_policy not in CLIP_POLICIES:
         raise ValueError(f"clip policy must be one of {CLIP_POLICIES}, got {clip_policy!r}")
     orig = list(layers)
-
-    def fresh(lay: LayerParams) -> LayerParams:
-        return LayerParams(lay.weight.copy(), None if lay.bias is None else lay.bias.astype(np.float64),
-                           lay.groups, None if lay.bn is None else (np.asarray(lay.bn[0], np.float64),
-                                                                    np.asarray(lay.bn[1], np.float64)), lay.name)
-
-    work = [fresh(lay) for lay in orig]
-    usable = [lk for lk in links if linkable(orig, lk) and not (lk.act == "clip" and clip_policy == "skip")]
+    usable = [lk for lk in links if linkable(orig, lk) and not (lk.act == "clip" and (
+        clip_policy == "skip" or (clip_policy == "bn" and (orig[lk.a].bn is None or lk.hi is None))))]
     out_div = [np.ones(lay.weight.shape[0]) for lay in orig]
     in_mul = [np.ones(in_channels(lay)) for lay in orig]
     scales = {id(lk): np.ones(orig[lk.a].weight.shape[0]) for lk in links}
@@ -262,46 +297,65 @@ def equalize(layers: Sequence[LayerParams], links: Sequence[Link], mode: str = "
         groups.setdefault(find(lk.a), []).append(lk)
     iterations = 0
     if mode != "off":
+        ranges = {i: _reduce_taps(orig[i], np.abs(orig[i].weight), "max").astype(np.float64)
+                  for lk in usable for i in (lk.a, lk.b)}
         for comp in groups.values():
             # a lone link is equal after one step; shared layers (a depthwise conv between two links) need sweeps
             for sweep in range(1, (1 if len(comp) == 1 else max_iter) + 1):
                 moved = 0.0
                 for lk in comp:
-                    a, b = work[lk.a], work[lk.b]
-                    s = _pair_factor(a.weight, b, clip_policy, lk.act)
+                    ma, mb, b = ranges[lk.a], ranges[lk.b], orig[lk.b]
+                    r1 = ma if ma.ndim == 1 else ma.max(axis=1)
+                    r2 = mb if b.depthwise else mb.max(axis=0)
+                    s = _pair_factor(r1, r2, clip_policy, lk.act)
+                    if lk.act == "clip" and clip_policy == "bn":
+                        s = _clip_safe(s, out_div[lk.a], orig[lk.a].bn, lk.hi)
                     moved = max(moved, float(np.max(np.abs(np.log(s)))))
-                    a.weight = _scale_out(a.weight, s)
-                    if a.bias is not None:
-                        a.bias = a.bias / s
-                    if a.bn is not None:
-                        a.bn = (a.bn[0] / s, a.bn[1] / s)
-                    b.weight = _scale_in(b, b.weight, s)
+                    ranges[lk.a] = ma / s if ma.ndim == 1 else ma / s[:, None]
+                    ranges[lk.b] = mb * s if b.depthwise else mb * s[None, :]
                     out_div[lk.a] = out_div[lk.a] * s
                     in_mul[lk.b] = in_mul[lk.b] * s
                     scales[id(lk)] = scales[id(lk)] * s
                 iterations = max(iterations, sweep)
                 if moved < tol:
                     break
+    touched = {i for lk in usable for i in (lk.a, lk.b)} if mode != "off" else set()
+    measure = _Measure(orig)
+    new_w = {i: _rescaled(orig[i], out_div[i], in_mul[i]) for i in touched}
+    new_e = {i: measure.of(i, new_w[i]) for i in touched}
     m2_of = {id(lk): _second_moment(orig[lk.a].bn, lk.act, lk.hi) for lk in usable}
     input_m2 = {lk.b: m2_of[id(lk)] for lk in usable if m2_of[id(lk)] is not None}
     kept_ids: set[int] = set()
     components = []
     ones_out = [np.ones_like(v) for v in out_div]
     ones_in = [np.ones_like(v) for v in in_mul]
-    for comp in groups.values():
-        members = sorted({lk.a for lk in comp} | {lk.b for lk in comp})
-        before = _score(orig, orig, ones_out, ones_in, members, comp, input_m2, m2_of)
-        after = _score(orig, work, out_div, in_mul, members, comp, input_m2, m2_of)
-        keep = mode == "on" or (mode == "auto" and sum(after) < sum(before))
-        components.append({"layers": [orig[i].name for i in members], "links": len(comp),
-                           "score_before": {"weights": before[0], "activations": before[1]},
-                           "score_after": {"weights": after[0], "activations": after[1]}, "kept": keep})
-        if keep:
-            kept_ids.update(id(lk) for lk in comp)
+    if mode != "off":
+        for comp in groups.values():
+            members = sorted({lk.a for lk in comp} | {lk.b for lk in comp})
+            before = _score(orig, {i: measure.of(i)[0] for i in members}, ones_out, ones_in, members, comp,
+                            measure, input_m2, m2_of)
+            after = _score(orig, {i: new_e[i][0] for i in members}, out_div, in_mul, members, comp, measure,
+                           input_m2, m2_of)
+            keep = mode == "on" or sum(after) < sum(before)
+            components.append({"layers": [orig[i].name for i in members], "links": len(comp),
+                               "score_before": {"weights": before[0], "activations": before[1]},
+                               "score_after": {"weights": after[0], "activations": after[1]}, "kept": keep})
+            if keep:
+                kept_ids.update(id(lk) for lk in comp)
+            else:
+                for i in members:  # back to the original parameters
+                    out_div[i], in_mul[i] = np.ones_like(out_div[i]), np.ones_like(in_mul[i])
+                    touched.discard(i)
+    work = []
+    for i, lay in enumerate(orig):
+        if i in touched:
+            s = out_div[i]
+            work.append(LayerParams(new_w[i], None if lay.bias is None else lay.bias.astype(np.float64) / s,
+                                    lay.groups, None if lay.bn is None else (np.asarray(lay.bn[0]) / s,
+                                                                            np.asarray(lay.bn[1]) / s), lay.name))
         else:
-            for i in members:  # back to the original parameters
-                work[i] = fresh(orig[i])
-                out_div[i], in_mul[i] = np.ones_like(out_div[i]), np.ones_like(in_mul[i])
+            work.append(LayerParams(lay.weight, None if lay.bias is None else lay.bias.astype(np.float64),
+                                    lay.groups, lay.bn, lay.name))
     absorbed = {}
     if absorb and mode != "off":
         for lk in links:
@@ -313,14 +367,14 @@ def equalize(layers: Sequence[LayerParams], links: Sequence[Link], mode: str = "
                           lay.groups, lay.bn, lay.name) for lay, src in zip(work, orig)]
     report = []
     for i, (src, lay) in enumerate(zip(orig, result)):
-        changed = bool(np.any(out_div[i] != 1) or np.any(in_mul[i] != 1))
-        before_db = sqnr_db(src.weight, _rtn_error(src.weight))
+        changed = i in touched
+        before_db = measure.of(i)[2]
         row: dict[str, Any] = {
             "layer": src.name,
             "range_spread_before": _spread(out_range(src.weight)),
             "range_spread_after": _spread(out_range(lay.weight)) if changed else _spread(out_range(src.weight)),
             "weight_sqnr_db_before": before_db,
-            "weight_sqnr_db_after": sqnr_db(lay.weight, _rtn_error(lay.weight)) if changed else before_db,
+            "weight_sqnr_db_after": new_e[i][2] if changed else before_db,
             "rescaled": changed,
             "out_factor_min": float(np.min(out_div[i])), "out_factor_max": float(np.max(out_div[i])),
             "in_factor_min": float(np.min(in_mul[i])), "in_factor_max": float(np.max(in_mul[i])),
