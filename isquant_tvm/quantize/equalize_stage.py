@@ -98,6 +98,12 @@ def bias_correct(stage: EqualizeStage, weights: Mapping[str, Any]) -> tvm.IRModu
         if layer.id not in adds:
             row["bias_correction"] = "no bias add"
             continue
+        if stage.summary.get("mode") == "auto":
+            # measured (reference graph, 300 CIFAR images): bias correction cost the CIFAR ResNet-20
+            # 1.7 pt of top-1 agreement (99.67 -> 98.00 %), on all layers and on those whose input is not
+            # a residual stream alike; it runs with --equalize on only
+            row["bias_correction"] = "auto: runs with --equalize on only"
+            continue
         if var is None or var not in dists:
             row["bias_correction"] = "no input statistics"
             continue

@@ -36,11 +36,12 @@ padding (a padded border would read 0 where it needs -c) and, for a clip, beta +
 subtracted from B's bias. Layers whose input has no statistics are left as they are (reported).
 
 **auto.** Equalization is kept per connected component of links only where a measured score goes
-down: the relative weight noise of per-tensor RTN int8 in the *original* parametrization (the
+down and its activation part does not go up: the relative weight noise of per-tensor RTN int8 in the *original* parametrization (the
 function's error, each equalized tensor mapped back through its factors), input-moment weighted where
 the statistics exist, plus the relative noise of the per-tensor activation quantization of each
 linked tensor (its range mu + 6 sigma over channels, which equalization can widen). So a component
-where the weights gain but the activations lose more stays off.
+where the weights gain but the activations lose stays off. Bias correction runs with `on` only: on
+the CIFAR ResNet-20 it cost 1.7 pt of top-1 agreement (quantize/equalize_stage.py).
 """
 from __future__ import annotations
 
@@ -336,7 +337,10 @@ def equalize(layers: Sequence[LayerParams], links: Sequence[Link], mode: str = "
                             measure, input_m2, m2_of)
             after = _score(orig, {i: new_e[i][0] for i in members}, out_div, in_mul, members, comp, measure,
                            input_m2, m2_of)
-            keep = mode == "on" or sum(after) < sum(before)
+            # the activation side must not lose: measured on the CIFAR ResNet-20 (torch path, 300 images),
+            # keeping the 5 of 9 chains whose total went down but activations went up cost 2 pt of top-1
+            # agreement (99.67 -> 97.67 %)
+            keep = mode == "on" or (sum(after) < sum(before) and after[1] <= before[1])
             components.append({"layers": [orig[i].name for i in members], "links": len(comp),
                                "score_before": {"weights": before[0], "activations": before[1]},
                                "score_after": {"weights": after[0], "activations": after[1]}, "kept": keep})
