@@ -99,6 +99,10 @@ def _add_quant_args(p: argparse.ArgumentParser, default_quantize: str) -> None:
                    help="weight scale granularity: one symmetric scale per tensor (ISQuant, default) or per output channel")
     g.add_argument("--weight-bits", type=_weight_bits, default=8, metavar="B",
                    help="weight bit width, 2..8 (default 8; the integer graph needs 8, lower widths are for research)")
+    g.add_argument("--equalize", choices=["auto", "on", "off"], default="auto",
+                   help="data-free cross-layer equalization + bias absorption and correction before the rounding"
+                        " (DFQ): auto = per chain of layers, only where the measured weight + activation noise"
+                        " goes down (default); on = every chain; off = none. The report says what ran")
     g.add_argument("--activation-ranges", choices=["auto", "bn", "synthetic", "calibration"], default="auto",
                    help="how activation scales are set: auto = BatchNorm statistics where the model had BN, synthetic"
                         " inputs elsewhere (data-free, default); calibration = from --calibration samples")
@@ -272,7 +276,8 @@ def _quant_options(args: argparse.Namespace) -> dict[str, Any]:
                                "activation_ranges": args.activation_ranges, "calibration": args.calibration,
                                "calibration_method": args.calibration_method,
                                "calibration_count": args.calibration_count,
-                               "preprocess": getattr(args, "preprocess", "auto")}
+                               "preprocess": getattr(args, "preprocess", "auto"),
+                               "equalize": getattr(args, "equalize", "auto")}
     if getattr(args, "float_nodes", None):
         options["float_nodes"] = list(args.float_nodes)
     if args.rounding:

@@ -21,6 +21,7 @@ from .legalize.legalize import legalize
 from .quantize import prequant
 from .quantize import float_regions
 from .quantize.rewrite import quantize_module
+from .quantize.equalize_stage import EQUALIZE_MODES, bias_correct, equalize_stage
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,13 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
                    synthetic_count: int = 8, sigma_factor: float = 25.0, input_range: float | None = None,
                    synthetic: str = "auto", range_rule: str = "auto", bn_rule: str = "ksigma", bn_k: float = 6.0,
                    progress: bool = True, only_reference: bool = False, preprocess: str = "auto",
-                   float_nodes: Sequence[str] = ()) -> QuantizedModel:
+                   float_nodes: Sequence[str] = (), equalize: str = "auto") -> QuantizedModel:
     """Quantize a BN-folded float module to a legalized integer module plus a per-layer report.
     `float_nodes`: ONNX node names kept float (onnxruntime's nodes_to_exclude)."""
     if rounding not in ROUNDINGS:
         raise IsquantError(f"--rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+    if equalize not in EQUALIZE_MODES:
+        raise IsquantError(f"--equalize must be one of {', '.join(EQUALIZE_MODES)}, got {equalize!r}")
     if weight_bits != 8:
         raise IsquantError("the integer graph runs int8 weights: --weight-bits must be 8 for compile"
                            " (lower widths are available in `quantize` for research)")
@@ -57,6 +60,11 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
     layers = find_layers(float_mod["main"], model.layer_names)
     if not layers:
         raise IsquantError(f"{model.source}: no conv2d or dense layer with constant weights to quantize")
+    eq = equalize_stage(model, float_mod, layers, equalize, granularity)
+    if eq is not None:
+        float_mod, layers = eq.float_mod, eq.layers
+    timings["equalize_s"] = time.perf_counter() - start
+    start = time.perf_counter()
     weights: dict[str, isquant.QuantizedWeight] = {}
     layer_reports = []
     for layer in layers:
@@ -65,6 +73,7 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
         layer_reports.append({"id": layer.id, "name": layer.name, "kind": layer.kind,
                               "shape": list(layer.weight.shape), "groups": layer.groups,
                               "weight": isquant.weight_metrics(layer.weight, qw)})
+    quant_float_mod = bias_correct(eq, weights) if eq is not None else float_mod
     timings["weights_s"] = time.perf_counter() - start
     onnx_nodes = float_regions.with_layers(model.onnx_nodes, layers)
     float_vars = float_regions.resolve_float_nodes(float_nodes, onnx_nodes, model.source) if float_nodes else set()
@@ -95,7 +104,7 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
     if activation_ranges in ("auto", "bn") and not calibrated:
         from .ranges import batchnorm as bn_ranges
 
-        bn = bn_ranges.conv_batchnorms(model.mod)
+        bn = eq.bn if eq is not None and eq.bn is not None else bn_ranges.conv_batchnorms(model.mod)
         conv_vars = [layer.var for layer in layers if layer.kind == "conv2d"]
         if len(bn) == len(conv_vars) and any(s is not None for s in bn):
             dists = bn_ranges.propagate(float_mod, conv_vars, bn, k=bn_k if bn_rule == "ksigma" else 6.0)
@@ -123,8 +132,8 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
     timings["ranges_cpu_s"] = time.process_time() - cpu_start  # all threads: the load-independent cost
 
     start = time.perf_counter()
-    result = quantize_module(float_mod, layers, weights, chosen, input_range=input_range, float_vars=float_vars,
-                             onnx_nodes=onnx_nodes)
+    result = quantize_module(quant_float_mod, layers, weights, chosen, input_range=input_range,
+                             float_vars=float_vars, onnx_nodes=onnx_nodes)
     timings["quantize_pass_s"] = time.perf_counter() - start
     start = time.perf_counter()
     legal, lowerings = legalize(result.mod, target, only_reference=only_reference)
@@ -150,12 +159,16 @@ def quantize_model(model: ImportedModel, float_mod: tvm.IRModule, target: Any = 
             summary["ranges_note"] = f"synthetic ranges, no BatchNorm statistics used: {plan.source} images"
     if forward_error:
         summary["matched_forward_error"] = forward_error
+    if eq is not None:
+        summary["equalize"] = eq.summary
     report = {"summary": summary, "layers": layer_reports, "tensors": result.tensors,
               "fallbacks": result.fallbacks, "lowerings": lowerings, "timings": timings,
               "input_range": input_range,
               # issue 15: float ops by ONNX op type and node (fallbacks above: by Relax op)
               "float_nodes": float_regions.float_nodes_report(result.fallback_vars, onnx_nodes),
               "float_nodes_requested": list(float_nodes)}
+    if eq is not None:
+        report["equalize"] = eq.report
     metadata = {
         "scheme": "symmetric, zero point 0, int8 weights, int8/uint8 activations",
         "rounding": rounding,

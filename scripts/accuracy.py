@@ -11,6 +11,7 @@ the .onnx export of the same checkpoint.
 
 Columns (each reports fp32 top-1, quantized top-1, drop, top-1 agreement with fp32):
   isquant             ours: data-free W8A8 per-tensor symmetric, SQuant rounding, integer graph in TVM
+  isquant-noeq        the same with --equalize off (isquant runs the default, auto)
   isquant-rtn         the same with round-to-nearest weights
   isquant-onnx        ours, data-free, on the .onnx file (BatchNorm folded by the exporter: no BN statistics,
                       ranges from images inverted against the model, ranges/datafree.py); what `compile
@@ -58,13 +59,14 @@ MODELS: dict[str, dict[str, Any]] = {
     "resnet56": {"onnx": "cifar10/resnet56.onnx", "checkpoint": "cifar10/resnet56-4bfd9763.th",
                  "data": "cifar10/test_jpeg_decoded.npz", "title": "ResNet-56 (CIFAR-10)", "set": "CIFAR-10 test"},
 }
-TVM_COLUMNS = ("isquant", "isquant-rtn", "isquant-onnx", "isquant-onnx-rtn", "isquant-calibrated")
+TVM_COLUMNS = ("isquant", "isquant-noeq", "isquant-rtn", "isquant-onnx", "isquant-onnx-rtn", "isquant-calibrated")
 ONNX_COLUMNS = ("isquant-onnx", "isquant-onnx-rtn")  # imported from the .onnx file, not the checkpoint
 ORT_COLUMNS = ("ort-static", "w4-rtn", "w4-squant", "w6-rtn", "w6-squant")
 COLUMNS = TVM_COLUMNS + ORT_COLUMNS
 WEIGHT_ONLY = {"w4-rtn": (4, "rtn"), "w4-squant": (4, "squant"), "w6-rtn": (6, "rtn"), "w6-squant": (6, "squant")}
 DESCRIPTIONS = {
     "isquant": "ours, data-free W8A8 per-tensor symmetric, SQuant rounding, integer graph in TVM (x86)",
+    "isquant-noeq": "ours as isquant with --equalize off (no cross-layer equalization / bias correction)",
     "isquant-rtn": "ours, data-free W8A8, round-to-nearest weights, TVM",
     "isquant-calibrated": "ours, W8A8 SQuant, activation ranges from minmax calibration (CALIB images), TVM",
     "isquant-onnx": "ours, data-free W8A8 on the BN-folded .onnx (synthetic ranges: inverted images), TVM",
@@ -255,6 +257,8 @@ def run_tvm_column(name: str, column: str, model: Any, dataset: Any, data_path: 
     options: dict[str, Any] = {}
     if column.endswith("-rtn"):
         options = {"rounding": "rtn"}
+    elif column == "isquant-noeq":
+        options = {"equalize": "off"}
     elif column == "isquant-calibrated":
         options = {"calibration": str(data_path), "calibration_method": "minmax", "calibration_count": CALIB_IMAGES}
     t0 = time.perf_counter()
