@@ -195,7 +195,7 @@ def mobilenet_v3_block_onnx(path: Path, hw: int = 16) -> Path:
                          const("se_b1", rng.uniform(-0.2, 0.2, 8))), "se_relu")
     f2 = act("Conv", f1, "se_fc2", const("se_w2", rng.standard_normal((32, 8, 1, 1)) * 0.5), const("se_b2", rng.uniform(-0.5, 0.5, 32)))
     gate = act("HardSigmoid", f2, "se_hsig", alpha=1.0 / 6, beta=0.5)
-    se = act("Mul", d, "se_mul", gate)
+    se = act("Mul", gate, "se_mul", d)  # gate first, as torchvision writes it (scale * input)
     r = act("Add", x, "residual", conv_bn(se, 32, 16, 1, "proj"))
     pr = act("PRelu", conv_bn(r, 16, 16, 3, "pre"), "prelu", const("slope", np.linspace(-0.2, 0.3, 16).reshape(16, 1, 1)))
     s = conv_bn(pr, 16, 16, 3, "silu")

@@ -31,7 +31,7 @@ def rule_multiply(self: Any, var: Any, value: Any, op: str, args: list[Any]) -> 
         return None
     shapes = [tvm_compat.expr_shape(a) for a in args]
     out_shape = tvm_compat.expr_shape(var)
-    if not _broadcasts_into(shapes[1], out_shape):
+    if tuple(shapes[0]) != tuple(out_shape):  # torchvision's SE writes gate * x: the full tensor goes first
         args, shapes = args[::-1], shapes[::-1]
     if tuple(shapes[0]) != tuple(out_shape) or not _broadcasts_into(shapes[1], out_shape):
         return None
