@@ -43,23 +43,7 @@ def _op(value: Any) -> str | None:
 
 
 def _uses(func: relax.Function) -> dict[Any, int]:
-    count: dict[Any, int] = {}
-
-    def visit(expr: Any) -> None:
-        if isinstance(expr, relax.Var):
-            count[expr] = count.get(expr, 0) + 1
-        elif isinstance(expr, relax.Call):
-            for a in expr.args:
-                visit(a)
-        elif isinstance(expr, relax.Tuple):
-            for f in expr.fields:
-                visit(f)
-        elif isinstance(expr, relax.TupleGetItem):
-            visit(expr.tuple_value)
-
-    for b in tvm_compat.bindings(func):
-        visit(b.value)
-    visit(func.body.body)
+    count = tvm_compat.count_uses(func)
     count[func.body.body] = count.get(func.body.body, 0) + 1  # the output is never an interior edge
     return count
 

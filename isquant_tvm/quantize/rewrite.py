@@ -88,24 +88,7 @@ class QuantizeResult:
 
 
 def _count_uses(func: relax.Function) -> dict[Any, int]:
-    uses: dict[Any, int] = {}
-
-    def visit(expr: Any) -> None:
-        if isinstance(expr, relax.Var):
-            uses[expr] = uses.get(expr, 0) + 1
-        elif isinstance(expr, relax.Call):
-            for a in expr.args:
-                visit(a)
-        elif isinstance(expr, relax.Tuple):
-            for f in expr.fields:
-                visit(f)
-        elif isinstance(expr, relax.TupleGetItem):
-            visit(expr.tuple_value)
-
-    for binding in tvm_compat.bindings(func):
-        visit(binding.value)
-    visit(func.body.body)
-    return uses
+    return tvm_compat.count_uses(func)
 
 
 def _feeds_output(func: relax.Function) -> set[Any]:

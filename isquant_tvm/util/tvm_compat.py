@@ -322,3 +322,25 @@ def native_stderr_filtered() -> Iterator[None]:
                 if not any(noise in line for noise in _NATIVE_NOISE):
                     sys.stderr.write(line)
             sys.stderr.flush()
+
+
+def count_uses(func: relax.Function) -> dict[Any, int]:
+    """How many times each var is used by the bindings and the result of `func`."""
+    uses: dict[Any, int] = {}
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Var):
+            uses[expr] = uses.get(expr, 0) + 1
+        elif isinstance(expr, relax.Call):
+            for a in expr.args:
+                visit(a)
+        elif isinstance(expr, relax.Tuple):
+            for f in expr.fields:
+                visit(f)
+        elif isinstance(expr, relax.TupleGetItem):
+            visit(expr.tuple_value)
+
+    for binding in bindings(func):
+        visit(binding.value)
+    visit(func.body.body)
+    return uses
