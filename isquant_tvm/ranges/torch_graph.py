@@ -122,6 +122,8 @@ class TorchGraph:
         self.consts: dict[Any, Any] = {}
         for b in self.bindings:
             v = b.value
+            if isinstance(v, (relax.Var, relax.Tuple, relax.TupleGetItem)):
+                continue  # aliases and tuples (the ONNX importer's named re-emission binds some outputs so)
             if not isinstance(v, relax.Call) or not isinstance(v.op, tvm.ir.Op) or str(v.op.name) not in self.ops:
                 name = str(v.op.name) if isinstance(v, relax.Call) and hasattr(v.op, "name") else type(v).__name__
                 raise UntranslatableOp(f"no torch translation for {name}")
@@ -148,6 +150,9 @@ class TorchGraph:
         env: dict[Any, Any] = dict(zip(self.main.params, inputs))
         for b in self.bindings:
             v = b.value
-            env[b.var] = self.ops[str(v.op.name)]([self._eval(a, env) for a in v.args], v.attrs)
+            if isinstance(v, relax.Call):
+                env[b.var] = self.ops[str(v.op.name)]([self._eval(a, env) for a in v.args], v.attrs)
+            else:
+                env[b.var] = self._eval(v, env)
         out = self._eval(self.main.body.body, env)
         return list(out) if isinstance(out, (list, tuple)) else [out]
