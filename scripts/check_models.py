@@ -74,8 +74,14 @@ def check(model: str, target: str, mode: str, tmp: Path) -> dict[str, Any]:
         # the qnn-level graph evaluated from the ops' definitions (as tests/kernels/test_models.py does)
         refs = interpreter.run(res.quantized.qnn_mod, [built.probe_input])
         same = [bool(np.array_equal(np.asarray(a), np.asarray(b))) for a, b in zip(outs, refs)]
-        row.update(ok=all(same), bit_exact=same,
-                   fallbacks=res.report.get("fallbacks") if isinstance(res.report, dict) else None)
+        rel = [float(np.abs(np.asarray(a, np.float64) - b).max() / max(1.0, float(np.abs(b).max())))
+               for a, b in zip(outs, refs)]
+        fallbacks = res.report.get("fallbacks") if isinstance(res.report, dict) else None
+        # An output computed by float head ops (softmax, box decode) after the integer graph differs from
+        # numpy's float by rounding only; one LSB of a dequantized accumulator feeding it is ~1e-3 relative,
+        # so 1e-5 still catches any integer mismatch upstream.
+        ok = [s_ or (bool(fallbacks) and r <= 1e-5) for s_, r in zip(same, rel)]
+        row.update(ok=all(ok), bit_exact=same, rel_err=rel, fallbacks=fallbacks)
     return row
 
 
