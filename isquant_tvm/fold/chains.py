@@ -48,15 +48,21 @@ def _uses(func: relax.Function) -> dict[Any, int]:
     return count
 
 
-def bias_adds(func: relax.Function, layers: Sequence[Layer]) -> dict[str, tuple[Any, relax.Constant]]:
-    """layer id -> (bias add var, bias constant) where the layer's only user adds a per-channel constant."""
-    uses = _uses(func)
+def _users(func: relax.Function) -> dict[Any, relax.VarBinding]:
+    """var -> the (last) binding whose call takes it; callers read it only for single-use vars."""
     user: dict[Any, relax.VarBinding] = {}
     for b in tvm_compat.bindings(func):
         if isinstance(b.value, relax.Call):
             for a in b.value.args:
                 if isinstance(a, relax.Var):
                     user[a] = b
+    return user
+
+
+def bias_adds(func: relax.Function, layers: Sequence[Layer]) -> dict[str, tuple[Any, relax.Constant]]:
+    """layer id -> (bias add var, bias constant) where the layer's only user adds a per-channel constant."""
+    uses = _uses(func)
+    user = _users(func)
     out = {}
     for layer in layers:
         if uses.get(layer.var, 0) != 1 or layer.var not in user:
@@ -73,12 +79,7 @@ def bias_adds(func: relax.Function, layers: Sequence[Layer]) -> dict[str, tuple[
 def find_links(func: relax.Function, layers: Sequence[Layer]) -> list[GraphLink]:
     """Every A -> B channel link of the folded `func`, in graph order of A."""
     uses = _uses(func)
-    user: dict[Any, relax.VarBinding] = {}
-    for b in tvm_compat.bindings(func):
-        if isinstance(b.value, relax.Call):
-            for a in b.value.args:
-                if isinstance(a, relax.Var):
-                    user[a] = b
+    user = _users(func)
     by_var = {layer.var: layer for layer in layers}
     links = []
     for layer in layers:

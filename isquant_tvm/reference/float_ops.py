@@ -168,18 +168,28 @@ def _reduce(fn: Callable[..., np.ndarray]) -> Rule:
     return apply
 
 
-def _layer_norm(args: list[Any], attrs: Any, dtype: str) -> np.ndarray:
-    x, gamma, beta = args
-    axes = tuple(int(a) % x.ndim for a in attrs.axes)
+def _standardize(x: np.ndarray, axes: tuple[int, ...], epsilon: Any) -> np.ndarray:
+    """(x - mean) / sqrt(var + eps) over `axes`, in float32 like TVM's legalization."""
     mean = x.mean(axis=axes, keepdims=True, dtype=np.float32)
     var = ((x - mean) ** 2).mean(axis=axes, keepdims=True, dtype=np.float32)
-    y = (x - mean) / np.sqrt(var + np.float32(attrs.epsilon))
-    shape = [x.shape[a] if a in axes else 1 for a in range(x.ndim)]
+    return (x - mean) / np.sqrt(var + np.float32(epsilon))
+
+
+def _affine(y: np.ndarray, gamma: Any, beta: Any, shape: list[int], attrs: Any) -> np.ndarray:
+    """The optional per-channel scale and shift of layer / group / instance norm."""
     if bool(attrs.scale):
         y = y * np.asarray(gamma).reshape(shape)
     if bool(attrs.center):
         y = y + np.asarray(beta).reshape(shape)
-    return y.astype(dtype)
+    return y
+
+
+def _layer_norm(args: list[Any], attrs: Any, dtype: str) -> np.ndarray:
+    x, gamma, beta = args
+    axes = tuple(int(a) % x.ndim for a in attrs.axes)
+    y = _standardize(x, axes, attrs.epsilon)
+    shape = [x.shape[a] if a in axes else 1 for a in range(x.ndim)]
+    return _affine(y, gamma, beta, shape, attrs).astype(dtype)
 
 
 def _group_norm(args: list[Any], attrs: Any, dtype: str) -> np.ndarray:
@@ -189,30 +199,18 @@ def _group_norm(args: list[Any], attrs: Any, dtype: str) -> np.ndarray:
         raise UnsupportedOp("group_norm with a channel axis other than 1 has no numpy rule")
     n, c = x.shape[:2]
     xg = x.reshape(n, groups, -1)
-    mean = xg.mean(axis=2, keepdims=True, dtype=np.float32)
-    var = ((xg - mean) ** 2).mean(axis=2, keepdims=True, dtype=np.float32)
-    y = ((xg - mean) / np.sqrt(var + np.float32(attrs.epsilon))).reshape(x.shape)
+    y = _standardize(xg, (2,), attrs.epsilon).reshape(x.shape)
     shape = [1, c] + [1] * (x.ndim - 2)
-    if bool(attrs.scale):
-        y = y * np.asarray(gamma).reshape(shape)
-    if bool(attrs.center):
-        y = y + np.asarray(beta).reshape(shape)
-    return y.astype(dtype)
+    return _affine(y, gamma, beta, shape, attrs).astype(dtype)
 
 
 def _instance_norm(args: list[Any], attrs: Any, dtype: str) -> np.ndarray:
     x, gamma, beta = args
     axes = tuple(int(a) % x.ndim for a in attrs.axes)
-    mean = x.mean(axis=axes, keepdims=True, dtype=np.float32)
-    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True, dtype=np.float32)
-    y = (x - mean) / np.sqrt(var + np.float32(attrs.epsilon))
+    y = _standardize(x, axes, attrs.epsilon)
     shape = [1] * x.ndim
     shape[int(attrs.channel_axis) % x.ndim] = -1
-    if bool(attrs.scale):
-        y = y * np.asarray(gamma).reshape(shape)
-    if bool(attrs.center):
-        y = y + np.asarray(beta).reshape(shape)
-    return y.astype(dtype)
+    return _affine(y, gamma, beta, shape, attrs).astype(dtype)
 
 
 def _batch_norm(args: list[Any], attrs: Any, dtype: str) -> list[np.ndarray]:
