@@ -125,7 +125,7 @@ class VMRunner:
     def run_unchecked(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Run without translating the VM's errors: a remote runner needs the board's own failure
         (a crashed server, SIGILL) to reach its explanation, not an input-mismatch message."""
-        return _flatten_outputs(self.vm["main"](*self._device_args(inputs)))
+        return _flatten_outputs(self.vm["main"](*self._device_args(inputs)), getattr(self, "remote", None))
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         args = self._device_args(inputs)
@@ -180,12 +180,15 @@ def _amx_permission(metadata: Mapping[str, Any]) -> None:
                            "this CPU has none: rebuild it with --target x86 on this machine, or x86-avx512 / x86-avx2")
 
 
-def _flatten_outputs(out: Any) -> list[np.ndarray]:
+def _flatten_outputs(out: Any, remote: Any = None) -> list[np.ndarray]:
+    """The VM's result as a flat list of arrays (nested tuples in order); `remote` is the RPC session whose VM
+    returned it, for the tuples that come back as remote references."""
     if hasattr(out, "numpy"):
         return [out.numpy()]
+    items = tvm_compat.remote_items(remote, out)
     result: list[np.ndarray] = []
-    for item in out:
-        result.extend(_flatten_outputs(item))
+    for item in out if items is None else items:
+        result.extend(_flatten_outputs(item, remote))
     return result
 
 

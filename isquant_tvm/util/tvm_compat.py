@@ -281,6 +281,20 @@ def virtual_machine(lib: Any, device: Any) -> relax.VirtualMachine:
     return relax.VirtualMachine(lib, device)
 
 
+def remote_items(remote: Any, value: Any) -> list[Any] | None:
+    """The fields of a tuple that a VM on an RPC board returned, or None when `value` is not one.
+
+    A multi-output model's VM returns an ffi Array; over RPC it arrives as an opaque RPCObjectRef (no len, no
+    indexing: `run` on the board failed with "'RPCObjectRef' object is not iterable" for MTCNN P-Net's two
+    heads). The board's own ffi.ArraySize / ffi.ArrayGetItem read it there; each field comes back as a
+    remote tensor (or another ref, for nested tuples)."""
+    if remote is None or type(value).__name__ != "RPCObjectRef":
+        return None
+    size = remote.get_function("ffi.ArraySize")
+    get = remote.get_function("ffi.ArrayGetItem")
+    return [get(value, i) for i in range(int(size(value)))]
+
+
 def load_module(path: str) -> Any:
     return tvm.runtime.load_module(path)
 
