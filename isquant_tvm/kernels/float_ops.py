@@ -57,6 +57,9 @@ __all__ = ["vector_lanes", "legalize_map", "schedule_generic", "conv2d_primfunc"
 # ~5-10 us (see kernels/schedule.py), more than a small op gains from the second core.
 PARALLEL_MIN_WORK = 200_000
 GENERIC_PARALLEL_MIN_ELEMS = 32_768
+# TVM 0.27 has no tvm.TVMError: a refused schedule primitive raises s_tir.ScheduleError, a failed check
+# InternalError, both RuntimeErrors.
+_TVM_ERRORS = (RuntimeError,)
 
 
 def vector_lanes(target: Any) -> int:
@@ -115,13 +118,47 @@ def _tile_outer(sch, blk, loops, reduce_loop, work: int):
 # --------------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=512)
-def conv2d_primfunc(xshape: tuple, wshape: tuple, strides: tuple, padding: tuple, dilation: tuple,
-                    groups: int, lanes: int) -> tirx.PrimFunc:
-    """A scheduled NCHW float32 conv2d PrimFunc (x, w) -> out; padding is (top, left, bottom, right)."""
-    import tvm.s_tir  # noqa: F401 - registers the schedule primitives
+# Block annotations that carry a conv's schedule parameters through FuseOps / FuseTIR: the conv PrimFunc is
+# legalized unscheduled (so FuseOps sees an out-elementwise-fusable op and fuses the bias add, BatchNorm and
+# activation after it), and :func:`schedule_generic` schedules the fused PrimFunc from these.
+CONV_KEY = "isquant.float_conv"
+ROLE_KEY = "isquant.float_conv_role"
 
+
+def _i64(shape: tuple) -> tuple:
+    """int64 extents, as TOPI's legalized ops have: FuseTIR maps a conv's output buffer onto its consumer's
+    input buffer and rejects the pair when the shape dtypes differ."""
+    return tuple(tirx.IntImm("int64", int(v)) for v in shape)
+
+
+@functools.lru_cache(maxsize=512)
+def conv2d_compute(xshape: tuple, wshape: tuple, strides: tuple, padding: tuple, dilation: tuple,
+                   groups: int, lanes: int, transpose: bool = False) -> tirx.PrimFunc:
+    """The unscheduled NCHW float32 conv2d PrimFunc (x, w) -> out, padding (top, left, bottom, right), its conv
+    block annotated with the schedule (:data:`CONV_KEY`).  ``transpose``: a ConvTranspose whose kernel equals
+    its stride (no padding, groups 1, weight IOHW), computed as the 1x1 GEMM ``y[o*k*k + a*k + b, p] =
+    sum_c w[c, o, a, b] x[c, p]`` and a pixel shuffle: every output pixel is one product, no zero taps."""
     n, c, h, w = xshape
+    x = te.placeholder(_i64(xshape), "float32", name="x")
+    wt = te.placeholder(_i64(wshape), "float32", name="w")
+    zero = tirx.const(0.0, "float32")
+    if transpose:
+        _, o, kh, kw = wshape
+        kk = kh * kw
+        p = h * w
+        tw = _tile(p, lanes)
+        pp = -(-p // tw) * tw
+        mo = o * kk
+        ob = _oc_block(mo)
+        xf = te.compute(_i64((n, c, pp)), lambda b, cc, q: tirx.if_then_else(q < p, x[b, cc, q // w, q % w], zero),
+                        name="xpad", attrs={ROLE_KEY: "xpad"})
+        rc = te.reduce_axis((0, c), name="rc")
+        yp = te.compute(_i64((n, mo, pp)), lambda b, m, q: te.sum(
+            xf[b, rc, q] * wt[rc, m // kk, (m % kk) // kw, m % kw], axis=rc), name="conv",
+            attrs={CONV_KEY: "gemm", "isquant.tile": tw, "isquant.ob": ob, "isquant.work": n * mo * p * c})
+        out = te.compute(_i64((n, o, h * kh, w * kw)), lambda b, oo, i, j: yp[
+            b, oo * kk + (i % kh) * kw + j % kw, (i // kh) * w + j // kw], name="out", attrs={ROLE_KEY: "out"})
+        return te.create_prim_func([x, wt, out])
     o, ci, kh, kw = wshape
     sh, sw = strides
     pt, pl, pb, pr = padding
@@ -129,74 +166,121 @@ def conv2d_primfunc(xshape: tuple, wshape: tuple, strides: tuple, padding: tuple
     oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
     ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
     depthwise = groups > 1
-    x = te.placeholder(xshape, "float32", name="x")
-    wt = te.placeholder(wshape, "float32", name="w")
     gemm = not depthwise and kh == kw == 1 and sh == sw == 1 and not any(padding)
-
+    ob = _oc_block(o)
     if gemm:
         p = h * w
         tw = _tile(p, lanes)
         pp = -(-p // tw) * tw
-        xf = te.compute((n, c, pp), lambda b, cc, q: tirx.if_then_else(
-            q < p, x[b, cc, q // w, q % w], tirx.const(0.0, "float32")), name="xpad")
+        xf = te.compute(_i64((n, c, pp)), lambda b, cc, q: tirx.if_then_else(q < p, x[b, cc, q // w, q % w], zero),
+                        name="xpad", attrs={ROLE_KEY: "xpad"})
         rc = te.reduce_axis((0, c), name="rc")
-        yp = te.compute((n, o, pp), lambda b, oo, q: te.sum(xf[b, rc, q] * wt[oo, rc, 0, 0], axis=rc), name="conv")
-        out = te.compute((n, o, oh, ow), lambda b, oo, i, j: yp[b, oo, i * w + j], name="out")
-        func = te.create_prim_func([x, wt, out])
-        sch = tvm.s_tir.Schedule(func)
-        ob = _oc_block(o)
-        blk = sch.get_sblock("conv")
-        lb, lo, lq, lr = sch.get_loops(blk)
-        lo0, lo1 = sch.split(lo, [None, ob])
-        lq0, lq1 = sch.split(lq, [None, tw])
-        sch.reorder(lb, lo0, lq0, lr, lo1, lq1)
-        acc = _tile_outer(sch, blk, [lb, lo0, lq0], lr, n * o * p * c)
-        _schedule_copy(sch, "xpad", lanes)
-        _schedule_copy(sch, "out", lanes)
-        return prim_func_attrs(sch.mod["main"], "float_conv2d_1x1")
+        yp = te.compute(_i64((n, o, pp)), lambda b, oo, q: te.sum(xf[b, rc, q] * wt[oo, rc, 0, 0], axis=rc), name="conv",
+                        attrs={CONV_KEY: "gemm", "isquant.tile": tw, "isquant.ob": ob, "isquant.work": n * o * p * c})
+        out = te.compute(_i64((n, o, oh, ow)), lambda b, oo, i, j: yp[b, oo, i * w + j], name="out",
+                         attrs={ROLE_KEY: "out"})
+        return te.create_prim_func([x, wt, out])
 
     tw = _tile(ow, lanes)
     owp = -(-ow // tw) * tw
     hp = max(h + pt + pb, (oh - 1) * sh + dh * (kh - 1) + 1)
     wp = max(w + pl + pr, (owp - 1) * sw + dw * (kw - 1) + 1)
-    xp = te.compute((n, c, hp, wp), lambda b, cc, i, j: tirx.if_then_else(
-        tirx.all(i >= pt, i < h + pt, j >= pl, j < w + pl), x[b, cc, i - pt, j - pl],
-        tirx.const(0.0, "float32")), name="xpad")
+    xp = te.compute(_i64((n, c, hp, wp)), lambda b, cc, i, j: tirx.if_then_else(
+        tirx.all(i >= pt, i < h + pt, j >= pl, j < w + pl), x[b, cc, i - pt, j - pl], zero),
+        name="xpad", attrs={ROLE_KEY: "xpad"})
     rkh = te.reduce_axis((0, kh), name="rkh")
     rkw = te.reduce_axis((0, kw), name="rkw")
     if depthwise:
         mult = o // c
-        yp = te.compute((n, o, oh, owp), lambda b, oo, i, j: te.sum(
+        yp = te.compute(_i64((n, o, oh, owp)), lambda b, oo, i, j: te.sum(
             xp[b, oo // mult, i * sh + rkh * dh, j * sw + rkw * dw] * wt[oo, 0, rkh, rkw], axis=[rkh, rkw]),
-            name="conv")
+            name="conv", attrs={CONV_KEY: "dw", "isquant.tile": tw, "isquant.ob": 1,
+                                "isquant.work": n * o * oh * owp * kh * kw})
     else:
         rc = te.reduce_axis((0, ci), name="rc")
-        yp = te.compute((n, o, oh, owp), lambda b, oo, i, j: te.sum(
+        yp = te.compute(_i64((n, o, oh, owp)), lambda b, oo, i, j: te.sum(
             xp[b, rc, i * sh + rkh * dh, j * sw + rkw * dw] * wt[oo, rc, rkh, rkw], axis=[rc, rkh, rkw]),
-            name="conv")
-    out = te.compute((n, o, oh, ow), lambda b, oo, i, j: yp[b, oo, i, j], name="out")
-    func = te.create_prim_func([x, wt, out])
+            name="conv", attrs={CONV_KEY: "dense", "isquant.tile": tw, "isquant.ob": ob,
+                                "isquant.work": n * o * oh * owp * ci * kh * kw})
+    out = te.compute(_i64((n, o, oh, ow)), lambda b, oo, i, j: yp[b, oo, i, j], name="out", attrs={ROLE_KEY: "out"})
+    return te.create_prim_func([x, wt, out])
+
+
+def _annotation(block: Any, key: str) -> Any:
+    ann = block.annotations
+    return ann[key] if key in ann else None
+
+
+def schedule_conv(func: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc:
+    """Schedule a PrimFunc holding one annotated conv block (:func:`conv2d_compute`), alone or fused with the
+    element-wise ops after it (bias add, BatchNorm, activation) and before it.  Every element-wise block is
+    inlined into the conv's output copy (the slice of the padded tile, or the ConvTranspose pixel shuffle),
+    which therefore applies the whole epilogue in the one pass over the conv's result it already made: a
+    hard-swish conv writes memory once instead of four times."""
+    import tvm.s_tir  # noqa: F401 - registers the schedule primitives
+
     sch = tvm.s_tir.Schedule(func)
-    blk = sch.get_sblock("conv")
-    if depthwise:
+    root = sch.get_sblock("root")
+    conv = xpad = None
+    for blk in sch.get_child_blocks(root):
+        stmt = sch.get(blk)
+        if _annotation(stmt, CONV_KEY) is not None:
+            conv = blk
+        elif _annotation(stmt, ROLE_KEY) is not None and str(_annotation(stmt, ROLE_KEY)) == "xpad":
+            xpad = blk
+    if conv is None or xpad is None:
+        raise ValueError("no annotated conv block")
+    ann = sch.get(conv).annotations
+    kind, tw, ob, work = str(ann[CONV_KEY]), int(ann["isquant.tile"]), int(ann["isquant.ob"]), int(ann["isquant.work"])
+    # inline every other block that is not a function output (producers into xpad, the epilogue chain and
+    # the slice into the last consumer); a block the primitive refuses (an output, a non-injective op) stays.
+    # Names, not block handles or statements: both go stale as the function is rewritten.
+    conv_name, xpad_name = str(sch.get(conv).name_hint), str(sch.get(xpad).name_hint)
+    keep = (conv_name, xpad_name)
+    for _ in range(2):
+        for blk in sch.get_child_blocks(root):
+            if str(sch.get(blk).name_hint) in keep:
+                continue
+            try:
+                sch.compute_inline(blk)
+            except _TVM_ERRORS:
+                pass
+    finals = [str(sch.get(b).name_hint) for b in sch.get_child_blocks(root) if str(sch.get(b).name_hint) not in keep]
+    conv = sch.get_sblock(conv_name)
+    blk = conv
+    if kind == "gemm":
+        lb, lo, lq, lr = sch.get_loops(blk)
+        lo0, lo1 = sch.split(lo, [None, ob])
+        lq0, lq1 = sch.split(lq, [None, tw])
+        sch.reorder(lb, lo0, lq0, lr, lo1, lq1)
+        _tile_outer(sch, blk, [lb, lo0, lq0], lr, work)
+    elif kind == "dw":
         lb, lo, li, lj, lrh, lrw = sch.get_loops(blk)
         lj0, lj1 = sch.split(lj, [None, tw])
         sch.reorder(lb, lo, li, lj0, lrh, lrw, lj1)
-        acc = _tile_outer(sch, blk, [lb, lo, li], lrh, n * o * oh * owp * kh * kw)
+        _tile_outer(sch, blk, [lb, lo, li], lrh, work)
         sch.unroll(lrw)
         sch.unroll(lrh)
     else:
-        ob = _oc_block(o)
         lb, lo, li, lj, lrc, lrh, lrw = sch.get_loops(blk)
         lo0, lo1 = sch.split(lo, [None, ob])
         lj0, lj1 = sch.split(lj, [None, tw])
         sch.reorder(lb, lo0, li, lj0, lrc, lrh, lrw, lo1, lj1)
-        acc = _tile_outer(sch, blk, [lb, lo0, li], lrc, n * o * oh * owp * ci * kh * kw)
-        if kw <= 7:
+        _tile_outer(sch, blk, [lb, lo0, li], lrc, work)
+        if int(sch.get(lrw).extent) <= 7:
             sch.unroll(lrw)
-    _schedule_copy(sch, "xpad", lanes)
-    _schedule_copy(sch, "out", lanes)
-    return prim_func_attrs(sch.mod["main"], "float_dwconv2d" if depthwise else "float_conv2d")
+    _schedule_copy(sch, sch.get_sblock(xpad_name), lanes)
+    for fin in finals:
+        _schedule_copy(sch, sch.get_sblock(fin), lanes)
+    return sch.mod["main"]
+
+
+@functools.lru_cache(maxsize=512)
+def conv2d_primfunc(xshape: tuple, wshape: tuple, strides: tuple, padding: tuple, dilation: tuple,
+                    groups: int, lanes: int, transpose: bool = False) -> tirx.PrimFunc:
+    """The scheduled conv alone (no epilogue): for kernel tests and benches."""
+    func = schedule_conv(conv2d_compute(xshape, wshape, strides, padding, dilation, groups, lanes, transpose), lanes)
+    return prim_func_attrs(func, "float_conv2d")
 
 
 def _vectorize_tail(sch, blk) -> None:
@@ -209,9 +293,8 @@ def _vectorize_tail(sch, blk) -> None:
             sch.unroll(loops[-2])
 
 
-def _schedule_copy(sch, name: str, lanes: int) -> None:
-    """Parallel outer loops and a vector inner loop for the pad / slice copies around a conv."""
-    blk = sch.get_sblock(name)
+def _schedule_copy(sch, blk: Any, lanes: int) -> None:
+    """Parallel outer loops and a vector inner loop for the pad / slice (+ epilogue) copies around a conv."""
     loops = sch.get_loops(blk)
     extents = [int(sch.get(lp).extent) for lp in loops]
     total = 1
@@ -270,7 +353,7 @@ def _static_shape(expr: relax.Expr) -> Optional[tuple[int, ...]]:
         if tvm_compat.expr_dtype(expr) != "float32":
             return None
         return tvm_compat.expr_shape(expr)
-    except (TypeError, AttributeError, ValueError, tvm.TVMError):
+    except (TypeError, AttributeError, ValueError, _TVM_ERRORS):
         return None
 
 
@@ -296,9 +379,9 @@ def _conv2d(target: Any):
         pad = [int(v) for v in a.padding]
         if len(pad) == 2:
             pad = pad * 2
-        func = conv2d_primfunc(xs, ws, tuple(int(v) for v in a.strides), tuple(pad),
-                               tuple(int(v) for v in a.dilation), groups, lanes)
-        gv = bb.add_func(func, "float_conv2d")
+        func = conv2d_compute(xs, ws, tuple(int(v) for v in a.strides), tuple(pad),
+                              tuple(int(v) for v in a.dilation), groups, lanes)
+        gv = bb.add_func(func.without_attr("global_symbol"), "float_conv2d")
         return relax.call_tir(gv, [call.args[0], call.args[1]], call.ty)
 
     return legalize
@@ -318,9 +401,31 @@ def _matmul(target: Any):
     return legalize
 
 
+def _conv2d_transpose(target: Any):
+    lanes = vector_lanes(target)
+    default = _default("relax.nn.conv2d_transpose")
+
+    def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+        a = call.attrs
+        xs, ws = _static_shape(call.args[0]), _static_shape(call.args[1])
+        ok = (xs is not None and ws is not None and len(xs) == 4 and len(ws) == 4 and int(a.groups) == 1
+              and str(a.data_layout) == "NCHW" and str(a.kernel_layout) == "IOHW" and str(a.out_layout) == "NCHW"
+              and str(a.out_dtype) in ("", "None", "void", "float32") and _static_shape(call) is not None
+              and [int(v) for v in a.strides] == [ws[2], ws[3]] and not any(int(v) for v in a.padding)
+              and not any(int(v) for v in a.output_padding) and all(int(v) == 1 for v in a.dilation))
+        if not ok:
+            return default(bb, call)
+        func = conv2d_compute(xs, ws, (ws[2], ws[3]), (0, 0, 0, 0), (1, 1), 1, lanes, True)
+        gv = bb.add_func(func.without_attr("global_symbol"), "float_conv2d_transpose")
+        return relax.call_tir(gv, [call.args[0], call.args[1]], call.ty)
+
+    return legalize
+
+
 def legalize_map(target: Any) -> dict[str, Any]:
     """The op -> legalization overrides for ``relax.transform.LegalizeOps(customize_legalize_map=...)``."""
-    return {"relax.nn.conv2d": _conv2d(target), "relax.matmul": _matmul(target)}
+    return {"relax.nn.conv2d": _conv2d(target), "relax.nn.conv2d_transpose": _conv2d_transpose(target),
+            "relax.matmul": _matmul(target)}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -334,7 +439,7 @@ def _schedule_one(func: tirx.PrimFunc, lanes: int) -> Optional[tirx.PrimFunc]:
     sch = tvm.s_tir.Schedule(func)
     try:
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    except tvm.TVMError:  # no root block (a hand-written function): nothing generic to do
+    except _TVM_ERRORS:  # no root block (a hand-written function): nothing generic to do
         return None
     changed = False
     for blk in blocks:
@@ -371,7 +476,7 @@ def _schedule_one(func: tirx.PrimFunc, lanes: int) -> Optional[tirx.PrimFunc]:
                     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
                     sch.parallel(fused)
                     changed = True
-        except tvm.TVMError:  # a loop the primitive refuses (reduction-bound, dependent): leave it serial
+        except _TVM_ERRORS:  # a loop the primitive refuses (reduction-bound, dependent): leave it serial
             log.debug("generic schedule declined a block", exc_info=True)
             continue
     return sch.mod["main"] if changed else None
@@ -389,7 +494,13 @@ def schedule_generic(target: Any) -> tvm.transform.Pass:
             if not isinstance(func, tirx.PrimFunc) or func.attrs is not None and "tirx.is_scheduled" in func.attrs:
                 continue
             try:
-                new = _schedule_one(func, lanes)
+                try:
+                    new = schedule_conv(func, lanes)
+                except ValueError:  # no conv in it
+                    new = _schedule_one(func, lanes)
+                except _TVM_ERRORS:
+                    log.warning("conv schedule failed for %s; generic schedule", gv.name_hint, exc_info=True)
+                    new = _schedule_one(func, lanes)
             except Exception:  # noqa: BLE001 - never fail a build over an optional schedule
                 log.debug("generic schedule failed for %s", gv.name_hint, exc_info=True)
                 new = None
