@@ -252,8 +252,8 @@ def schedule_conv(func: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc:
         lb, lo, lq, lr = sch.get_loops(blk)
         lo0, lo1 = sch.split(lo, [None, ob])
         lq0, lq1 = sch.split(lq, [None, tw])
-        sch.reorder(lb, lo0, lq0, lr, lo1, lq1)
-        _tile_outer(sch, blk, [lb, lo0, lq0], lr, work)
+        sch.reorder(lb, lq0, lo0, lr, lo1, lq1)
+        _tile_outer(sch, blk, [lb, lq0, lo0], lr, work)
     elif kind == "dw":
         lb, lo, li, lj, lrh, lrw = sch.get_loops(blk)
         lj0, lj1 = sch.split(lj, [None, tw])
@@ -265,8 +265,11 @@ def schedule_conv(func: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc:
         lb, lo, li, lj, lrc, lrh, lrw = sch.get_loops(blk)
         lo0, lo1 = sch.split(lo, [None, ob])
         lj0, lj1 = sch.split(lj, [None, tw])
-        sch.reorder(lb, lo0, li, lj0, lrc, lrh, lrw, lo1, lj1)
-        _tile_outer(sch, blk, [lb, lo0, li], lrc, work)
+        # output rows outside the channel blocks: the kh input rows of all channels stay in L2 while every
+        # block of output channels reads them (channel blocks outside streamed the whole padded input from
+        # DRAM once per block: the 256 -> 64 3x3 conv at 80x80 ran at 31 GFLOP/s)
+        sch.reorder(lb, li, lo0, lj0, lrc, lrh, lrw, lo1, lj1)
+        _tile_outer(sch, blk, [lb, li, lo0], lrc, work)
         if int(sch.get(lrw).extent) <= 7:
             sch.unroll(lrw)
     _schedule_copy(sch, sch.get_sblock(xpad_name), lanes)
