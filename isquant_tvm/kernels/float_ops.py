@@ -82,13 +82,23 @@ def vector_lanes(target: Any) -> int:
     return 8
 
 
+# Relative throughput of a register tile of 2, 1 and 1/2 vectors of pixels (x 8 output channels), measured on
+# 3x3 convs on this host (one thread, thread-CPU time): one weight broadcast feeds 2 / 1 / 1/2 vector FMAs, so
+# the narrow tiles are bound by the broadcasts, not by the FMA units.  64->64 at 40x40: 81 GFLOP/s with the
+# half-vector tile (no padding), 98-103 with one vector padded 40 -> 48; 64->64 at 20x20: 72 -> 90 with two
+# vectors padded 20 -> 32; 128->128 at 10x10: 55 -> 86 with one vector padded 10 -> 16.
+_TILE_EFFICIENCY = (1.0, 0.85, 0.55)
+
+
 def _tile(extent: int, lanes: int) -> int:
-    """The pixel tile: two vectors when that pads at most 1/8, else one vector, else half of one."""
-    for t in (2 * lanes, lanes, max(4, lanes // 2)):
+    """The pixel tile that maximises (useful fraction of the padded row) x (tile efficiency)."""
+    best, best_score = max(4, lanes // 2), -1.0
+    for t, eff in zip((2 * lanes, lanes, max(4, lanes // 2)), _TILE_EFFICIENCY):
         padded = -(-extent // t) * t
-        if padded - extent <= extent // 8:
-            return t
-    return max(4, lanes // 2)
+        score = extent / padded * eff
+        if score > best_score + 1e-9:
+            best, best_score = t, score
+    return best
 
 
 def _oc_block(o: int) -> int:
@@ -185,21 +195,36 @@ def conv2d_compute(xshape: tuple, wshape: tuple, strides: tuple, padding: tuple,
     owp = -(-ow // tw) * tw
     hp = max(h + pt + pb, (oh - 1) * sh + dh * (kh - 1) + 1)
     wp = max(w + pl + pr, (owp - 1) * sw + dw * (kw - 1) + 1)
-    xp = te.compute(_i64((n, c, hp, wp)), lambda b, cc, i, j: tirx.if_then_else(
-        tirx.all(i >= pt, i < h + pt, j >= pl, j < w + pl), x[b, cc, i - pt, j - pl], zero),
-        name="xpad", attrs={ROLE_KEY: "xpad"})
+    if sw == 1:
+        xp = te.compute(_i64((n, c, hp, wp)), lambda b, cc, i, j: tirx.if_then_else(
+            tirx.all(i >= pt, i < h + pt, j >= pl, j < w + pl), x[b, cc, i - pt, j - pl], zero),
+            name="xpad", attrs={ROLE_KEY: "xpad"})
+
+        def xa(b, cc, i, j, tap):
+            return xp[b, cc, i, j * sw + tap]
+    else:
+        # strided rows: the padded copy de-interleaves the columns by phase, xpad[.., i, r, q] = padded column
+        # q * sw + r, so every tap reads a contiguous vector; a strided vector load is a gather, once per tap
+        # (the stride-2 depthwise 3x3 at 160x160 ran at 4.4 GFLOP/s)
+        wq = -(-wp // sw)
+        xp = te.compute(_i64((n, c, hp, sw, wq)), lambda b, cc, i, r, q: tirx.if_then_else(
+            tirx.all(i >= pt, i < h + pt, q * sw + r >= pl, q * sw + r < w + pl),
+            x[b, cc, i - pt, q * sw + r - pl], zero), name="xpad", attrs={ROLE_KEY: "xpad"})
+
+        def xa(b, cc, i, j, tap):
+            return xp[b, cc, i, tap % sw, j + tap // sw]
     rkh = te.reduce_axis((0, kh), name="rkh")
     rkw = te.reduce_axis((0, kw), name="rkw")
     if depthwise:
         mult = o // c
         yp = te.compute(_i64((n, o, oh, owp)), lambda b, oo, i, j: te.sum(
-            xp[b, oo // mult, i * sh + rkh * dh, j * sw + rkw * dw] * wt[oo, 0, rkh, rkw], axis=[rkh, rkw]),
-            name="conv", attrs={CONV_KEY: "dw", "isquant.tile": tw, "isquant.ob": 1,
+            xa(b, oo // mult, i * sh + rkh * dh, j, rkw * dw) * wt[oo, 0, rkh, rkw], axis=[rkh, rkw]),
+            name="conv", attrs={CONV_KEY: "dw", "isquant.tile": tw, "isquant.ob": ob,
                                 "isquant.work": n * o * oh * owp * kh * kw})
     else:
         rc = te.reduce_axis((0, ci), name="rc")
         yp = te.compute(_i64((n, o, oh, owp)), lambda b, oo, i, j: te.sum(
-            xp[b, rc, i * sh + rkh * dh, j * sw + rkw * dw] * wt[oo, rc, rkh, rkw], axis=[rc, rkh, rkw]),
+            xa(b, rc, i * sh + rkh * dh, j, rkw * dw) * wt[oo, rc, rkh, rkw], axis=[rc, rkh, rkw]),
             name="conv", attrs={CONV_KEY: "dense", "isquant.tile": tw, "isquant.ob": ob,
                                 "isquant.work": n * o * oh * owp * ci * kh * kw})
     out = te.compute(_i64((n, o, oh, ow)), lambda b, oo, i, j: yp[b, oo, i, j], name="out", attrs={ROLE_KEY: "out"})
@@ -255,10 +280,13 @@ def schedule_conv(func: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc:
         sch.reorder(lb, lq0, lo0, lr, lo1, lq1)
         _tile_outer(sch, blk, [lb, lq0, lo0], lr, work)
     elif kind == "dw":
+        # a block of channels per tile: one channel's row is a single accumulator chained through all the
+        # taps (FMA-latency bound: the 5x5 depthwise at 14x14 ran at 14 GFLOP/s); ob channels interleave
         lb, lo, li, lj, lrh, lrw = sch.get_loops(blk)
+        lo0, lo1 = sch.split(lo, [None, ob])
         lj0, lj1 = sch.split(lj, [None, tw])
-        sch.reorder(lb, lo, li, lj0, lrh, lrw, lj1)
-        _tile_outer(sch, blk, [lb, lo, li], lrh, work)
+        sch.reorder(lb, lo0, li, lj0, lrh, lrw, lo1, lj1)
+        _tile_outer(sch, blk, [lb, lo0, li], lrh, work)
         sch.unroll(lrw)
         sch.unroll(lrh)
     else:
@@ -319,9 +347,11 @@ def _schedule_copy(sch, blk: Any, lanes: int) -> None:
 
 @functools.lru_cache(maxsize=128)
 def matmul_primfunc(m: int, k: int, nout: int, lanes: int) -> tirx.PrimFunc:
-    """(m, k) x (k, nout) float32.  Per row of the left operand, the whole output row accumulates locally
-    while the right operand streams through once, row by row, in vector chunks (a classifier's 1024 x 1000
-    weights: 4.8 ms with 50-feature tiles each walking all of k, one contiguous pass here)."""
+    """(m, k) x (k, nout) float32.  Output features in register tiles of up to 4 vectors, each tile walking all
+    of k (the right operand's rows stream through the prefetcher in tile-wide chunks).  One thread: the same
+    0.21 ms as accumulating the whole output row in a stack array for a classifier's 1024 x 1000 weights
+    (bandwidth-bound, 20 GB/s, thread-CPU); but the tiles are independent, so a batch-1 classifier's matmul
+    runs on both cores (the row loop has one iteration)."""
     import tvm.s_tir  # noqa: F401
 
     a = te.placeholder((m, k), "float32", name="a")
@@ -332,14 +362,17 @@ def matmul_primfunc(m: int, k: int, nout: int, lanes: int) -> tirx.PrimFunc:
     blk = sch.get_sblock("matmul")
     li, lj, lk = sch.get_loops(blk)
     vec = max(t for t in range(1, lanes + 1) if nout % t == 0)
-    lj0, lj1 = sch.split(lj, [None, vec])
-    sch.reorder(li, lk, lj0, lj1)
+    jt = max(t * vec for t in range(1, 5) if nout % (t * vec) == 0)
+    lj0, lj1 = sch.split(lj, [None, jt])
+    sch.reorder(li, lj0, lk, lj1)
+    fused = sch.fuse(li, lj0)
     acc = sch.cache_write(blk, 0, "local")
-    sch.reverse_compute_at(acc, li)
-    if m * nout * k >= PARALLEL_MIN_WORK and m > 1:
-        sch.parallel(li)
-    _vectorize_tail(sch, blk)
-    _vectorize_tail(sch, acc)
+    sch.reverse_compute_at(acc, fused)
+    if m * nout * k >= PARALLEL_MIN_WORK and m * nout // jt > 1:
+        sch.parallel(fused)
+    for bb in (blk, acc):
+        _, inner = sch.split(sch.get_loops(bb)[-1], [None, vec])
+        _vectorize_tail(sch, bb)
     init = sch.decompose_reduction(blk, lk)
     _vectorize_tail(sch, init)
     return prim_func_attrs(sch.mod["main"], "float_matmul")
@@ -425,10 +458,26 @@ def _conv2d_transpose(target: Any):
     return legalize
 
 
+def _sigmoid_te(x: te.Tensor) -> te.Tensor:
+    from tvm import topi
+
+    e = topi.fast_exp(te.compute(x.shape, lambda *i: -x(*i), name="neg"))
+    return te.compute(x.shape, lambda *i: tirx.const(1.0, "float32") / (tirx.const(1.0, "float32") + e(*i)),
+                      name="sigmoid")
+
+
+def _sigmoid(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """Sigmoid through TOPI's polynomial ``fast_exp``: tir.sigmoid lowers to llvm.exp, which LLVM expands into
+    one libm call per lane even in a vector loop (YOLOv8n's SiLU after every conv)."""
+    if _static_shape(call.args[0]) is None:
+        return _default("relax.sigmoid")(bb, call)
+    return bb.call_te(_sigmoid_te, call.args[0], primfunc_name_hint="tir_sigmoid")
+
+
 def legalize_map(target: Any) -> dict[str, Any]:
     """The op -> legalization overrides for ``relax.transform.LegalizeOps(customize_legalize_map=...)``."""
     return {"relax.nn.conv2d": _conv2d(target), "relax.nn.conv2d_transpose": _conv2d_transpose(target),
-            "relax.matmul": _matmul(target)}
+            "relax.matmul": _matmul(target), "relax.sigmoid": _sigmoid}
 
 
 # --------------------------------------------------------------------------------------------------------
