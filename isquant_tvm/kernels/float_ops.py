@@ -5,36 +5,44 @@ TVM 0.27's CPU pipeline (relax.backend.cpu_generic) legalizes every op to TOPI's
 nothing: no parallel loop, no register tile, no vector loop (dlight's CPU rules cover only GEMV and
 reductions).  A float YOLOv8n took 1892 ms against onnxruntime's 54 ms.  Here:
 
-- ``relax.nn.conv2d`` (NCHW / OIHW, float32, groups 1 or depthwise) legalizes to one of three hand-scheduled
-  PrimFuncs, all in NCHW so no layout transform is ever inserted:
+- ``relax.nn.conv2d`` (NCHW / OIHW, float32, groups 1 or depthwise) and ``relax.nn.conv2d_transpose`` with
+  kernel == stride (DBNet's upsampling head) legalize to an *unscheduled* TE PrimFunc whose conv block carries
+  its schedule in block annotations (:data:`CONV_KEY`).  Unscheduled, AnnotateTIROpPattern calls it
+  out-elementwise-fusable, so FuseOps / FuseTIR fuse the bias add, a BatchNorm that did not fold, the
+  activation (ReLU, ReLU6, hard-swish, hard-sigmoid, SiLU, sigmoid), a residual add or an SE gate multiply
+  into it; :func:`schedule_conv` then schedules the fused PrimFunc, inlining every element-wise block into the
+  conv's output copy.  The epilogue costs no pass over memory of its own (a scheduled, opaque conv left four
+  passes for a hard-swish: mobilenet_v3_small 6.3 -> 5.0 ms from this alone).  The variants, all NCHW:
   * 1x1 stride-1 convs as a GEMM over the flattened pixels, ``out[o, p] = sum_c w[o, c] x[c, p]``: a register
-    tile of 8 output channels x 2 vectors of pixels, the input vector loaded once per channel and the
-    weights broadcast (the FMA-per-load ratio of onnxruntime's MLAS kernels);
-  * other dense convs the same tile along the output row (``ow``), the kernel taps and input channels
-    reduced inside it; stride-2 rows load strided (LLVM gathers), few convs in a CNN are stride 2;
-  * depthwise convs a vector of outputs along the row, the taps unrolled.
-  Pixel counts that are not a multiple of the tile are padded up (a zero-padded input copy, a slice of the
-  output): TVM's vectorizer scalarises a predicated tail, padding keeps every inner loop a full vector.
+    tile of 8 output channels x 1-2 vectors of pixels, the weights broadcast;
+  * ConvTranspose k x k / k the same GEMM with k*k*O rows and a pixel shuffle as its output copy (every output
+    pixel is one product, no zero taps): dbnet_mv3's head 463 ms -> 5 ms;
+  * other dense convs the same tile along the output row, rows outside the channel blocks so the kh input
+    rows stay in L2 while every channel block reads them (256 -> 64 3x3 at 80x80: 31 -> 96 GFLOP/s);
+  * depthwise convs 8 channels x a vector of the row, taps unrolled (one channel alone chained one
+    accumulator through all taps, FMA-latency bound: 5x5 at 10x10 12 -> 20 GFLOP/s);
+  * strided convs read a padded copy whose columns are de-interleaved by phase, so each tap is a contiguous
+    vector (stride-2 depthwise 3x3 at 160x160 4.4 -> 7.9 GFLOP/s, the 3x3/2 stem 34 -> 54);
+  * 1x1 convs on 1x1 pixels (squeeze-excitation FCs) a GEMV over output channels against the constant
+    weights transposed at compile time.
+  The pixel tile (2, 1 or 1/2 vectors) maximises useful fraction x measured tile efficiency (:func:`_tile`):
+  padding a 20-wide row to 32 beats a half-vector tile (72 -> 100 GFLOP/s).  Padded pixels are computed into
+  a padded buffer that the output copy slices: TVM's vectorizer scalarises a predicated tail.
 - ``relax.matmul`` with a constant 2-D right operand (Gemm / Linear) vectorises over the output features.
-- every other unscheduled PrimFunc (bias add, activations, pools, resize, concat copies, softmax, ...) gets a
-  generic schedule after fusion (:func:`schedule_generic`): its outer data-parallel loops fused and run in
-  parallel when it has enough elements, its innermost loop vectorised when it is data-parallel.
+- ``relax.sigmoid`` through TOPI's polynomial ``fast_exp``: tir.sigmoid lowers to llvm.exp, one libm call a
+  lane (yolov8n's SiLU after every conv: 48 -> 36 ms; max relative error vs numpy ~1e-7).
+- every other unscheduled PrimFunc (pools, resize, concat copies, softmax, ...) gets a generic schedule after
+  fusion (:func:`schedule_generic`): outer data-parallel loops fused and parallel when large enough,
+  innermost loop vectorised when it is data-parallel.
 
-One PrimFunc is built per distinct (shape, attributes, vector width) and cached (``lru_cache``); scheduling
-is a few milliseconds a kernel, so the compile time is LLVM's.
+One PrimFunc is built per distinct (shape, attributes, vector width) and cached (``lru_cache``).
 
-Measured on this 2-core AVX-512 host, one thread, while it was heavily loaded (load average 15-18 from other
-jobs, so the end-to-end figures carry several ms of preemption noise; per-kernel figures are
-``time_evaluator`` medians):
-- kernels: dense 3x3 convs 58-94 GFLOP/s, 1x1 GEMMs 62-94 GFLOP/s from 14x14 pixels up (9-12 GFLOP/s on the
-  1x1-pixel SE convs, which are bandwidth-bound), depthwise 5-12 GFLOP/s; all match numpy to 1e-4.
-- whole float builds (``--quantize none``, x86) vs onnxruntime fp32 in the same process: mtcnn_pnet 2.0 ms
-  (unscheduled: 78 ms; onnxruntime 12-19 ms), mobilenet_v3_small 40 ms vs 15 ms (unscheduled ~1 s),
-  yolov8n (320x320) 241 ms vs 128 ms.  Not yet within 1.5x on the MobileNets/YOLO: the remaining gap is the
-  elementwise chains between convs (bias add + hard-swish are not fused into the conv: a scheduled conv is
-  opaque to FuseOps) and the strided depthwise rows; see the bench JSON for the interleaved figures.
-- compile time: mtcnn_pnet 2 s, mobilenet_v3_small 18-25 s, yolov8n 39 s (the unscheduled build took 118 s:
-  fewer, simpler loops for LLVM), well under the 2-minute budget.
+Measured on this 2-core Zen 4 host (AVX-512), one thread, thread-CPU time (other helpers kept the load average
+at 4-5, so wall clock was useless; thread-CPU still carries their cache contention, +-15%), onnxruntime fp32
+measured the same way: mobilenet_v3_small 3.2-3.9 ms vs 1.9-2.1, yolov8n (320) ~36 vs 18, dbnet_mv3 (320)
+531 -> ~60 vs 41.  The interleaved wall-clock table is in /work/notes/floatspeed-result.md.  What is left:
+the stem conv (3 input channels), the stride-2 depthwise rows and their padded copies, the 7x7-pixel GEMMs,
+VM allocation overhead; an NCHWc layout (channels as the vector) would remove most of it.
 """
 
 from __future__ import annotations
@@ -87,8 +95,10 @@ def vector_lanes(target: Any) -> int:
 # 3x3 convs on this host (one thread, thread-CPU time): one weight broadcast feeds 2 / 1 / 1/2 vector FMAs, so
 # the narrow tiles are bound by the broadcasts, not by the FMA units.  64->64 at 40x40: 81 GFLOP/s with the
 # half-vector tile (no padding), 98-103 with one vector padded 40 -> 48; 64->64 at 20x20: 72 -> 90 with two
-# vectors padded 20 -> 32; 128->128 at 10x10: 55 -> 86 with one vector padded 10 -> 16.
-_TILE_EFFICIENCY = (1.0, 0.85, 0.55)
+# vectors padded 20 -> 32; 128->128 at 10x10: 55 -> 86 with one vector padded 10 -> 16; 256->64 at 80x80 two
+# vectors padded 80 -> 96 beat one (interleaved A/B: 17.0 / 18.4 ms vs 18.8 / 20.1), hence 0.8 rather than the
+# 0.85 the small convs alone suggest.
+_TILE_EFFICIENCY = (1.0, 0.8, 0.55)
 
 
 def _tile(extent: int, lanes: int) -> int:
