@@ -37,11 +37,14 @@ reductions).  A float YOLOv8n took 1892 ms against onnxruntime's 54 ms.  Here:
 
 One PrimFunc is built per distinct (shape, attributes, vector width) and cached (``lru_cache``).
 
-Measured on this 2-core Zen 4 host (AVX-512), one thread, thread-CPU time (other helpers kept the load average
-at 4-5, so wall clock was useless; thread-CPU still carries their cache contention, +-15%), onnxruntime fp32
-measured the same way: mobilenet_v3_small 3.2-3.9 ms vs 1.9-2.1, yolov8n (320) ~36 vs 18, dbnet_mv3 (320)
-531 -> ~60 vs 41.  The interleaved wall-clock table is in /work/notes/floatspeed-result.md.  What is left:
-the stem conv (3 input channels), the stride-2 depthwise rows and their padded copies, the 7x7-pixel GEMMs,
+Measured on this 2-core Zen 4 host (AVX-512), one thread, thread-CPU time (other jobs kept the load average
+at 4.6-6.3, so wall clock was useless; thread-CPU still carries their cache contention, +-10%), onnxruntime
+fp32 interleaved in the same process (two runs): mobilenet_v3_small 3.60 / 3.72 ms vs 1.99 / 2.15 (1.81x /
+1.73x; 6.33 ms before this fusion work), mobilenet_v3_large 11.6 vs 6.5 (1.77x), yolov8n (320) 29.9 / 30.3 vs
+19.6 / 19.8 (1.52x / 1.53x; 46.7 ms before), dbnet_mv3 (320) 75.0 / 82.2 vs 44.6 / 46.8 (1.68x / 1.76x; 531 ms
+before).  Outputs agree with onnxruntime to 3e-5 relative.  Not yet within 1.5x: left are the stem conv
+(3 input channels), the stride-2 depthwise rows and their padded copies, the 7x7-pixel GEMMs, dbnet's two
+256 -> 64 3x3 convs at 80x80 (111 GFLOP/s, half its float time), the classifier matmul (cold weights),
 VM allocation overhead; an NCHWc layout (channels as the vector) would remove most of it.
 """
 
