@@ -20,7 +20,7 @@ give four taps for 16 channels: a 3x3 is 3 loads + 3 shuffles + 3 dot instructio
 * Measured (thread CPU, 1 thread, load 4-6, MobileNetV2's eight depthwise shapes, /tmp microbench of this
   PrimFunc alone): 0.87 ms with the generic kernel -> 0.56 with the quads (whole-tensor pad kept) -> 0.50
   with the per-row pad and the int32 requantize -> 0.375 with that requantize on even / odd int64 lanes
-  (requant_vec); 32 x 112 x 112: 0.193 -> 0.080 ms (91 GOP/s).
+  (geometry.requant_hi32_vec); 32 x 112 x 112: 0.193 -> 0.080 ms (91 GOP/s).
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def primfunc(shape, p: QConv2dParams, in_dtype: str) -> tuple[tirx.PrimFunc, tup
     parallel = N * CB * OC_BN * OH * OW * g.KH * g.KW >= DW_PARALLEL_MIN_MACS
     tile = next((t for t in range(min(PIX_TILE, OW), 0, -1) if OW % t == 0), 1)
     out_shape = (N, CB, OH, OW, OC_BN)
-    vec_rq = "sh32" in epi_np and epi_np["mult"].dtype == np.int32
+    vec_rq = geometry.hi32_vec_ok(epi_np)
     hi32 = p.out_dtype in ("int8", "uint8") and int(np.min(p.shift)) >= 32
     with IRBuilder() as ib:
         with T.prim_func():
@@ -135,7 +135,7 @@ def primfunc(shape, p: QConv2dParams, in_dtype: str) -> tuple[tirx.PrimFunc, tup
                                                             T.reinterpret(x, dtype="uint8x64"),
                                                             wq.vload([cb, kh, q, 0, 0], "int8x64"))
                         if vec_rq:
-                            T.buffer_store(out, requant_vec(a, cb, p, epi), [n, cb, oh, ow, tirx.Ramp(0, 1, OC_BN)])
+                            T.buffer_store(out, geometry.requant_hi32_vec(a, cb * OC_BN, p, epi), [n, cb, oh, ow, tirx.Ramp(0, 1, OC_BN)])
                         else:
                             T.buffer_store(acc, a, [tirx.Ramp(t * OC_BN, 1, OC_BN)])
                     for t in (range(0) if vec_rq else range(tile)):
@@ -145,32 +145,3 @@ def primfunc(shape, p: QConv2dParams, in_dtype: str) -> tuple[tirx.PrimFunc, tup
     return compute.prim_func_attrs(ib.get(), "qconv2d_dw_vnni"), out_shape
 
 
-
-def requant_vec(a, cb, p: QConv2dParams, epi):
-    """geometry._requant_hi32 on one int32x16 vector, with the 32 x 32 -> 64 products taken as even and odd
-    lanes of the int64x8 view (two vpmuldq, no lane widening): LLVM's lowering of the per-lane form
-    widens with vpmovzxdq / vextracti64x4 and narrows with vpmovqd / vinserti64x4, 8 shuffle-port uops per
-    16 outputs on top of the 3 byte transposes of a 3x3, the port that bounded the kernel (13.5 cycles per
-    16 outputs measured, 32 x 112 x 112). The high dwords of the even products are shifted down, the odd
-    products' are already in place: one masked merge gives hi(acc*m) for the 16 lanes."""
-    def i64(v):
-        return tirx.Broadcast(tirx.const(v, "int64"), 8)
-
-    def lanes_i64(buf):
-        return T_reinterpret(buf.vload([cb * OC_BN], "int32x16"), "int64x8")
-
-    x = T_reinterpret(a, "int64x8")
-    m = lanes_i64(epi["mult"])
-    even = ((x << i64(32)) >> i64(32)) * ((m << i64(32)) >> i64(32))
-    odd = (x >> i64(32)) * (m >> i64(32))
-    hi = T_reinterpret(((even >> i64(32)) & i64(0xFFFFFFFF)) | (odd & i64(-(1 << 32))), "int32x16")
-    y = (hi + epi["rhi"].vload([cb * OC_BN], "int32x16")) >> epi["sh32"].vload([cb * OC_BN], "int32x16")
-    if p.out_zero_point:
-        y = y + tirx.Broadcast(tirx.const(int(p.out_zero_point), "int32"), OC_BN)
-    y = tirx.Max(tirx.Min(y, tirx.Broadcast(tirx.const(int(p.out_max), "int32"), OC_BN)),
-                 tirx.Broadcast(tirx.const(int(p.out_min), "int32"), OC_BN))
-    return tirx.Cast(p.out_dtype + "x16", y)
-
-
-def T_reinterpret(v, dtype: str):
-    return tirx.call_intrin(dtype, "tirx.reinterpret", v)

@@ -248,3 +248,38 @@ def check_out_range(p) -> None:
     info = np.iinfo(p.out_dtype)
     if not (info.min <= p.out_min <= p.out_max <= info.max):
         raise ValueError(f"out_min/out_max {p.out_min}/{p.out_max} outside {p.out_dtype}")
+
+
+def hi32_vec_ok(epi_np: dict) -> bool:
+    """requant_hi32_vec applies: the int32 form's constants are there and the multiplier is stored int32."""
+    return "sh32" in epi_np and epi_np["mult"].dtype == np.int32
+
+
+def requant_hi32_vec(a, o0, p, epi):
+    """_requant_hi32 on one int32x16 vector (channels o0 .. o0+15; see hi32_vec_ok), with the 32 x 32 -> 64 products taken as even and odd
+    lanes of the int64x8 view (two vpmuldq, no lane widening): LLVM's lowering of the per-lane form
+    widens with vpmovzxdq / vextracti64x4 and narrows with vpmovqd / vinserti64x4, 8 shuffle-port uops per
+    16 outputs on top of the 3 byte transposes of a 3x3, the port that bounded the kernel (13.5 cycles per
+    16 outputs measured, 32 x 112 x 112). The high dwords of the even products are shifted down, the odd
+    products' are already in place: one masked merge gives hi(acc*m) for the 16 lanes."""
+    def i64(v):
+        return tirx.Broadcast(tirx.const(v, "int64"), 8)
+
+    def lanes_i64(buf):
+        return T_reinterpret(buf.vload([o0], "int32x16"), "int64x8")
+
+    x = T_reinterpret(a, "int64x8")
+    m = lanes_i64(epi["mult"])
+    even = ((x << i64(32)) >> i64(32)) * ((m << i64(32)) >> i64(32))
+    odd = (x >> i64(32)) * (m >> i64(32))
+    hi = T_reinterpret(((even >> i64(32)) & i64(0xFFFFFFFF)) | (odd & i64(-(1 << 32))), "int32x16")
+    y = (hi + epi["rhi"].vload([o0], "int32x16")) >> epi["sh32"].vload([o0], "int32x16")
+    if p.out_zero_point:
+        y = y + tirx.Broadcast(tirx.const(int(p.out_zero_point), "int32"), 16)
+    y = tirx.Max(tirx.Min(y, tirx.Broadcast(tirx.const(int(p.out_max), "int32"), 16)),
+                 tirx.Broadcast(tirx.const(int(p.out_min), "int32"), 16))
+    return tirx.Cast(p.out_dtype + "x16", y)
+
+
+def T_reinterpret(v, dtype: str):
+    return tirx.call_intrin(dtype, "tirx.reinterpret", v)
