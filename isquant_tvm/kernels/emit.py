@@ -11,7 +11,11 @@ from .common import OC_BN, QConv2dParams, QDenseParams
 from .geometry import check_out_range, conv_geom
 from .compute import conv_consts, dense_as_conv, prim_func_attrs
 from .schedule import KernelConfig, build_conv_primfunc, fuse_parallel
+from . import dw_vnni
 from .depthwise import build_dw_primfunc, dw_blocked_consts, dw_blocked_primfunc, dw_consts, dw_geom, is_blocked_depthwise, is_depthwise
+
+
+VNNI_NAME = "qconv2d_vnni"  # x86_vnni.VNNI_CONFIG's name: the blocked depthwise goes to dw_vnni there
 
 
 def const(arr: np.ndarray):
@@ -67,9 +71,13 @@ def lower_conv2d_blocked_with(bb, data, p: QConv2dParams, cfg: KernelConfig, nam
     if p.groups != 1 and is_blocked_depthwise(p.groups, p.weight.shape, channels):
         x = data if blocked_in else emit_layout(bb, data, True)
         xs, _ = expr_shape_dtype(x)
-        func, out_shape = dw_blocked_primfunc(xs, p, in_dtype)
-        y = emit_call(bb, x, func, dw_blocked_consts(p, xs[1]), (name or cfg.name) + "_dw_blk", out_shape,
-                      p.out_dtype)
+        if cfg.name == VNNI_NAME and dw_vnni.eligible(xs, p):  # four kernel columns per vpdpbusd
+            func, out_shape = dw_vnni.primfunc(xs, p, in_dtype)
+            consts = dw_vnni.consts(p, xs, in_dtype)
+        else:
+            func, out_shape = dw_blocked_primfunc(xs, p, in_dtype)
+            consts = dw_blocked_consts(p, xs[1])
+        y = emit_call(bb, x, func, consts, (name or cfg.name) + "_dw_blk", out_shape, p.out_dtype)
         return y if blocked_out else emit_layout(bb, y, False, channels)
     if p.groups != 1:
         raise NotImplementedError("blocked-layout conv supports groups == 1 and depthwise only")

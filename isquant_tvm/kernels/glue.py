@@ -474,10 +474,14 @@ def dense_i64_primfunc(N: int, K: int, O: int, out_dtype: str, lo: int = 0, hi: 
 
     Op = -(-O // ob) * ob
     x = te.placeholder((N, K), "int32", name="x")
-    w = te.placeholder((K, Op), "int8", name="wt")
+    # weights blocked (Op/ob, K, ob): the tile's reduction streams one contiguous run. As (K, Op) each k
+    # was a 32-byte piece of a different cache line (1280 lines per tile): with the weights cold, as
+    # after the rest of a network, MobileNetV2's 1280 -> 1000 classifier took 0.33 ms (1.28 MB at
+    # 4 GB/s; hot 0.06 ms), blocked 0.20-0.22 ms: a cold numpy read of 1.28 MB takes 0.17 ms here
+    w = te.placeholder((Op // ob, K, ob), "int8", name="wt")
     bias = te.placeholder((Op,), "int64", name="bias")
     k = te.reduce_axis((0, K), name="k")
-    acc = te.compute((N, Op), lambda n, o: te.sum(x[n, k].astype(acc_dtype) * w[k, o].astype(acc_dtype), axis=k),
+    acc = te.compute((N, Op), lambda n, o: te.sum(x[n, k].astype(acc_dtype) * w[o // ob, k, o % ob].astype(acc_dtype), axis=k),
                      name="acc")
 
     def acc64(n, o):  # the epilogue's arithmetic is int64
@@ -525,6 +529,7 @@ def dense_i64_consts(weight: np.ndarray, bias: np.ndarray, out_dtype: str, rest:
     Op = -(-O // ob) * ob
     wt = np.zeros((K, Op), np.int8)
     wt[:, :O] = np.asarray(weight, np.int8).T
+    wt = np.ascontiguousarray(wt.reshape(K, Op // ob, ob).transpose(1, 0, 2))
     b = np.zeros((Op,), np.int64)
     b[:O] = np.asarray(bias, np.int64)
     out = [wt, b]

@@ -74,7 +74,7 @@ def consts(p: QConv2dParams, g: AmxGeom) -> dict[str, np.ndarray]:
     bias = np.zeros((g.O_pad,), np.int32)
     bias[:g.O] = np.asarray(p.bias, np.int32).reshape(-1)
     out = {"wpk": pack_weight(np.asarray(p.weight, np.int8), g), "bias": bias}
-    out.update(geometry.epilogue_consts(p, g.O, g.O_pad))
+    out.update(geometry.epilogue_consts(p, g.O, g.O_pad, hi32=True))
     return out
 
 
@@ -82,7 +82,7 @@ def build_primfunc(g: AmxGeom, p: QConv2dParams, in_dtype: str, blocked_out: boo
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
 
-    epi_np = geometry.epilogue_consts(p, g.O, g.O_pad)
+    epi_np = geometry.epilogue_consts(p, g.O, g.O_pad, hi32=True)
     CB = g.C // OC_BN
     with IRBuilder() as ib:
         with T.prim_func():
