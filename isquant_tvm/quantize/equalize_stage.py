@@ -5,7 +5,9 @@ BatchNorm statistics (ranges/batchnorm.py) go to the numpy equalizer; the rescal
 are written back into the float module (same vars), and the statistics are rescaled with them, so the
 BatchNorm activation ranges describe the equalized tensors. After the rounding: the analytic bias
 correction of every layer whose input has propagated BatchNorm moments, written into the module the
-quantize pass reads its biases from. The float module the report and evaluation compare against is
+quantize pass reads its biases from (auto: only where the input statistics are not mixed by a residual
+add and the correction removes >= AUTO_SHARE of the layer's expected rounding error, measured figures in
+rounding/equalize.py; every layer's row says whether it ran and why not). The float module the report and evaluation compare against is
 the equalized one *before* bias correction (the same function as the original graph up to the ReLU6
 policy and bias absorption, see rounding/equalize.py)."""
 from __future__ import annotations
@@ -23,6 +25,9 @@ from ..rounding import equalize as eqz
 from ..util import tvm_compat
 
 EQUALIZE_MODES = eqz.MODES
+#: auto's bias correction threshold: below 1 % of the expected error the correction removes less
+#: than its statistics' own error can add (MobileNetV2's mixed-input expand convs sit at 0.6-1.1 %)
+AUTO_SHARE = 0.01
 
 
 @dataclass
@@ -73,6 +78,12 @@ def equalize_stage(model: Any, float_mod: tvm.IRModule, layers: Sequence[Layer],
                        "scale_min": float(np.min(s)), "scale_max": float(np.max(s))}
     summary = {"mode": mode, "links": len(links), "links_rescaled": kept, "iterations": res.iterations,
                "components": len(res.components), "components_kept": sum(c["kept"] for c in res.components)}
+    # auto's decisions, per component of links: its layers and the measured score before / after
+    summary["decisions"] = [{"layers": c["layers"], "kept": c["kept"],
+                             "weights": [round(c["score_before"]["weights"], 8), round(c["score_after"]["weights"], 8)],
+                             "activations": [round(c["score_before"]["activations"], 8),
+                                             round(c["score_after"]["activations"], 8)]}
+                            for c in res.components]
     if run_mode != mode:
         summary["note"] = "per-channel weights: auto leaves equalization off"
     return EqualizeStage(new_mod, new_layers, [eqz.LayerParams(p.weight, p.bias, p.groups, p.bn, p.name)
@@ -98,21 +109,25 @@ def bias_correct(stage: EqualizeStage, weights: Mapping[str, Any]) -> tvm.IRModu
         if layer.id not in adds:
             row["bias_correction"] = "no bias add"
             continue
-        if stage.summary.get("mode") == "auto":
-            # measured (reference graph, 300 CIFAR images): bias correction cost the CIFAR ResNet-20
-            # 1.7 pt of top-1 agreement (99.67 -> 98.00 %), on all layers and on those whose input is not
-            # a residual stream alike; it runs with --equalize on only
-            row["bias_correction"] = "auto: runs with --equalize on only"
-            continue
         if var is None or var not in dists:
             row["bias_correction"] = "no input statistics"
             continue
-        mean = dists[var].moments()[0]
+        mean, variance = dists[var].moments()
         if mean.size != eqz.in_channels(params):
             row["bias_correction"] = "input statistics do not match the layer's channels"
             continue
+        deq = weights[layer.id].dequantize()
+        share = eqz.bias_correction_share(params, deq, mean, variance)
+        row["bias_error_share"] = share
+        row["input_mixed"] = bool(dists[var].mixed)
+        if stage.summary.get("mode") == "auto" and dists[var].mixed:
+            row["bias_correction"] = "auto: skipped, input statistics mixed by a residual add / concat"
+            continue
+        if stage.summary.get("mode") == "auto" and share < AUTO_SHARE:
+            row["bias_correction"] = f"auto: skipped, removes {share:.1%} of the expected error (< {AUTO_SHARE:.0%})"
+            continue
         bias = tvm_compat.const_value(adds[layer.id][1]).reshape(-1).astype(np.float64)
-        delta = eqz.bias_correction(params, weights[layer.id].dequantize(), mean)
+        delta = eqz.bias_correction(params, deq, mean)
         biases[layer.id] = (bias + delta).astype(np.float32)
         row["bias_correction"] = "ran"
         row["bias_shift_max"] = float(np.max(np.abs(delta)))

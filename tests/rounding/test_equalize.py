@@ -197,3 +197,70 @@ def test_stage_keeps_the_float_model_and_its_vars():
     out = Interpreter(stage.float_mod).run([x])[0][0]
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
     assert equalize_stage(model, folded, layers, "off") is None
+
+
+def _bn_chain() -> tuple[list[eqz.LayerParams], list[eqz.Link]]:
+    """The badly scaled chain with BatchNorm statistics that grow where the weights shrink (std ~ 1 /
+    sqrt(range)): full equalization widens the linked tensors' per-tensor ranges more than it gains on
+    the weights, a partial one gains in total."""
+    layers = _badly_scaled_chain()
+    rng = np.random.default_rng(11)
+    for lay in layers[:2]:
+        r = eqz.out_range(lay.weight).astype(np.float64) ** -0.5
+        lay.bn = (r * rng.uniform(0.5, 1.5, r.size), 0.1 * r)
+    return layers, LINKS
+
+
+def test_auto_picks_a_partial_strength_and_keeps_the_float_function():
+    layers, links = _bn_chain()
+    res = eqz.equalize(layers, links, mode="auto", absorb=False)
+    comp = res.components[0]
+    full = eqz.equalize(layers, links, mode="on", absorb=False).components[0]
+    before = sum(comp["score_before"].values())
+    assert comp["kept"] and 0.0 < comp["strength"] < 1.0
+    assert sum(comp["score_after"].values()) < before  # the chosen strength lowers the measured total,
+    assert sum(full["score_after"].values()) > sum(comp["score_after"].values())  # full equalization less
+    assert comp["score_after"]["activations"] > comp["score_before"]["activations"]  # (a trade, measured)
+    x = np.random.default_rng(1).standard_normal((2, 16, 6, 6))
+    ref, out = _forward(layers, x, ["relu", "relu"]), _forward(res.layers, x, ["relu", "relu"])
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    rows = {r["layer"]: r for r in res.report}
+    assert rows["dw"]["weight_sqnr_db_after"] > rows["dw"]["weight_sqnr_db_before"]
+
+
+def test_bias_correction_share_is_the_mean_terms_part_of_the_error():
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    layer = eqz.LayerParams(w, np.zeros(8, np.float32), 1, None, "conv")
+    deq = quantize_weight(w, method="rtn").dequantize()
+    mean = rng.uniform(0.5, 2.0, 4)
+    assert eqz.bias_correction_share(layer, deq, mean, np.zeros(4)) == pytest.approx(1.0)  # constant input
+    assert eqz.bias_correction_share(layer, deq, np.zeros(4), np.ones(4)) == 0.0  # zero-mean input
+    # against a sampled output: E[err]^2 / E[err^2] over pixels with independent N(mean, var) inputs
+    var = rng.uniform(0.1, 1.0, 4)
+    x = mean.reshape(1, -1, 1, 1) + np.sqrt(var).reshape(1, -1, 1, 1) * rng.standard_normal((256, 4, 3, 3))
+    err = conv2d(x.astype(np.float32), deq - w, (1, 1), (0, 0)).astype(np.float64)[:, :, 0, 0]
+    sampled = float(np.sum(err.mean(axis=0) ** 2) / np.sum(np.mean(err ** 2, axis=0)))
+    assert eqz.bias_correction_share(layer, deq, mean, var) == pytest.approx(sampled, rel=0.15)
+
+
+def test_auto_bias_correction_skips_mixed_statistics_and_small_shares():
+    """auto corrects a layer's bias only where its input statistics are propagated without a residual
+    mix and the correction removes >= AUTO_SHARE of the expected error; every row says why."""
+    from isquant_tvm import api
+    from isquant_tvm.fold.layers import find_layers
+    from isquant_tvm.quantize import equalize_stage as es
+
+    model = api.load("builtin:resnet20-cifar")
+    folded = api.prepare(model)
+    layers = find_layers(folded["main"], model.layer_names)
+    stage = es.equalize_stage(model, folded, layers, "auto")
+    weights = {layer.id: quantize_weight(layer.weight, method="squant") for layer in stage.layers}
+    es.bias_correct(stage, weights)
+    rows = [r for r in stage.report if "bias_error_share" in r]
+    assert rows and any(r["input_mixed"] for r in rows) and any(not r["input_mixed"] for r in rows)
+    for r in rows:
+        ran = r["bias_correction"] == "ran"
+        assert ran == (not r["input_mixed"] and r["bias_error_share"] >= es.AUTO_SHARE), r
+    assert stage.summary["bias_corrected_layers"] == sum(r["bias_correction"] == "ran" for r in rows)
+    assert [d["kept"] for d in stage.summary["decisions"]].count(True) == stage.summary["components_kept"]
