@@ -10,7 +10,10 @@ how much to trust them.
   1/f noise + σ×25 97.0 % top-1 agreement, 1/f noise + min-max 98.4 %, 1/f noise + MSE-optimal clip
   98.3 %, inverted + min-max 98.8 %, inverted + MSE-optimal 98.6 % (and 4x slower); 64 real images +
   min-max 98.6 %. Without torch, or with an op the translation lacks, the 1/f-noise images take the
-  min-max rule.
+  min-max rule. The inverted images run through the statistics pass as one batch: on ResNet-56
+  3.6 s instead of 14.6 s wall (load 4) for one image per run, and the same per-tensor min-max up to
+  float summation order (201 of 204 tensors identical, the others within 1e-6).
+  Full test set through the CLI, ResNet-56 ONNX: 97.80 % agreement, drop 0.13 pt (below the 98.2 % bar).
 
 `confidence` is what the report and the CLI's calibration hint say about such ranges."""
 from __future__ import annotations
@@ -79,7 +82,7 @@ def plan(unfolded: tvm.IRModule, float_mod: tvm.IRModule, shapes: Sequence[Seque
                 images = None
             timings["inversion_s"] = time.perf_counter() - start
             if images is not None:
-                batches = [[images[i:i + 1]] for i in range(len(images))]
+                batches = [[images]]  # one batch: the same min-max, 4x faster than one image per run
                 source = "inverted"
     if batches is None:
         batches = activation.synthetic_inputs(shapes, count=synthetic_count, seed=seed, kind=source)
