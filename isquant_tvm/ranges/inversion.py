@@ -8,6 +8,15 @@ min-max or σ rule on them clips the class-bearing tails. A few steps of class-c
 image priors (total variation, an L2 pull to the input distribution) make the deep activations look
 like real ones; no BatchNorm term is needed, so the method works on folded models.
 
+Tried and not kept (issue 16, BN-folded ResNet-56 ONNX, numpy reference of the integer graph, 1,000
+evenly spaced CIFAR-10 test images, scripts/ranges_sweep.py; the default scores 98.4 / 98.5 / 97.7 %
+top-1 agreement for seeds 0 / 1 / 2, so only differences beyond that 0.8 pt spread mean anything):
+the "margin" objective (target logit minus the best other, which does not saturate) with TV weight 0.3
+97.9 % and with TV 3.0 97.1 % (seed 0), although TV 3.0 brings the per-stage maxima closest to 32 real
+images' (geometric-mean ratio 0.88-1.05 per stage, against 1.21 / 1.50 / 1.23 / 0.83 for the default):
+matching a small real sample's maxima is not what the 8-bit graph needs. 64 images x 10 steps 97.6 %.
+The L2 prior (1e-4 to 0.3) and TV up to 1e-2 barely move the maxima.
+
 Deterministic: a fixed seed for the start images and targets, one thread count, and the result rounded
 to 8-bit pixels, so the last-ulp differences of a re-run cannot move a range."""
 from __future__ import annotations
@@ -34,6 +43,7 @@ class InversionConfig:
     tv: float = 1e-3
     l2: float = 1e-4
     seed: int = 0
+    objective: str = "ce"  # "ce": cross-entropy to the target class; "margin": target logit minus the best other
     threads: int = 2  # fixed: torch's CPU reductions may depend on the thread count
 
 
@@ -78,7 +88,12 @@ def invert(mod: tvm.IRModule, shape: Sequence[int], config: InversionConfig = In
         for _ in range(config.steps):
             opt.zero_grad()
             logits = graph([x])[0].reshape(n, -1)
-            loss = torch.nn.functional.cross_entropy(logits, target)
+            if config.objective == "margin":
+                # unlike cross-entropy, the margin does not saturate once the target wins
+                hit = torch.nn.functional.one_hot(target, classes).bool()
+                loss = -(logits[hit] - logits.masked_fill(hit, -float("inf")).max(1).values).mean()
+            else:
+                loss = torch.nn.functional.cross_entropy(logits, target)
             tv = (x[:, :, 1:] - x[:, :, :-1]).abs().mean() + (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean()
             loss = loss + config.tv * tv * x[0].numel() ** 0.5 + config.l2 * (x * x).mean()
             loss.backward()

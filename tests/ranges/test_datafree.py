@@ -87,3 +87,17 @@ def test_preprocess_modes(tmp_path: Path) -> None:
     assert load["auto"].image(0).shape == (3, 224, 224)
     with pytest.raises(iq.IsquantError if hasattr(iq, "IsquantError") else Exception, match="--preprocess"):
         load_labelled(tmp_path, shape, preprocess="stretch").image(0)
+
+
+def test_margin_objective_is_deterministic_and_moves_the_images(tiny) -> None:
+    from isquant_tvm.ranges import inversion
+
+    _, model, folded = tiny
+    shape = model.inputs[0].shape
+    config = inversion.InversionConfig(images=4, steps=3, objective="margin")
+    a = inversion.invert(folded, shape, config)
+    b = inversion.invert(folded, shape, config)
+    ce = inversion.invert(folded, shape, inversion.InversionConfig(images=4, steps=3))
+    assert a is not None and a.shape == (4, *shape[1:])
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, ce), "the objective must change the optimised images"
