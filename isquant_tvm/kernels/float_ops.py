@@ -440,6 +440,14 @@ def _default(op_name: str):
     return tvm.ir.Op.get(op_name).get_attr("FLegalize")
 
 
+def _plain_float_nchw(call: relax.Call, xs: Any, ws: Any, kernel_layout: str) -> bool:
+    """A float32 conv-like call on static NCHW shapes with the given kernel layout: what the scheduled kernels take."""
+    a = call.attrs
+    return (xs is not None and ws is not None and len(xs) == 4 and str(a.data_layout) == "NCHW"
+            and str(a.kernel_layout) == kernel_layout and str(a.out_layout) == "NCHW"
+            and str(a.out_dtype) in ("", "None", "void", "float32") and _static_shape(call) is not None)
+
+
 def _conv2d(target: Any):
     lanes = vector_lanes(target)
     default = _default("relax.nn.conv2d")
@@ -447,9 +455,7 @@ def _conv2d(target: Any):
     def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         a = call.attrs
         xs, ws = _static_shape(call.args[0]), _static_shape(call.args[1])
-        ok = (xs is not None and ws is not None and len(xs) == 4 and str(a.data_layout) == "NCHW"
-              and str(a.kernel_layout) == "OIHW" and str(a.out_layout) == "NCHW"
-              and str(a.out_dtype) in ("", "None", "void", "float32") and _static_shape(call) is not None)
+        ok = len(ws or ()) == 4 and _plain_float_nchw(call, xs, ws, "OIHW")
         groups = int(a.groups)
         if ok and groups > 1:
             ok = groups == xs[1] and ws[1] == 1 and ws[0] % groups == 0
@@ -492,9 +498,7 @@ def _conv2d_transpose(target: Any):
     def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         a = call.attrs
         xs, ws = _static_shape(call.args[0]), _static_shape(call.args[1])
-        ok = (xs is not None and ws is not None and len(xs) == 4 and len(ws) == 4 and int(a.groups) == 1
-              and str(a.data_layout) == "NCHW" and str(a.kernel_layout) == "IOHW" and str(a.out_layout) == "NCHW"
-              and str(a.out_dtype) in ("", "None", "void", "float32") and _static_shape(call) is not None
+        ok = (len(ws or ()) == 4 and int(a.groups) == 1 and _plain_float_nchw(call, xs, ws, "IOHW")
               and [int(v) for v in a.strides] == [ws[2], ws[3]] and not any(int(v) for v in a.padding)
               and not any(int(v) for v in a.output_padding) and all(int(v) == 1 for v in a.dilation))
         if not ok:

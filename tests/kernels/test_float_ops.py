@@ -35,17 +35,22 @@ def _toy() -> tuple[onnx.ModelProto, np.ndarray]:
     return g.build("toy", [1, 3, 21, 27], "logits", 10, 1, {}), g.v["logits"]
 
 
-def test_scheduled_float_matches_unscheduled(tmp_path):
-    model, ref = _toy()
-    path = tmp_path / "toy.onnx"
+def _scheduled_and_default(model: onnx.ModelProto, path, seed: int):
+    """The model's output from our scheduled float build and from TVM's default one, plus the prepared module."""
     onnx.save(model, str(path))
     imported = api.load(str(path))
     mod = api.prepare(imported)
     target = api.resolve_target("x86")
-    x = np.random.default_rng(3).standard_normal((1, 3, 21, 27)).astype(np.float32)
+    x = np.random.default_rng(seed).standard_normal(imported.inputs[0].shape).astype(np.float32)
     meta = {"inputs": [i.to_json() for i in imported.inputs]}
     (ys,) = VMRunner(build(mod, target), tvm.cpu(0), meta).run({"input": x})
     (yp,) = VMRunner(tvm_compat.build(mod, target), tvm.cpu(0), meta).run({"input": x})
+    return ys, yp, mod, target
+
+
+def test_scheduled_float_matches_unscheduled(tmp_path):
+    model, ref = _toy()
+    ys, yp, mod, target = _scheduled_and_default(model, tmp_path / "toy.onnx", seed=3)
     np.testing.assert_allclose(ys, yp, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(ys, ref, rtol=1e-4, atol=1e-4)
     # every conv and the matmul took a scheduled kernel, not TVM's default legalization
@@ -71,15 +76,7 @@ def _toy_head() -> tuple[onnx.ModelProto, np.ndarray]:
 
 def test_fused_epilogues_and_conv_transpose(tmp_path):
     model, ref = _toy_head()
-    path = tmp_path / "toy_head.onnx"
-    onnx.save(model, str(path))
-    imported = api.load(str(path))
-    mod = api.prepare(imported)
-    target = api.resolve_target("x86")
-    x = np.random.default_rng(5).standard_normal((1, 3, 19, 23)).astype(np.float32)
-    meta = {"inputs": [i.to_json() for i in imported.inputs]}
-    (ys,) = VMRunner(build(mod, target), tvm.cpu(0), meta).run({"input": x})
-    (yp,) = VMRunner(tvm_compat.build(mod, target), tvm.cpu(0), meta).run({"input": x})
+    ys, yp, mod, target = _scheduled_and_default(model, tmp_path / "toy_head.onnx", seed=5)
     assert ys.shape == (1, 1, 40, 48)
     np.testing.assert_allclose(ys, yp, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ys, ref, rtol=1e-4, atol=1e-4)
