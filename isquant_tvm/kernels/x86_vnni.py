@@ -119,7 +119,7 @@ def vector_lanes_i32(target: tvm.target.Target) -> int:
 # ------------------------------------------------------------------------------------------
 
 VNNI_CONFIG = schedule.KernelConfig(dot_in_dtype="uint8", intrin=VNNI_INTRIN, intrin_oc=OC_BN, w_layout="oc_ic",
-                                  ow_tile_max=16, name="qconv2d_vnni")
+                                  ow_tile_max=16, name="qconv2d_vnni", hi32_epilogue=True)
 # AVX2 without VNNI (Haswell .. Zen 3): same packing and loop nest, exact vpmaddwd-based intrinsic
 AVX2_CONFIG = schedule.KernelConfig(dot_in_dtype="uint8", intrin=AVX2_INTRIN, intrin_oc=OC_BN, w_layout="oc_ic",
                                   ow_tile_max=6, name="qconv2d_avx2", ic_dot=2, w_dtype="int16",
