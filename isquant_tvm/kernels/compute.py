@@ -15,8 +15,14 @@ def direct_nchw(g: ConvGeom) -> bool:
 
 
 def conv_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, dot_in_dtype: str, blocked_out: bool = False,
-                 w_layout: str = "oc_ic", w_dtype: str = "int8"):
-    """TE tensors: (data, wpk, bias, epi dict, [out]). Stages named pack / conv / epilogue / unpack."""
+                 w_layout: str = "oc_ic", w_dtype: str = "int8", hi32: bool = False):
+    """TE tensors: (data, wpk, bias, epi dict, [out]). Stages named pack / conv / epilogue / unpack.
+
+    With hi32 and every shift >= 33 (geometry.uses_hi32) the reduction starts from the folded bias (the
+    init block loads it, 16 channels per vector) and the epilogue is geometry._requant_hi32 on the plain
+    accumulator: the multiply stays a vpmuldq of an int32 load (as with the bias in the rounding constant)
+    and the add / shift / clamp run on int32 lanes. Otherwise the int64 form with the bias folded into
+    the rounding constant (geometry.bias_in_rounding)."""
     shift = data_shift_for(in_dtype, dot_in_dtype)
     if g.blocked_in:
         data = te.placeholder((g.N, g.CB, g.H, g.W, OC_BN), in_dtype, name="data")
@@ -26,7 +32,9 @@ def conv_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, dot_in_dtype: str
     wpk = te.placeholder((g.OCB, g.ICB4, g.KH, g.KW) + wshape, w_dtype, name="wpk")
     O_pad = g.OCB * OC_BN
     bias = te.placeholder((O_pad,), "int32", name="bias")
-    epi = {k: te.placeholder((O_pad,), v.dtype.name, name=k) for k, v in epilogue_consts(p, g.O, O_pad).items()}
+    epi = {k: te.placeholder((O_pad,), v.dtype.name, name=k)
+           for k, v in epilogue_consts(p, g.O, O_pad, hi32=hi32).items()}
+    bias_init = "sh32" in epi
     pad_val = tirx.const(shift, "int32").astype(dot_in_dtype) if shift else tirx.const(0, dot_in_dtype)
     sub = g.ic_bn // g.ic_dot  # dot chunks per packed block
     cbg = g.cpg4 // g.ic_bn  # packed blocks per group
@@ -59,13 +67,17 @@ def conv_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, dot_in_dtype: str
         blk = (ocb // g.OCBg) * g.ICB4 + icb  # 4-channel block index over all groups
         a = pack[n, blk // sub, oh * g.csh + kh * g.dh, ow * g.csw + kw * g.dw, (blk % sub) * g.ic_dot + c4]
         wv = wpk[ocb, icb, kh, kw, oc, c4] if w_layout == "oc_ic" else wpk[ocb, icb, kh, kw, c4, oc]
+        # with bias_init the reduction starts from the bias: start_from_bias on the PrimFunc
         return te.sum(a.astype("int32") * wv.astype("int32"), axis=[icb, kh, kw, c4])
+
+    def acc_of(v, o):  # the accumulator the requantize starts from
+        return v if bias_init else with_bias(v, bias[o], p)
 
     conv = te.compute((g.N, g.OCB, g.OH, g.OWp, OC_BN), conv_fn, name="conv")
     if blocked_out:
         def epi_fn(n, ocb, oh, ow, oc):
             o = ocb * OC_BN + oc
-            return requant_expr(with_bias(conv[n, ocb, oh, ow, oc], bias[o], p), o, p, epi)
+            return requant_expr(acc_of(conv[n, ocb, oh, ow, oc], o), o, p, epi)
 
         out = te.compute((g.N, g.OCB, g.OH, g.OW, OC_BN), epi_fn, name="epilogue")
         return data, wpk, bias, epi, [out]
@@ -73,12 +85,12 @@ def conv_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, dot_in_dtype: str
     if direct_nchw(g):
         # output channels map affinely onto (ocb, oc): requantize straight into NCHW per register tile
         out = te.compute((g.N, g.O, g.OH, g.OW), lambda n, o, oh, ow: requant_expr(
-            with_bias(conv[n, o // OC_BN, oh, ow, o % OC_BN], bias[o], p), o, p, epi), name="epilogue")
+            acc_of(conv[n, o // OC_BN, oh, ow, o % OC_BN], o), o, p, epi), name="epilogue")
         return data, wpk, bias, epi, [out]
 
     def epi_fn(n, ocb, oh, ow, oc):
         o = ocb * OC_BN + oc
-        return requant_expr(with_bias(conv[n, ocb, oh, ow, oc], bias[o], p), o, p, epi)
+        return requant_expr(acc_of(conv[n, ocb, oh, ow, oc], o), o, p, epi)
 
     ep = te.compute((g.N, g.OCB, g.OH, g.OWp, OC_BN), epi_fn, name="epilogue")
 
@@ -88,6 +100,38 @@ def conv_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, dot_in_dtype: str
 
     out = te.compute((g.N, g.O, g.OH, g.OW), unpack_fn, name="unpack")
     return data, wpk, bias, epi, [out]
+
+
+def start_from_bias(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """The "conv" block's reduction init reads bias[ocb*16 + oc] instead of 0 (conv_compute with hi32).
+    te.sum(..., init=) reaches the Reduce node but te.create_prim_func drops it (measured: init 0), and
+    this TVM exposes no Python stmt functor, so the few statement kinds create_prim_func emits are rebuilt."""
+    from tvm import s_tir
+
+    bias = [v for v in func.params if v.name == "bias"][0]  # params are the buffers here
+
+    def visit(st):
+        if isinstance(st, tirx.SeqStmt):
+            return tirx.SeqStmt([visit(x) for x in st.seq])
+        if isinstance(st, tirx.For):
+            return tirx.For(st.loop_var, st.min, st.extent, st.kind, visit(st.body), st.thread_binding,
+                            st.annotations)
+        if isinstance(st, s_tir.SBlockRealize):
+            return s_tir.SBlockRealize(st.iter_values, st.predicate, visit(st.block))
+        if isinstance(st, s_tir.SBlock):
+            if st.name_hint != "conv":
+                return s_tir.SBlock(st.iter_vars, st.reads, st.writes, st.name_hint, visit(st.body), st.init,
+                                    st.alloc_buffers, st.match_buffers, st.annotations)
+            ocb, oc = st.iter_vars[1].var, st.iter_vars[4].var
+            idx = ocb * OC_BN + oc
+            init = tirx.BufferStore(st.init.buffer, tirx.BufferLoad(bias, [idx]), st.init.indices)
+            # the bias is not added to the block's reads: decompose_reduction keeps them on the update
+            # block, whose reads must then match the tensor intrinsic's (the init block gets none anyway)
+            return s_tir.SBlock(st.iter_vars, st.reads, st.writes, st.name_hint, st.body, init,
+                                st.alloc_buffers, st.match_buffers, st.annotations)
+        return st
+
+    return func.with_body(visit(func.body))
 
 
 def padded_bias(bias_folded: np.ndarray, g: ConvGeom) -> np.ndarray:
@@ -104,15 +148,15 @@ def padded_per_channel(arr: np.ndarray, g: ConvGeom, fill) -> np.ndarray:
 
 
 def conv_consts(p: QConv2dParams, g: ConvGeom, in_dtype: str, dot_in_dtype: str,
-                w_layout: str = "oc_ic", w_dtype: str = "int8") -> dict[str, np.ndarray]:
+                w_layout: str = "oc_ic", w_dtype: str = "int8", hi32: bool = False) -> dict[str, np.ndarray]:
     """All compile-time constants of a conv kernel, in the padded order conv_compute expects."""
     shift = data_shift_for(in_dtype, dot_in_dtype)
     out = {"wpk": pack_conv_weight(np.asarray(p.weight, np.int8), g, w_layout, w_dtype),
            "bias": padded_bias(folded_bias(np.asarray(p.bias, np.int64), np.asarray(p.weight, np.int8), shift), g)}
-    raw = epilogue_consts(p, g.O)
+    raw = epilogue_consts(p, g.O, hi32=hi32)
     for k, v in raw.items():
         out[k] = padded_per_channel(v, g, 1 if k == "shift" else 0)
-    if bias_in_rounding(p):
+    if bias_in_rounding(p) and "sh32" not in raw:  # the int32 form starts the accumulator at the bias
         out["rnd"] = out["rnd"] + out["bias"].astype(np.int64) * out["mult"].astype(np.int64)
     return out
 

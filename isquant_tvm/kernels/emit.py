@@ -51,7 +51,7 @@ def lower_conv2d_with(bb, data, p: QConv2dParams, cfg: KernelConfig, name: Optio
         return emit_call(bb, data, func, dw_consts(p, dg), name + "_dw", (g.N, g.O, g.OH, g.OW), p.out_dtype)
     g = conv_geom(shape, p, ow_tile_max=cfg.ow_tile_max, ic_dot=cfg.ic_dot)
     func = build_conv_primfunc(g, p, in_dtype, cfg)
-    consts = conv_consts(p, g, in_dtype, cfg.dot_in_dtype, cfg.w_layout, cfg.w_dtype)
+    consts = conv_consts(p, g, in_dtype, cfg.dot_in_dtype, cfg.w_layout, cfg.w_dtype, hi32=cfg.hi32_epilogue)
     return emit_call(bb, data, func, consts, name, (g.N, g.O, g.OH, g.OW), p.out_dtype)
 
 
@@ -84,7 +84,7 @@ def lower_conv2d_blocked_with(bb, data, p: QConv2dParams, cfg: KernelConfig, nam
     name = (name or cfg.name) + "_blk"
     g = conv_geom(shape, p, ow_tile_max=cfg.ow_tile_max, blocked_in=blocked_in, ic_dot=cfg.ic_dot)
     func = build_conv_primfunc(g, p, in_dtype, cfg, blocked_out=blocked_out)
-    consts = conv_consts(p, g, in_dtype, cfg.dot_in_dtype, cfg.w_layout, cfg.w_dtype)
+    consts = conv_consts(p, g, in_dtype, cfg.dot_in_dtype, cfg.w_layout, cfg.w_dtype, hi32=cfg.hi32_epilogue)
     out_shape = (g.N, g.OCB, g.OH, g.OW, OC_BN) if blocked_out else (g.N, g.O, g.OH, g.OW)
     return emit_call(bb, data, func, consts, name, out_shape, p.out_dtype)
 

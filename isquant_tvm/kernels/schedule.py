@@ -10,7 +10,7 @@ from tvm import te, tirx
 
 from .common import IC_DOT, OC_BN, QConv2dParams
 from .geometry import ConvGeom
-from .compute import conv_compute, direct_nchw, prim_func_attrs
+from .compute import conv_compute, direct_nchw, prim_func_attrs, start_from_bias
 
 
 # Kernels below this much work stay single-threaded: waking TVM's worker threads for a parallel loop costs
@@ -56,6 +56,9 @@ class KernelConfig:
     ic_dot: int = IC_DOT  # input channels reduced by one intrinsic lane
     w_dtype: str = "int8"  # packed weight storage (int16 for vpmaddwd)
     parallel_min_macs: int = 4_000_000  # smaller convs run single-threaded (~20 us on one core)
+    # 8-bit outputs with every shift >= 33: accumulator starts at the bias, int32 requantize
+    # (compute.conv_compute, geometry._requant_hi32)
+    hi32_epilogue: bool = False
 
 
 def schedule_conv(sch, g: ConvGeom, cfg: KernelConfig, blocked_out: bool = False):
@@ -142,8 +145,10 @@ def _schedule_conv_primfunc(g: ConvGeom, p: QConv2dParams, in_dtype: str, cfg: K
     import tvm.s_tir  # noqa: F401
 
     data, wpk, bias, epi, outs = conv_compute(g, p, in_dtype, cfg.dot_in_dtype, blocked_out, cfg.w_layout,
-                                              cfg.w_dtype)
+                                              cfg.w_dtype, hi32=cfg.hi32_epilogue)
     func = te.create_prim_func([data, wpk, bias] + [epi[k] for k in sorted(epi)] + outs)
+    if "sh32" in epi:
+        func = start_from_bias(func)
     sch = tvm.s_tir.Schedule(func)
     schedule_conv(sch, g, cfg, blocked_out=blocked_out)
     return prim_func_attrs(sch.mod["main"], cfg.name)

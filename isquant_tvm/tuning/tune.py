@@ -117,8 +117,10 @@ def unscheduled_conv_primfunc(g: Any, p: Any, in_dtype: str, cfg: Any, blocked_o
     from ..kernels import compute
 
     data, wpk, bias, epi, outs = compute.conv_compute(g, p, in_dtype, cfg.dot_in_dtype, blocked_out, cfg.w_layout,
-                                                     cfg.w_dtype)
+                                                     cfg.w_dtype, hi32=cfg.hi32_epilogue)
     func = te.create_prim_func([data, wpk, bias] + [epi[k] for k in sorted(epi)] + outs)
+    if "sh32" in epi:
+        func = compute.start_from_bias(func)
     return func.with_attr("tirx.noalias", True)
 
 
