@@ -79,7 +79,6 @@ def primfunc(shape, p: QConv2dParams, in_dtype: str) -> tuple[tirx.PrimFunc, tup
     tile = next((t for t in range(min(PIX_TILE, OW), 0, -1) if OW % t == 0), 1)
     out_shape = (N, CB, OH, OW, OC_BN)
     vec_rq = geometry.hi32_vec_ok(epi_np)
-    hi32 = p.out_dtype in ("int8", "uint8") and int(np.min(p.shift)) >= 32
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("qconv2d_dw_vnni")

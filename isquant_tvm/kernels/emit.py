@@ -15,9 +15,6 @@ from . import dw_vnni
 from .depthwise import build_dw_primfunc, dw_blocked_consts, dw_blocked_primfunc, dw_consts, dw_geom, is_blocked_depthwise, is_depthwise
 
 
-VNNI_NAME = "qconv2d_vnni"  # x86_vnni.VNNI_CONFIG's name: the blocked depthwise goes to dw_vnni there
-
-
 def const(arr: np.ndarray):
     from tvm import relax
 
@@ -71,7 +68,7 @@ def lower_conv2d_blocked_with(bb, data, p: QConv2dParams, cfg: KernelConfig, nam
     if p.groups != 1 and is_blocked_depthwise(p.groups, p.weight.shape, channels):
         x = data if blocked_in else emit_layout(bb, data, True)
         xs, _ = expr_shape_dtype(x)
-        if cfg.name == VNNI_NAME and dw_vnni.eligible(xs, p):  # four kernel columns per vpdpbusd
+        if cfg.dw_vnni and dw_vnni.eligible(xs, p):  # four kernel columns per vpdpbusd
             func, out_shape = dw_vnni.primfunc(xs, p, in_dtype)
             consts = dw_vnni.consts(p, xs, in_dtype)
         else:

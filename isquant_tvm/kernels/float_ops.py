@@ -69,9 +69,6 @@ __all__ = ["vector_lanes", "legalize_map", "schedule_generic", "conv2d_primfunc"
 # ~5-10 us (see kernels/schedule.py), more than a small op gains from the second core.
 PARALLEL_MIN_WORK = 200_000
 GENERIC_PARALLEL_MIN_ELEMS = 32_768
-# TVM 0.27 has no tvm.TVMError: a refused schedule primitive raises s_tir.ScheduleError, a failed check
-# InternalError, both RuntimeErrors.
-_TVM_ERRORS = (RuntimeError,)
 
 
 def vector_lanes(target: Any) -> int:
@@ -282,7 +279,7 @@ def schedule_conv(func: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc:
                 continue
             try:
                 sch.compute_inline(blk)
-            except _TVM_ERRORS:
+            except tvm_compat.TVM_ERRORS:
                 pass
     finals = [str(sch.get(b).name_hint) for b in sch.get_child_blocks(root) if str(sch.get(b).name_hint) not in keep]
     conv = sch.get_sblock(conv_name)
@@ -432,7 +429,7 @@ def _static_shape(expr: relax.Expr) -> Optional[tuple[int, ...]]:
         if tvm_compat.expr_dtype(expr) != "float32":
             return None
         return tvm_compat.expr_shape(expr)
-    except (TypeError, AttributeError, ValueError, _TVM_ERRORS):
+    except (TypeError, AttributeError, ValueError, tvm_compat.TVM_ERRORS):
         return None
 
 
@@ -446,6 +443,12 @@ def _plain_float_nchw(call: relax.Call, xs: Any, ws: Any, kernel_layout: str) ->
     return (xs is not None and ws is not None and len(xs) == 4 and str(a.data_layout) == "NCHW"
             and str(a.kernel_layout) == kernel_layout and str(a.out_layout) == "NCHW"
             and str(a.out_dtype) in ("", "None", "void", "float32") and _static_shape(call) is not None)
+
+
+def _call_conv(bb: relax.BlockBuilder, call: relax.Call, func: tirx.PrimFunc, name: str) -> relax.Expr:
+    """call_tir of an unscheduled conv PrimFunc on (data, weight); schedule_generic schedules it after fusion."""
+    gv = bb.add_func(func.without_attr("global_symbol"), name)
+    return relax.call_tir(gv, [call.args[0], call.args[1]], call.ty)
 
 
 def _conv2d(target: Any):
@@ -469,10 +472,8 @@ def _conv2d(target: Any):
             wt = relax.const(np.ascontiguousarray(tvm_compat.const_value(call.args[1]).reshape(ws[0], ws[1]).T))
             gv = bb.add_func(pixel_gemv_primfunc(xs[0], xs[1], ws[0], lanes), "float_gemv")
             return relax.call_tir(gv, [call.args[0], wt], call.ty)
-        func = conv2d_compute(xs, ws, tuple(int(v) for v in a.strides), tuple(pad),
-                              tuple(int(v) for v in a.dilation), groups, lanes)
-        gv = bb.add_func(func.without_attr("global_symbol"), "float_conv2d")
-        return relax.call_tir(gv, [call.args[0], call.args[1]], call.ty)
+        return _call_conv(bb, call, conv2d_compute(xs, ws, tuple(int(v) for v in a.strides), tuple(pad),
+                                                   tuple(int(v) for v in a.dilation), groups, lanes), "float_conv2d")
 
     return legalize
 
@@ -503,9 +504,8 @@ def _conv2d_transpose(target: Any):
               and not any(int(v) for v in a.output_padding) and all(int(v) == 1 for v in a.dilation))
         if not ok:
             return default(bb, call)
-        func = conv2d_compute(xs, ws, (ws[2], ws[3]), (0, 0, 0, 0), (1, 1), 1, lanes, True)
-        gv = bb.add_func(func.without_attr("global_symbol"), "float_conv2d_transpose")
-        return relax.call_tir(gv, [call.args[0], call.args[1]], call.ty)
+        return _call_conv(bb, call, conv2d_compute(xs, ws, (ws[2], ws[3]), (0, 0, 0, 0), (1, 1), 1, lanes, True),
+                          "float_conv2d_transpose")
 
     return legalize
 
@@ -543,7 +543,7 @@ def _schedule_one(func: tirx.PrimFunc, lanes: int) -> Optional[tirx.PrimFunc]:
     sch = tvm.s_tir.Schedule(func)
     try:
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    except _TVM_ERRORS:  # no root block (a hand-written function): nothing generic to do
+    except tvm_compat.TVM_ERRORS:  # no root block (a hand-written function): nothing generic to do
         return None
     changed = False
     for blk in blocks:
@@ -580,7 +580,7 @@ def _schedule_one(func: tirx.PrimFunc, lanes: int) -> Optional[tirx.PrimFunc]:
                     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
                     sch.parallel(fused)
                     changed = True
-        except _TVM_ERRORS:  # a loop the primitive refuses (reduction-bound, dependent): leave it serial
+        except tvm_compat.TVM_ERRORS:  # a loop the primitive refuses (reduction-bound, dependent): leave it serial
             log.debug("generic schedule declined a block", exc_info=True)
             continue
     return sch.mod["main"] if changed else None
@@ -602,7 +602,7 @@ def schedule_generic(target: Any) -> tvm.transform.Pass:
                     new = schedule_conv(func, lanes)
                 except ValueError:  # no conv in it
                     new = _schedule_one(func, lanes)
-                except _TVM_ERRORS:
+                except tvm_compat.TVM_ERRORS:
                     log.warning("conv schedule failed for %s; generic schedule", gv.name_hint, exc_info=True)
                     new = _schedule_one(func, lanes)
             except Exception:  # noqa: BLE001 - never fail a build over an optional schedule

@@ -266,20 +266,16 @@ def requant_hi32_vec(a, o0, p, epi):
         return tirx.Broadcast(tirx.const(v, "int64"), 8)
 
     def lanes_i64(buf):
-        return T_reinterpret(buf.vload([o0], "int32x16"), "int64x8")
+        return tirx.reinterpret("int64x8", buf.vload([o0], "int32x16"))
 
-    x = T_reinterpret(a, "int64x8")
+    x = tirx.reinterpret("int64x8", a)
     m = lanes_i64(epi["mult"])
     even = ((x << i64(32)) >> i64(32)) * ((m << i64(32)) >> i64(32))
     odd = (x >> i64(32)) * (m >> i64(32))
-    hi = T_reinterpret(((even >> i64(32)) & i64(0xFFFFFFFF)) | (odd & i64(-(1 << 32))), "int32x16")
+    hi = tirx.reinterpret("int32x16", ((even >> i64(32)) & i64(0xFFFFFFFF)) | (odd & i64(-(1 << 32))))
     y = (hi + epi["rhi"].vload([o0], "int32x16")) >> epi["sh32"].vload([o0], "int32x16")
     if p.out_zero_point:
         y = y + tirx.Broadcast(tirx.const(int(p.out_zero_point), "int32"), 16)
     y = tirx.Max(tirx.Min(y, tirx.Broadcast(tirx.const(int(p.out_max), "int32"), 16)),
                  tirx.Broadcast(tirx.const(int(p.out_min), "int32"), 16))
     return tirx.Cast(p.out_dtype + "x16", y)
-
-
-def T_reinterpret(v, dtype: str):
-    return tirx.call_intrin(dtype, "tirx.reinterpret", v)

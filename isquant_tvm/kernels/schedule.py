@@ -59,6 +59,8 @@ class KernelConfig:
     # 8-bit outputs with every shift >= 33: accumulator starts at the bias, int32 requantize
     # (compute.conv_compute, geometry._requant_hi32)
     hi32_epilogue: bool = False
+    # blocked depthwise through kernels/dw_vnni.py (four kernel columns per vpdpbusd) instead of the generic one
+    dw_vnni: bool = False
 
 
 def schedule_conv(sch, g: ConvGeom, cfg: KernelConfig, blocked_out: bool = False):

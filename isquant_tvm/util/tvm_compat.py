@@ -281,6 +281,11 @@ def virtual_machine(lib: Any, device: Any) -> relax.VirtualMachine:
     return relax.VirtualMachine(lib, device)
 
 
+#: what a refused schedule primitive or a failed TVM check raises: TVM 0.27 has no tvm.TVMError
+#: (s_tir.ScheduleError, InternalError, both RuntimeErrors)
+TVM_ERRORS: tuple[type[BaseException], ...] = (RuntimeError,)
+
+
 def remote_items(remote: Any, value: Any) -> list[Any] | None:
     """The fields of a tuple that a VM on an RPC board returned, or None when `value` is not one.
 
