@@ -7,11 +7,16 @@ For one model (default builtin:mobilenet_v2) and the ImageNet photos of ../share
               S8 symmetric weights, MinMax calibrated on the LAST --calib photos of the set
   isquant-E   ours, data-free W8A8 per-tensor (x86 TVM build), --equalize E for each E of --equalize
 evaluated on --limit evenly spaced photos among the others (disjoint from the calibration photos).
-Per column: mean / min / median output cosine against float (and the mean without the worst photo),
-top-1 agreement with float, and the report's equalization summary. JSON written atomically.
+Per column and per model output: mean / min / median cosine against float (and the mean without the worst
+photo), the distinct values of the output on the first 8 photos (a detector head that an 8-bit range clips
+reads a few dozen), top-1 agreement with float for a class-vector output, and the report's equalization
+summary. Any input size: the photos are resized for the model (`builtin:yolov8n` reads 320x320, `mtcnn_pnet`
+120x160), so the detector and segmenter built-ins are measured on real photos too (issue 15). JSON written
+atomically.
 
     .venv/bin/python scripts/fidelity.py --limit 200 --json out/fidelity.json
     .venv/bin/python scripts/fidelity.py --model builtin:mobilenet_v2 --equalize off auto on
+    .venv/bin/python scripts/fidelity.py --model builtin:yolov8n --limit 50 --equalize auto
 """
 from __future__ import annotations
 
@@ -35,20 +40,31 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
 
 
-def _summary(name: str, ref: np.ndarray, out: np.ndarray, seconds: float, **extra: Any) -> dict[str, Any]:
+def _output_stats(ref: np.ndarray, out: np.ndarray) -> dict[str, Any]:
     cos = _cosine(ref, out)
-    return {"column": name, "images": int(ref.shape[0]), "cosine_mean": float(cos.mean()),
-            "cosine_min": float(cos.min()), "cosine_median": float(np.median(cos)),
-            # one far-out photo can move a 50-photo mean by 0.01: the mean without the worst one beside it
-            "cosine_mean_without_worst": float(np.sort(cos)[1:].mean()) if cos.size > 1 else float(cos.mean()),
-            "worst_position": int(np.argmin(cos)),  # among the evaluated photos
-            "top1_agreement": 100.0 * float(np.mean(ref.argmax(1) == out.argmax(1))),
-            "seconds": round(seconds, 1), **extra}
+    stats = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "cosine_median": float(np.median(cos)),
+             # one far-out photo can move a 50-photo mean by 0.01: the mean without the worst one beside it
+             "cosine_mean_without_worst": float(np.sort(cos)[1:].mean()) if cos.size > 1 else float(cos.mean()),
+             "worst_position": int(np.argmin(cos)),  # among the evaluated photos
+             "distinct_values_first8": int(np.unique(out[:8]).size)}
+    if sum(d > 1 for d in ref.shape[1:]) <= 1:  # a class vector per photo
+        stats["top1_agreement"] = 100.0 * float(np.mean(ref.reshape(len(ref), -1).argmax(1)
+                                                        == out.reshape(len(out), -1).argmax(1)))
+    return stats
+
+
+def _summary(name: str, refs: list[np.ndarray], outs: list[np.ndarray], seconds: float,
+             **extra: Any) -> dict[str, Any]:
+    """The first output's figures at the top level (as before), every output's under "outputs"."""
+    per = [_output_stats(r, o) for r, o in zip(refs, outs)]
+    return {"column": name, "images": int(refs[0].shape[0]), **per[0],
+            "cosine_mean_worst_output": min(p["cosine_mean"] for p in per),
+            "outputs": per, "seconds": round(seconds, 1), **extra}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="builtin:mobilenet_v2", help="builtin:NAME or an .onnx (224x224 ImageNet input)")
+    p.add_argument("--model", default="builtin:mobilenet_v2", help="builtin:NAME or an .onnx (RGB image input of any size; ImageNet normalisation)")
     p.add_argument("--data", type=Path, default=None, help="default: $ISQUANT_DATA/imagenet-val-1300")
     p.add_argument("--limit", type=int, default=200, help="photos evaluated (default 200)")
     p.add_argument("--calib", type=int, default=64, help="photos onnxruntime calibrates on (the set's last; default 64)")
@@ -84,14 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         opts.intra_op_num_threads = 1
         return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
-    def run_all(fn: Any) -> np.ndarray:
-        return np.concatenate([np.asarray(fn(x[None])).reshape(1, -1) for x in images])
+    def run_all(fn: Any) -> list[np.ndarray]:
+        """Every output of the model, stacked over the photos."""
+        per_photo = [[np.asarray(o) for o in fn(x[None])] for x in images]
+        return [np.concatenate([p[k] for p in per_photo]) for k in range(len(per_photo[0]))]
 
     def record(row: dict[str, Any]) -> None:
         rows.append(row)
-        print(f"{row['column']:<16} cosine mean {row['cosine_mean']:.5f} min {row['cosine_min']:.4f}"
-              f" median {row['cosine_median']:.5f} mean-without-worst {row['cosine_mean_without_worst']:.5f}"
-              f"  top-1 agreement {row['top1_agreement']:.1f} %  ({row['seconds']} s)", flush=True)
+        for k, o in enumerate(row["outputs"]):
+            top1 = f"  top-1 agreement {o['top1_agreement']:.1f} %" if "top1_agreement" in o else ""
+            print(f"{row['column']:<16} out{k} cosine mean {o['cosine_mean']:.5f} min {o['cosine_min']:.4f}"
+                  f" median {o['cosine_median']:.5f} mean-without-worst {o['cosine_mean_without_worst']:.5f}"
+                  f"  distinct(8) {o['distinct_values_first8']}{top1}  ({row['seconds']} s)", flush=True)
         if args.json:
             atomic_write_json(args.json, meta)
 
@@ -100,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         fp32.write_bytes(model.onnx_model.SerializeToString())
         t0 = time.perf_counter()
         float_sess = sess(str(fp32))
-        ref = run_all(lambda x: float_sess.run(None, {name: x})[0])
+        ref = run_all(lambda x: float_sess.run(None, {name: x}))
         t_float = time.perf_counter() - t0
         pre, q8 = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(fp32), str(pre))
@@ -118,14 +138,14 @@ def main(argv: list[str] | None = None) -> int:
                         calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
         q_sess = sess(str(q8))
-        record(_summary("ort-int8", ref, run_all(lambda x: q_sess.run(None, {name: x})[0]),
+        record(_summary("ort-int8", ref, run_all(lambda x: q_sess.run(None, {name: x})),
                         time.perf_counter() - t0, float_seconds=round(t_float, 1)))
         for mode in args.equalize:
             t0 = time.perf_counter()
             compiled = iq.compile(model, target="x86", quantize="isquant", quant_options={"equalize": mode},
                                   progress=False)
             runner = compiled.runner()
-            out = run_all(lambda x: runner.run({name: x})[0])
+            out = run_all(lambda x: runner.run({name: x}))
             summary = compiled.report.get("summary", {})
             record(_summary(f"isquant-{mode}", ref, out, time.perf_counter() - t0,
                             equalize=summary.get("equalize"),

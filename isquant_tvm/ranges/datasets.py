@@ -56,24 +56,29 @@ def _normalize(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np
     return ((x - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]).astype(np.float32)
 
 
-def _load_image(path: Path, size: int, mean: Sequence[float], std: Sequence[float],
+def _load_image(path: Path, size: int | tuple[int, int], mean: Sequence[float], std: Sequence[float],
                 preprocess: str = "auto") -> np.ndarray:
+    """One photo as a normalised (C, H, W) array. `size` is the square side or (height, width) of the
+    model input: the short side goes to the larger of the two (or its 256/224 multiple), then a centre crop,
+    so a 120x160 detector input gets a 4:3 crop of the photo, not a squeeze."""
     from PIL import Image
 
     if preprocess not in PREPROCESS:
         raise IsquantError(f"--preprocess must be one of {', '.join(PREPROCESS)}, got {preprocess!r}")
+    oh, ow = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    side = max(oh, ow)
     with Image.open(path) as im:
         im = im.convert("RGB")
         w, h = im.size
         short = min(w, h)
-        resize = preprocess == "resize-crop" or (preprocess == "auto" and short > PRESCALED_RATIO * size)
-        target = round(size * 256 / 224) if resize else size  # 256 for a 224 input
-        if resize or short < size:  # short side to `target` (upscaled when smaller than the crop)
+        resize = preprocess == "resize-crop" or (preprocess == "auto" and short > PRESCALED_RATIO * side)
+        target = round(side * 256 / 224) if resize else side  # 256 for a 224 input
+        if resize or short < side:  # short side to `target` (upscaled when smaller than the crop)
             im = im.resize((max(target, round(w * target / short)), max(target, round(h * target / short))),
                            Image.BILINEAR)
             w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        im = im.crop((left, top, left + size, top + size))
+        left, top = (w - ow) // 2, (h - oh) // 2
+        im = im.crop((left, top, left + ow, top + oh))
         arr = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0
     return _normalize(arr, mean, std)
 
@@ -82,7 +87,7 @@ def load_labelled(path: str | Path, input_shape: Sequence[int], mean: Sequence[f
                   std: Sequence[float] = IMAGENET_STD, preprocess: str = "auto") -> LabelledData:
     """A labelled set from an ImageNet-style folder or a CIFAR-style .npz, for a model input NCHW shape."""
     path = Path(path)
-    size = int(input_shape[-1])
+    size = (int(input_shape[-2]), int(input_shape[-1])) if len(input_shape) >= 2 else int(input_shape[-1])
     if path.is_dir():
         labels_file = path / "labels.txt"
         if not labels_file.exists():
@@ -138,4 +143,4 @@ def load_calibration(path: str | Path, inputs: Sequence[object], limit: int = 64
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not files:
         raise IsquantError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
-    return [[_load_image(f, int(shape[-1]), IMAGENET_MEAN, IMAGENET_STD, preprocess)[None]] for f in files]
+    return [[_load_image(f, (int(shape[-2]), int(shape[-1])), IMAGENET_MEAN, IMAGENET_STD, preprocess)[None]] for f in files]

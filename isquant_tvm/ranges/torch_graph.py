@@ -1,7 +1,15 @@
 """The folded float graph as a differentiable torch function, for synthetic inputs optimised against the
-model itself (ranges/inversion.py). Only the ops of folded CNNs are translated; any other op raises
-`UntranslatableOp`, which the caller treats as "no gradient method for this model" (the noise images
-stay), never as an error of the compile."""
+model itself (ranges/inversion.py).
+
+Translated: the ops of folded CNNs and those of the modern ones the importers emit (issue 15: split,
+resize, PReLU / LeakyReLU, ConvTranspose, power, the transcendental activations, reductions). A model
+with one op outside the table used to lose the inversion entirely (an MTCNN P-Net with PReLU, a
+detector with split and resize got 1/f-noise ranges, confidence low). Each translation follows the
+numpy reference's semantics (reference/float_ops.py, itself topi's), checked op by op against it in
+tests/ranges/test_torch_graph.py; resize shares its index arithmetic with the reference
+(`float_ops.resize2d_taps`) rather than mapping onto F.interpolate's differently-defined modes. Any
+other op raises `UntranslatableOp`, which the caller treats as "no gradient method for this model" (the
+noise images stay), never as an error of the compile."""
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -10,6 +18,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..reference import float_ops
 from ..util import tvm_compat
 
 
@@ -83,6 +92,74 @@ def _ops() -> dict[str, Callable[..., Any]]:
     def clip(a: list[Any], at: Any) -> Any:
         return torch.clamp(a[0], float(a[1]), float(a[2]))
 
+    def split(a: list[Any], at: Any) -> Any:
+        x = a[0]
+        axis = int(at.axis) % x.ndim
+        spec = at.indices_or_sections
+        if hasattr(spec, "__len__"):
+            bounds = [0, *_ints(spec), x.shape[axis]]
+            return [x.narrow(axis, b, max(e - b, 0)) for b, e in zip(bounds[:-1], bounds[1:])]
+        step = -(-x.shape[axis] // int(spec))  # Relax's ceil-sized chunks, like the reference
+        return list(torch.split(x, step, dim=axis))
+
+    def resize(a: list[Any], at: Any) -> Any:
+        x = a[0]
+        try:
+            t = float_ops.resize2d_taps(tuple(x.shape), a[1], at)
+        except float_ops.UnsupportedOp as err:
+            raise UntranslatableOp(str(err)) from err
+        rows = [torch.from_numpy(r) for r in t.rows]
+        cols = [torch.from_numpy(c) for c in t.cols]
+        if t.ly is None:
+            return x[:, :, rows[0]][:, :, :, cols[0]]
+        p = [[x[:, :, yi][:, :, :, xi] for xi in cols] for yi in rows]
+        lx, ly = torch.from_numpy(t.lx)[None, None, None, :], torch.from_numpy(t.ly)[None, None, :, None]
+        top = p[0][0] * (1 - lx) + p[0][1] * lx
+        bottom = p[1][0] * (1 - lx) + p[1][1] * lx
+        return top * (1 - ly) + bottom * ly
+
+    def prelu(a: list[Any], at: Any) -> Any:
+        x, alpha = a
+        shape = [1] * x.ndim
+        shape[int(at.axis) % x.ndim] = -1
+        return torch.where(x < 0, x * torch.as_tensor(alpha).reshape(shape), x)
+
+    def conv_transpose(a: list[Any], at: Any) -> Any:
+        if str(at.data_layout) != "NCHW" or str(at.kernel_layout) != "IOHW":
+            raise UntranslatableOp("conv2d_transpose layouts other than NCHW/IOHW")
+        top, left, bottom, right = _pad4(_ints(at.padding))
+        oph, opw = _ints(at.output_padding)
+        full = F.conv_transpose2d(a[0], a[1], None, _ints(at.strides), 0, (oph, opw), int(at.groups),
+                                  _ints(at.dilation))
+        return full[:, :, top:full.shape[2] - bottom, left:full.shape[3] - right]
+
+    def reduce(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def apply(a: list[Any], at: Any) -> Any:
+            axis = _ints(at.axis) if at.axis is not None else list(range(a[0].ndim))
+            return fn(a[0], axis, bool(at.keepdims))
+        return apply
+
+    def astype(a: list[Any], at: Any) -> Any:
+        if not str(at.dtype).startswith("float"):
+            raise UntranslatableOp(f"astype to {at.dtype} has no gradient")
+        return a[0]  # the graph runs in float32 throughout
+
+    def expand_dims(a: list[Any], at: Any) -> Any:
+        x = a[0]
+        for ax in sorted(int(v) % (x.ndim + len(at.axis)) for v in at.axis):
+            x = x.unsqueeze(ax)
+        return x
+
+    def broadcast_to(a: list[Any], at: Any) -> Any:
+        shape = [int(d) for d in a[1]]
+        if shape and shape[0] == 1 and a[0].ndim == len(shape):
+            shape[0] = a[0].shape[0]  # batch-1 import, run on a batch (as reshape)
+        return a[0].expand(*shape)
+
+    def softplus(a: list[Any], at: Any) -> Any:
+        beta = float(at.beta)
+        return F.softplus(a[0] * beta) / beta
+
     return {
         "relax.nn.conv2d": conv,
         "relax.matmul": lambda a, at: torch.matmul(a[0], a[1]),
@@ -106,6 +183,38 @@ def _ops() -> dict[str, Callable[..., Any]]:
         "relax.strided_slice": strided_slice,
         "relax.nn.pad": pad,
         "relax.squeeze": lambda a, at: a[0].squeeze(*(_ints(at.axis) if at.axis is not None else ())),
+        "relax.split": split,
+        "relax.image.resize2d": resize,
+        "relax.nn.prelu": prelu,
+        "relax.nn.leakyrelu": lambda a, at: F.leaky_relu(a[0], float(at.alpha)),
+        "relax.nn.relu6": lambda a, at: torch.clamp(a[0], 0.0, 6.0),
+        "relax.nn.conv2d_transpose": conv_transpose,
+        "relax.power": lambda a, at: torch.pow(a[0], torch.as_tensor(a[1], dtype=torch.float32)),
+        "relax.maximum": lambda a, at: torch.maximum(torch.as_tensor(a[0]), torch.as_tensor(a[1])),
+        "relax.minimum": lambda a, at: torch.minimum(torch.as_tensor(a[0]), torch.as_tensor(a[1])),
+        "relax.exp": lambda a, at: torch.exp(a[0]),
+        "relax.log": lambda a, at: torch.log(a[0]),
+        "relax.tanh": lambda a, at: torch.tanh(a[0]),
+        "relax.erf": lambda a, at: torch.erf(a[0]),
+        "relax.abs": lambda a, at: torch.abs(a[0]),
+        "relax.negative": lambda a, at: -a[0],
+        "relax.sqrt": lambda a, at: torch.sqrt(a[0]),
+        "relax.rsqrt": lambda a, at: torch.rsqrt(a[0]),
+        "relax.square": lambda a, at: a[0] * a[0],
+        "relax.nn.gelu": lambda a, at: F.gelu(a[0]),
+        "relax.nn.gelu_tanh": lambda a, at: F.gelu(a[0], approximate="tanh"),
+        "relax.nn.silu": lambda a, at: F.silu(a[0]),
+        "relax.nn.softplus": softplus,
+        "relax.nn.log_softmax": lambda a, at: torch.log_softmax(a[0], int(at.axis)),
+        "relax.sum": reduce(lambda x, ax, k: x.sum(dim=ax, keepdim=k)),
+        "relax.max": reduce(lambda x, ax, k: x.amax(dim=ax, keepdim=k)),
+        "relax.min": reduce(lambda x, ax, k: x.amin(dim=ax, keepdim=k)),
+        "relax.astype": astype,
+        "relax.expand_dims": expand_dims,
+        "relax.broadcast_to": broadcast_to,
+        "relax.stack": lambda a, at: torch.stack(torch.broadcast_tensors(*[torch.as_tensor(t) for t in a[0]]),
+                                                 dim=int(at.axis or 0)),
+        "relax.nn.dropout": lambda a, at: [a[0], torch.ones_like(a[0])],
     }
 
 

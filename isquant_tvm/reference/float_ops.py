@@ -14,6 +14,7 @@ Each rule is `(args, attrs, out_dtype) -> value`, like the core table in `interp
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -90,14 +91,25 @@ def _int_div_ok(size_in: int, out: int) -> bool:
     return out / size_in <= 1 / (1e-5 * size_in + 1e-5)
 
 
-def _resize2d(args: list[Any], attrs: Any, dtype: str) -> np.ndarray:
-    x = args[0]
-    if str(attrs.layout) != "NCHW" or x.ndim != 4:
+@dataclass(frozen=True)
+class ResizeTaps:
+    """Where resize2d reads: nearest gathers x[:, :, rows[0]][:, :, :, cols[0]]; linear blends the four
+    gathers of rows (y0, y1) x cols (x0, x1) with weights ly (per output row) and lx (per output column),
+    columns first, as topi does. Shared by the numpy rule below and the torch translation used for the
+    inversion (ranges/torch_graph.py), so both follow topi's coordinate transforms."""
+    rows: tuple[np.ndarray, ...]
+    cols: tuple[np.ndarray, ...]
+    ly: np.ndarray | None = None
+    lx: np.ndarray | None = None
+
+
+def resize2d_taps(shape: Sequence[int], size: Sequence[int], attrs: Any) -> ResizeTaps:
+    if str(attrs.layout) != "NCHW" or len(shape) != 4:
         raise UnsupportedOp(f"resize2d layout {attrs.layout} has no numpy rule")
-    oh, ow = (int(v) for v in args[1])
+    oh, ow = (int(v) for v in size)
     method, mode = str(attrs.method), str(attrs.coordinate_transformation_mode)
     rounding = str(attrs.rounding_method)
-    h, w = x.shape[2:]
+    h, w = (int(v) for v in shape[2:])
     if method == "nearest_neighbor":
         int_div = mode == "asymmetric" and rounding in ("floor", "")
         if rounding == "":
@@ -106,20 +118,27 @@ def _resize2d(args: list[Any], attrs: Any, dtype: str) -> np.ndarray:
         xs = _source_coords(ow, w, mode, int_div and _int_div_ok(w, ow))
         iy = np.clip(ys.astype(np.int64) if int_div and _int_div_ok(h, oh) else _nearest_index(ys, rounding), 0, h - 1)
         ix = np.clip(xs.astype(np.int64) if int_div and _int_div_ok(w, ow) else _nearest_index(xs, rounding), 0, w - 1)
-        return x[:, :, iy][:, :, :, ix].astype(dtype)
+        return ResizeTaps((iy,), (ix,))
     if method == "linear":
         ys, xs = _source_coords(oh, h, mode, False), _source_coords(ow, w, mode, False)
         y0, x0 = np.floor(ys), np.floor(xs)
         ly, lx = (ys - y0).astype(np.float32), (xs - x0).astype(np.float32)
         y0, x0 = y0.astype(np.int64), x0.astype(np.int64)
-        yi = [np.clip(y0 + j, 0, h - 1) for j in (0, 1)]
-        xi = [np.clip(x0 + i, 0, w - 1) for i in (0, 1)]
-        p = [[x[:, :, yi[j]][:, :, :, xi[i]] for i in (0, 1)] for j in (0, 1)]
-        lx4, ly4 = lx[None, None, None, :], ly[None, None, :, None]
-        top = p[0][0] * (1 - lx4) + p[0][1] * lx4
-        bottom = p[1][0] * (1 - lx4) + p[1][1] * lx4
-        return (top * (1 - ly4) + bottom * ly4).astype(dtype)
+        return ResizeTaps(tuple(np.clip(y0 + j, 0, h - 1) for j in (0, 1)),
+                          tuple(np.clip(x0 + i, 0, w - 1) for i in (0, 1)), ly, lx)
     raise UnsupportedOp(f"resize2d method {method!r} has no numpy rule")
+
+
+def _resize2d(args: list[Any], attrs: Any, dtype: str) -> np.ndarray:
+    x = args[0]
+    t = resize2d_taps(x.shape, args[1], attrs)
+    if t.ly is None:
+        return x[:, :, t.rows[0]][:, :, :, t.cols[0]].astype(dtype)
+    p = [[x[:, :, yi][:, :, :, xi] for xi in t.cols] for yi in t.rows]
+    lx4, ly4 = t.lx[None, None, None, :], t.ly[None, None, :, None]
+    top = p[0][0] * (1 - lx4) + p[0][1] * lx4
+    bottom = p[1][0] * (1 - lx4) + p[1][1] * lx4
+    return (top * (1 - ly4) + bottom * ly4).astype(dtype)
 
 
 def _prelu(args: list[Any], attrs: Any, dtype: str) -> np.ndarray:
@@ -409,6 +428,8 @@ OPS: dict[str, Rule] = {
     "relax.broadcast_to": _broadcast_to,
     "relax.expand_dims": _expand_dims,
     "relax.tile": lambda a, at, dt: np.tile(a[0], _ints(at.repeats)).astype(dt),
+    # the ONNX importer's Max / Min / Mean / Sum of n tensors: stack, then a reduction over axis 0
+    "relax.stack": lambda a, at, dt: np.stack(np.broadcast_arrays(*a[0]), axis=int(at.axis or 0)).astype(dt),
     "relax.max": _reduce(np.max),
     "relax.min": _reduce(np.min),
     "relax.prod": _reduce(np.prod),
