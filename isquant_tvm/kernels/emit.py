@@ -11,7 +11,7 @@ from .common import OC_BN, QConv2dParams, QDenseParams
 from .geometry import check_out_range, conv_geom
 from .compute import conv_consts, dense_as_conv, prim_func_attrs
 from .schedule import KernelConfig, build_conv_primfunc, fuse_parallel
-from . import dw_vnni
+from . import dw_neon, dw_vnni
 from .depthwise import build_dw_primfunc, dw_blocked_consts, dw_blocked_primfunc, dw_consts, dw_geom, is_blocked_depthwise, is_depthwise
 
 
@@ -72,6 +72,9 @@ def lower_conv2d_blocked_with(bb, data, p: QConv2dParams, cfg: KernelConfig, nam
         if cfg.dw_vnni and dw_vnni.eligible(xs, p):  # four kernel columns per vpdpbusd
             func, out_shape = dw_vnni.primfunc(xs, p, in_dtype)
             consts = dw_vnni.consts(p, xs, in_dtype)
+        elif cfg.dw_neon and dw_neon.eligible(xs, p):  # int16 tap pairs (aarch64, and its host twin)
+            func, out_shape = dw_neon.primfunc(xs, p, in_dtype, q31=cfg.q31_epilogue)
+            consts = dw_neon.consts(p, xs, in_dtype, q31=bool(cfg.q31_epilogue))
         else:
             func, out_shape = dw_blocked_primfunc(xs, p, in_dtype, q31=cfg.q31_epilogue)
             consts = dw_blocked_consts(p, xs[1], q31=bool(cfg.q31_epilogue))

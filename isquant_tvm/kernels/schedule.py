@@ -64,6 +64,8 @@ class KernelConfig:
     q31_epilogue: str = ""
     # blocked depthwise through kernels/dw_vnni.py (four kernel columns per vpdpbusd) instead of the generic one
     dw_vnni: bool = False
+    # blocked depthwise through kernels/dw_neon.py (int16 tap pairs, widened into int32) instead of the generic one
+    dw_neon: bool = False
 
 
 def vectorize_epilogue(sch, loop, lanes4: bool) -> None:
