@@ -115,12 +115,14 @@ def register_intrinsics() -> None:
 register_intrinsics()
 
 SDOT_CONFIG = schedule.KernelConfig(dot_in_dtype="int8", intrin=SDOT_INTRIN, intrin_oc=4, w_layout="oc_ic",
-                                  ow_tile_max=6, name="qconv2d_sdot", parallel_min_macs=1_000_000)
+                                  ow_tile_max=6, name="qconv2d_sdot", parallel_min_macs=1_000_000,
+                                  q31_epilogue="neon", dw_neon=True)
 NEON_CONFIG = schedule.KernelConfig(dot_in_dtype="int8", intrin=NEON_INTRIN, intrin_oc=4, w_layout="oc_ic",
-                                  ow_tile_max=4, name="qconv2d_neon", parallel_min_macs=500_000)
+                                  ow_tile_max=4, name="qconv2d_neon", parallel_min_macs=500_000,
+                                  q31_epilogue="neon", dw_neon=True)
 NEON_PAIRS_CONFIG = schedule.KernelConfig(dot_in_dtype="int8", intrin=NEON_PAIRS_INTRIN, intrin_oc=4,
                                         w_layout="oc_ic", ow_tile_max=4, name="qconv2d_neon",
-                                        parallel_min_macs=500_000)
+                                        parallel_min_macs=500_000, q31_epilogue="neon", dw_neon=True)
 
 
 def has_dotprod(target: tvm.target.Target) -> bool:
@@ -144,7 +146,8 @@ def portable_config(cfg: schedule.KernelConfig) -> schedule.KernelConfig:
     which is how the ARM kernels are checked bit for bit on an x86 host."""
     return schedule.KernelConfig(dot_in_dtype=cfg.dot_in_dtype, intrin=None, intrin_oc=cfg.intrin_oc,
                                w_layout=cfg.w_layout, ow_tile_max=cfg.ow_tile_max, name=cfg.name + "_portable",
-                               parallel_min_macs=cfg.parallel_min_macs)
+                               parallel_min_macs=cfg.parallel_min_macs,
+                               q31_epilogue="host" if cfg.q31_epilogue else "", dw_neon=cfg.dw_neon)
 
 
 def build_conv_primfunc(g: geometry.ConvGeom, p: QConv2dParams, in_dtype: str,

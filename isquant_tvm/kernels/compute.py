@@ -7,7 +7,7 @@ import numpy as np
 from tvm import te, tirx
 
 from .common import OC_BN, QConv2dParams, QDenseParams
-from .geometry import ConvGeom, bias_in_rounding, data_shift_for, epilogue_consts, folded_bias, pack_conv_weight, requant_expr, with_bias
+from .geometry import ConvGeom, bias_in_rounding, data_shift_for, epilogue_consts, folded_bias, int32_form, pack_conv_weight, requant_expr, with_bias
 
 
 def direct_nchw(g: ConvGeom) -> bool:
@@ -15,14 +15,15 @@ def direct_nchw(g: ConvGeom) -> bool:
 
 
 def conv_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, dot_in_dtype: str, blocked_out: bool = False,
-                 w_layout: str = "oc_ic", w_dtype: str = "int8", hi32: bool = False):
+                 w_layout: str = "oc_ic", w_dtype: str = "int8", hi32: bool = False, q31: str = ""):
     """TE tensors: (data, wpk, bias, epi dict, [out]). Stages named pack / conv / epilogue / unpack.
 
     With hi32 and every shift >= 33 (geometry.uses_hi32) the reduction starts from the folded bias (the
     init block loads it, 16 channels per vector) and the epilogue is geometry._requant_hi32 on the plain
     accumulator: the multiply stays a vpmuldq of an int32 load (as with the bias in the rounding constant)
     and the add / shift / clamp run on int32 lanes. Otherwise the int64 form with the bias folded into
-    the rounding constant (geometry.bias_in_rounding)."""
+    the rounding constant (geometry.bias_in_rounding). q31 ("neon" / "host", ARM configs) does the same with
+    geometry._requant_q31 where every shift is >= 32 (geometry.uses_q31)."""
     shift = data_shift_for(in_dtype, dot_in_dtype)
     if g.blocked_in:
         data = te.placeholder((g.N, g.CB, g.H, g.W, OC_BN), in_dtype, name="data")
@@ -33,8 +34,9 @@ def conv_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, dot_in_dtype: str
     O_pad = g.OCB * OC_BN
     bias = te.placeholder((O_pad,), "int32", name="bias")
     epi = {k: te.placeholder((O_pad,), v.dtype.name, name=k)
-           for k, v in epilogue_consts(p, g.O, O_pad, hi32=hi32).items()}
-    bias_init = "sh32" in epi
+           for k, v in epilogue_consts(p, g.O, O_pad, hi32=hi32, q31=bool(q31)).items()}
+    bias_init = int32_form(epi)
+    neon = q31 == "neon"
     pad_val = tirx.const(shift, "int32").astype(dot_in_dtype) if shift else tirx.const(0, dot_in_dtype)
     sub = g.ic_bn // g.ic_dot  # dot chunks per packed block
     cbg = g.cpg4 // g.ic_bn  # packed blocks per group
@@ -77,7 +79,7 @@ def conv_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, dot_in_dtype: str
     if blocked_out:
         def epi_fn(n, ocb, oh, ow, oc):
             o = ocb * OC_BN + oc
-            return requant_expr(acc_of(conv[n, ocb, oh, ow, oc], o), o, p, epi)
+            return requant_expr(acc_of(conv[n, ocb, oh, ow, oc], o), o, p, epi, neon)
 
         out = te.compute((g.N, g.OCB, g.OH, g.OW, OC_BN), epi_fn, name="epilogue")
         return data, wpk, bias, epi, [out]
@@ -85,12 +87,12 @@ def conv_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, dot_in_dtype: str
     if direct_nchw(g):
         # output channels map affinely onto (ocb, oc): requantize straight into NCHW per register tile
         out = te.compute((g.N, g.O, g.OH, g.OW), lambda n, o, oh, ow: requant_expr(
-            acc_of(conv[n, o // OC_BN, oh, ow, o % OC_BN], o), o, p, epi), name="epilogue")
+            acc_of(conv[n, o // OC_BN, oh, ow, o % OC_BN], o), o, p, epi, neon), name="epilogue")
         return data, wpk, bias, epi, [out]
 
     def epi_fn(n, ocb, oh, ow, oc):
         o = ocb * OC_BN + oc
-        return requant_expr(acc_of(conv[n, ocb, oh, ow, oc], o), o, p, epi)
+        return requant_expr(acc_of(conv[n, ocb, oh, ow, oc], o), o, p, epi, neon)
 
     ep = te.compute((g.N, g.OCB, g.OH, g.OWp, OC_BN), epi_fn, name="epilogue")
 
@@ -103,7 +105,7 @@ def conv_compute(g: ConvGeom, p: QConv2dParams, in_dtype: str, dot_in_dtype: str
 
 
 def start_from_bias(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """The "conv" block's reduction init reads bias[ocb*16 + oc] instead of 0 (conv_compute with hi32).
+    """The "conv" block's reduction init reads bias[ocb*16 + oc] instead of 0 (conv_compute with hi32 / q31).
     te.sum(..., init=) reaches the Reduce node but te.create_prim_func drops it (measured: init 0), and
     this TVM exposes no Python stmt functor, so the few statement kinds create_prim_func emits are rebuilt."""
     from tvm import s_tir
@@ -148,15 +150,16 @@ def padded_per_channel(arr: np.ndarray, g: ConvGeom, fill) -> np.ndarray:
 
 
 def conv_consts(p: QConv2dParams, g: ConvGeom, in_dtype: str, dot_in_dtype: str,
-                w_layout: str = "oc_ic", w_dtype: str = "int8", hi32: bool = False) -> dict[str, np.ndarray]:
+                w_layout: str = "oc_ic", w_dtype: str = "int8", hi32: bool = False,
+                q31: bool = False) -> dict[str, np.ndarray]:
     """All compile-time constants of a conv kernel, in the padded order conv_compute expects."""
     shift = data_shift_for(in_dtype, dot_in_dtype)
     out = {"wpk": pack_conv_weight(np.asarray(p.weight, np.int8), g, w_layout, w_dtype),
            "bias": padded_bias(folded_bias(np.asarray(p.bias, np.int64), np.asarray(p.weight, np.int8), shift), g)}
-    raw = epilogue_consts(p, g.O, hi32=hi32)
+    raw = epilogue_consts(p, g.O, hi32=hi32, q31=q31)
     for k, v in raw.items():
-        out[k] = padded_per_channel(v, g, 1 if k == "shift" else 0)
-    if bias_in_rounding(p) and "sh32" not in raw:  # the int32 form starts the accumulator at the bias
+        out[k] = padded_per_channel(v, g, {"shift": 1, "q31sh": -1}.get(k, 0))
+    if bias_in_rounding(p) and not int32_form(raw):  # the int32 form starts the accumulator at the bias
         out["rnd"] = out["rnd"] + out["bias"].astype(np.int64) * out["mult"].astype(np.int64)
     return out
 

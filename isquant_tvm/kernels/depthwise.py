@@ -10,7 +10,7 @@ from tvm import te, tirx
 from .common import OC_BN, QConv2dParams
 from .geometry import ConvGeom, conv_geom, epilogue_consts, requant_expr
 from .compute import prim_func_attrs
-from .schedule import DW_PARALLEL_MIN_MACS, fuse_parallel
+from .schedule import DW_PARALLEL_MIN_MACS, fuse_parallel, vectorize_epilogue
 
 
 def is_depthwise(data_shape, p: QConv2dParams) -> bool:
@@ -152,11 +152,12 @@ def is_depthwise_call(data_shape, p: QConv2dParams, blocked_in: bool, blocked_ou
     return is_depthwise(data_shape, p)
 
 
-def dw_blocked_primfunc(shape, p: QConv2dParams, in_dtype: str) -> tuple[tirx.PrimFunc, tuple[int, ...]]:
+def dw_blocked_primfunc(shape, p: QConv2dParams, in_dtype: str,
+                        q31: str = "") -> tuple[tirx.PrimFunc, tuple[int, ...]]:
     """(N, CB, H, W, 16) -> (N, CB, OH, OW, 16): zero-pad stage, then per output row a tile of
     DW_BLOCKED_OW_TILE pixels x 16 channels accumulated in int32 over the unrolled taps and requantized
     in place (padded channels have zero weights and bias: they hold requant(0)). Returns the function and
-    its output shape."""
+    its output shape. q31 ("neon" / "host"): geometry._requant_q31 where it applies (ARM)."""
     import tvm.s_tir  # noqa: F401
 
     N, CB, H, W, B = (int(v) for v in shape)
@@ -168,7 +169,7 @@ def dw_blocked_primfunc(shape, p: QConv2dParams, in_dtype: str) -> tuple[tirx.Pr
     wpk = te.placeholder((CB, KH, KW, B), "int32", name="wpk")
     bias = te.placeholder((O_pad,), "int32", name="bias")
     epi = {k: te.placeholder((O_pad,), v.dtype.name, name=k)
-           for k, v in epilogue_consts(p, p.weight.shape[0], O_pad).items()}
+           for k, v in epilogue_consts(p, p.weight.shape[0], O_pad, q31=bool(q31)).items()}
     pad = te.compute((N, CB, Hp, Wp, B), lambda n, cb, h, w, c: tirx.if_then_else(
         tirx.all(h >= pt, h < H + pt, w >= pl, w < W + pl),
         data[n, cb, tirx.max(tirx.min(h - pt, H - 1), 0), tirx.max(tirx.min(w - pl, W - 1), 0), c],
@@ -186,7 +187,7 @@ def dw_blocked_primfunc(shape, p: QConv2dParams, in_dtype: str) -> tuple[tirx.Pr
     # widens every product to int64 (measured 0.33 ms for a 32 x 112 x 112 layer)
     acc = te.compute((N, CB, OH, OW, B), fn, name="acc")
     out = te.compute((N, CB, OH, OW, B), lambda n, cb, oh, ow, c: requant_expr(
-        acc[n, cb, oh, ow, c], cb * B + c, p, epi), name="epilogue")
+        acc[n, cb, oh, ow, c], cb * B + c, p, epi, q31 == "neon"), name="epilogue")
     sch = tvm.s_tir.Schedule(te.create_prim_func([data, wpk, bias] + [epi[k] for k in sorted(epi)] + [out]))
     parallel = N * CB * B * OH * OW * KH * KW >= DW_PARALLEL_MIN_MACS
     blk = sch.get_sblock("epilogue")
@@ -201,7 +202,7 @@ def dw_blocked_primfunc(shape, p: QConv2dParams, in_dtype: str) -> tuple[tirx.Pr
     for b in (ac, blk):
         lp = sch.get_loops(b)
         sch.unroll(lp[-2])
-        sch.vectorize(lp[-1])
+        vectorize_epilogue(sch, lp[-1], b == blk and "q31sh" in epi and q31 == "neon")
     pk = sch.get_sblock("pad")
     loops = sch.get_loops(pk)
     fuse_parallel(sch, loops[:3], parallel)
@@ -209,13 +210,13 @@ def dw_blocked_primfunc(shape, p: QConv2dParams, in_dtype: str) -> tuple[tirx.Pr
     return prim_func_attrs(sch.mod["main"], "qconv2d_dw_blk"), (N, CB, OH, OW, B)
 
 
-def dw_blocked_consts(p: QConv2dParams, CB: int) -> dict[str, np.ndarray]:
+def dw_blocked_consts(p: QConv2dParams, CB: int, q31: bool = False) -> dict[str, np.ndarray]:
     C, _, KH, KW = p.weight.shape
     w = np.zeros((CB * OC_BN, KH, KW), np.int32)
     w[:C] = np.asarray(p.weight, np.int32)[:, 0]
     out = {"wpk": np.ascontiguousarray(w.reshape(CB, OC_BN, KH, KW).transpose(0, 2, 3, 1)),
            "bias": np.zeros((CB * OC_BN,), np.int32)}
     out["bias"][:C] = np.asarray(p.bias, np.int32).reshape(-1)
-    for k, v in epilogue_consts(p, C, CB * OC_BN).items():
+    for k, v in epilogue_consts(p, C, CB * OC_BN, q31=q31).items():
         out[k] = v
     return out

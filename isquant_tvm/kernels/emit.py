@@ -11,7 +11,7 @@ from .common import OC_BN, QConv2dParams, QDenseParams
 from .geometry import check_out_range, conv_geom
 from .compute import conv_consts, dense_as_conv, prim_func_attrs
 from .schedule import KernelConfig, build_conv_primfunc, fuse_parallel
-from . import dw_vnni
+from . import dw_neon, dw_vnni
 from .depthwise import build_dw_primfunc, dw_blocked_consts, dw_blocked_primfunc, dw_consts, dw_geom, is_blocked_depthwise, is_depthwise
 
 
@@ -48,7 +48,8 @@ def lower_conv2d_with(bb, data, p: QConv2dParams, cfg: KernelConfig, name: Optio
         return emit_call(bb, data, func, dw_consts(p, dg), name + "_dw", (g.N, g.O, g.OH, g.OW), p.out_dtype)
     g = conv_geom(shape, p, ow_tile_max=cfg.ow_tile_max, ic_dot=cfg.ic_dot)
     func = build_conv_primfunc(g, p, in_dtype, cfg)
-    consts = conv_consts(p, g, in_dtype, cfg.dot_in_dtype, cfg.w_layout, cfg.w_dtype, hi32=cfg.hi32_epilogue)
+    consts = conv_consts(p, g, in_dtype, cfg.dot_in_dtype, cfg.w_layout, cfg.w_dtype, hi32=cfg.hi32_epilogue,
+                         q31=bool(cfg.q31_epilogue))
     return emit_call(bb, data, func, consts, name, (g.N, g.O, g.OH, g.OW), p.out_dtype)
 
 
@@ -71,9 +72,12 @@ def lower_conv2d_blocked_with(bb, data, p: QConv2dParams, cfg: KernelConfig, nam
         if cfg.dw_vnni and dw_vnni.eligible(xs, p):  # four kernel columns per vpdpbusd
             func, out_shape = dw_vnni.primfunc(xs, p, in_dtype)
             consts = dw_vnni.consts(p, xs, in_dtype)
+        elif cfg.dw_neon and dw_neon.eligible(xs, p):  # int16 tap pairs (aarch64, and its host twin)
+            func, out_shape = dw_neon.primfunc(xs, p, in_dtype, q31=cfg.q31_epilogue)
+            consts = dw_neon.consts(p, xs, in_dtype, q31=bool(cfg.q31_epilogue))
         else:
-            func, out_shape = dw_blocked_primfunc(xs, p, in_dtype)
-            consts = dw_blocked_consts(p, xs[1])
+            func, out_shape = dw_blocked_primfunc(xs, p, in_dtype, q31=cfg.q31_epilogue)
+            consts = dw_blocked_consts(p, xs[1], q31=bool(cfg.q31_epilogue))
         y = emit_call(bb, x, func, consts, (name or cfg.name) + "_dw_blk", out_shape, p.out_dtype)
         return y if blocked_out else emit_layout(bb, y, False, channels)
     if p.groups != 1:
@@ -81,7 +85,8 @@ def lower_conv2d_blocked_with(bb, data, p: QConv2dParams, cfg: KernelConfig, nam
     name = (name or cfg.name) + "_blk"
     g = conv_geom(shape, p, ow_tile_max=cfg.ow_tile_max, blocked_in=blocked_in, ic_dot=cfg.ic_dot)
     func = build_conv_primfunc(g, p, in_dtype, cfg, blocked_out=blocked_out)
-    consts = conv_consts(p, g, in_dtype, cfg.dot_in_dtype, cfg.w_layout, cfg.w_dtype, hi32=cfg.hi32_epilogue)
+    consts = conv_consts(p, g, in_dtype, cfg.dot_in_dtype, cfg.w_layout, cfg.w_dtype, hi32=cfg.hi32_epilogue,
+                         q31=bool(cfg.q31_epilogue))
     out_shape = (g.N, g.OCB, g.OH, g.OW, OC_BN) if blocked_out else (g.N, g.O, g.OH, g.OW)
     return emit_call(bb, data, func, consts, name, out_shape, p.out_dtype)
 

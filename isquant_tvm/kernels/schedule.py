@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Optional
 from tvm import te, tirx
 
 from .common import IC_DOT, OC_BN, QConv2dParams
-from .geometry import ConvGeom
+from .geometry import ConvGeom, int32_form
 from .compute import conv_compute, direct_nchw, prim_func_attrs, start_from_bias
 
 
@@ -59,11 +59,30 @@ class KernelConfig:
     # 8-bit outputs with every shift >= 33: accumulator starts at the bias, int32 requantize
     # (compute.conv_compute, geometry._requant_hi32)
     hi32_epilogue: bool = False
+    # ARM 8-bit outputs with every shift >= 32: int32 requantize with sqdmulh + srshl (geometry._requant_q31);
+    # "neon" emits the intrinsics, "host" the same arithmetic in int64 TIR (portable twin, any target)
+    q31_epilogue: str = ""
     # blocked depthwise through kernels/dw_vnni.py (four kernel columns per vpdpbusd) instead of the generic one
     dw_vnni: bool = False
+    # blocked depthwise through kernels/dw_neon.py (int16 tap pairs, widened into int32) instead of the generic one
+    dw_neon: bool = False
 
 
-def schedule_conv(sch, g: ConvGeom, cfg: KernelConfig, blocked_out: bool = False):
+def vectorize_epilogue(sch, loop, lanes4: bool) -> None:
+    """Vectorise an epilogue loop; lanes4: 4 int32 lanes per vector (the NEON intrinsics of
+    geometry._requant_q31 select only on 128-bit vectors), the outer part unrolled."""
+    if not lanes4:
+        sch.vectorize(loop)
+        return
+    ext = sch.get(loop).extent
+    if not isinstance(ext, tirx.IntImm) or int(ext) % 4:
+        raise ValueError(f"q31 epilogue needs a vectorised extent divisible by 4, got {ext}")
+    outer, inner = sch.split(loop, [None, 4])
+    sch.vectorize(inner)
+    sch.unroll(outer)
+
+
+def schedule_conv(sch, g: ConvGeom, cfg: KernelConfig, blocked_out: bool = False, lanes4: bool = False):
     """Register tile: ow_tile output pixels x 16 output channels, accumulated in a local buffer over
     (icb, kh, kw, c4); bias/requant/clip on the tile right after; parallel over (n, oc-block, oh)."""
     conv = sch.get_sblock("conv")
@@ -107,7 +126,7 @@ def schedule_conv(sch, g: ConvGeom, cfg: KernelConfig, blocked_out: bool = False
         # the stores are strided bytes, cheaper than gathering accumulators across the tile
         sch.reorder(el[-1], el[-2])
         el = sch.get_loops(ep)
-    sch.vectorize(el[-1])
+    vectorize_epilogue(sch, el[-1], lanes4)
     if len(el) >= 2 and sch.get(el[-2]).kind == tirx.ForKind.SERIAL and g.ow_tile > 1:
         sch.unroll(el[-2])  # the tile's other (serial) axis
     if g.blocked_in:
@@ -147,10 +166,10 @@ def _schedule_conv_primfunc(g: ConvGeom, p: QConv2dParams, in_dtype: str, cfg: K
     import tvm.s_tir  # noqa: F401
 
     data, wpk, bias, epi, outs = conv_compute(g, p, in_dtype, cfg.dot_in_dtype, blocked_out, cfg.w_layout,
-                                              cfg.w_dtype, hi32=cfg.hi32_epilogue)
+                                              cfg.w_dtype, hi32=cfg.hi32_epilogue, q31=cfg.q31_epilogue)
     func = te.create_prim_func([data, wpk, bias] + [epi[k] for k in sorted(epi)] + outs)
-    if "sh32" in epi:
+    if int32_form(epi):
         func = start_from_bias(func)
     sch = tvm.s_tir.Schedule(func)
-    schedule_conv(sch, g, cfg, blocked_out=blocked_out)
+    schedule_conv(sch, g, cfg, blocked_out=blocked_out, lanes4="q31sh" in epi and cfg.q31_epilogue == "neon")
     return prim_func_attrs(sch.mod["main"], cfg.name)

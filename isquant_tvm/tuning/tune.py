@@ -114,12 +114,12 @@ def unscheduled_conv_primfunc(g: Any, p: Any, in_dtype: str, cfg: Any, blocked_o
     """The TE compute of kernels.schedule.build_conv_primfunc before schedule_conv (same parameters)."""
     from tvm import te
 
-    from ..kernels import compute
+    from ..kernels import compute, geometry
 
     data, wpk, bias, epi, outs = compute.conv_compute(g, p, in_dtype, cfg.dot_in_dtype, blocked_out, cfg.w_layout,
-                                                     cfg.w_dtype, hi32=cfg.hi32_epilogue)
+                                                     cfg.w_dtype, hi32=cfg.hi32_epilogue, q31=cfg.q31_epilogue)
     func = te.create_prim_func([data, wpk, bias] + [epi[k] for k in sorted(epi)] + outs)
-    if "sh32" in epi:
+    if geometry.int32_form(epi):
         func = compute.start_from_bias(func)
     return func.with_attr("tirx.noalias", True)
 
