@@ -61,6 +61,8 @@ class KernelConfig:
     hi32_epilogue: bool = False
     # blocked depthwise through kernels/dw_vnni.py (four kernel columns per vpdpbusd) instead of the generic one
     dw_vnni: bool = False
+    # blocked 1x1 / stride 1 convs through kernels/vnni_1x1.py (no pack, pixels x oc-block register tile)
+    vnni_1x1: bool = False
 
 
 def schedule_conv(sch, g: ConvGeom, cfg: KernelConfig, blocked_out: bool = False):
