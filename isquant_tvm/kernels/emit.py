@@ -11,7 +11,7 @@ from .common import OC_BN, QConv2dParams, QDenseParams
 from .geometry import check_out_range, conv_geom
 from .compute import conv_consts, dense_as_conv, prim_func_attrs
 from .schedule import KernelConfig, build_conv_primfunc, fuse_parallel
-from . import dw_neon, dw_vnni
+from . import dw_neon, dw_vnni, vnni_1x1
 from .depthwise import build_dw_primfunc, dw_blocked_consts, dw_blocked_primfunc, dw_consts, dw_geom, is_blocked_depthwise, is_depthwise
 
 
@@ -83,6 +83,9 @@ def lower_conv2d_blocked_with(bb, data, p: QConv2dParams, cfg: KernelConfig, nam
     if p.groups != 1:
         raise NotImplementedError("blocked-layout conv supports groups == 1 and depthwise only")
     name = (name or cfg.name) + "_blk"
+    if cfg.vnni_1x1 and blocked_in and blocked_out and vnni_1x1.eligible(shape, p):  # no pack, 7 x 4 tile
+        func, out_shape = vnni_1x1.primfunc(shape, p, in_dtype)
+        return emit_call(bb, data, func, vnni_1x1.consts(p, shape, in_dtype), name, out_shape, p.out_dtype)
     g = conv_geom(shape, p, ow_tile_max=cfg.ow_tile_max, blocked_in=blocked_in, ic_dot=cfg.ic_dot)
     func = build_conv_primfunc(g, p, in_dtype, cfg, blocked_out=blocked_out)
     consts = conv_consts(p, g, in_dtype, cfg.dot_in_dtype, cfg.w_layout, cfg.w_dtype, hi32=cfg.hi32_epilogue,

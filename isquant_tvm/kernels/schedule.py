@@ -66,6 +66,8 @@ class KernelConfig:
     dw_vnni: bool = False
     # blocked depthwise through kernels/dw_neon.py (int16 tap pairs, widened into int32) instead of the generic one
     dw_neon: bool = False
+    # blocked 1x1 / stride 1 convs through kernels/vnni_1x1.py (no pack, pixels x oc-block register tile)
+    vnni_1x1: bool = False
 
 
 def vectorize_epilogue(sch, loop, lanes4: bool) -> None:

@@ -122,7 +122,8 @@ def vector_lanes_i32(target: tvm.target.Target) -> int:
 # requantize runs in int32 after vpmuldq. MobileNetV2's 1x1 convs (bench_kernels --only 1x1 --blocked, thread
 # CPU, 1 thread, load 1.8): 2.10 -> 1.98 ms summed; whole model 3.91 -> 3.45 ms (ort-int8 3.5-3.6 ms).
 VNNI_CONFIG = schedule.KernelConfig(dot_in_dtype="uint8", intrin=VNNI_INTRIN, intrin_oc=OC_BN, w_layout="oc_ic",
-                                  ow_tile_max=16, name="qconv2d_vnni", hi32_epilogue=True, dw_vnni=True)
+                                  ow_tile_max=16, name="qconv2d_vnni", hi32_epilogue=True, dw_vnni=True,
+                                  vnni_1x1=True)
 # AVX2 without VNNI (Haswell .. Zen 3): same packing and loop nest, exact vpmaddwd-based intrinsic
 AVX2_CONFIG = schedule.KernelConfig(dot_in_dtype="uint8", intrin=AVX2_INTRIN, intrin_oc=OC_BN, w_layout="oc_ic",
                                   ow_tile_max=6, name="qconv2d_avx2", ic_dot=2, w_dtype="int16",
