@@ -161,9 +161,15 @@ _ELIGIBLE = DATA_MOVEMENT | {"relax.nn.conv2d", "relax.matmul", "relax.add", "re
 
 
 class Builder:
-    """Walks the imported `main` in binding order and emits a new qnn-level `main`."""
+    """Walks the imported `main` in binding order and emits a new qnn-level `main`.
 
-    def __init__(self, mod: tvm.IRModule) -> None:
+    `exact` (our own export, tools/qdq_full.py, recognised by its `isquant.qdq` metadata): multipliers are formed
+    in float64 from the file's float32 scales, as the ISQuant pipeline forms them, instead of onnxruntime's float32
+    product, and a conv / matmul (+ bias) read as float (the classifier) stays an integer op with a float output,
+    so the integer graph is the pipeline's own, constant for constant."""
+
+    def __init__(self, mod: tvm.IRModule, exact: bool = False) -> None:
+        self.exact = exact
         self.src = mod
         self.main = mod["main"]
         self.bb = relax.BlockBuilder()
@@ -199,6 +205,8 @@ class Builder:
         if isinstance(v, WQ):
             return relax.const(v.real(), "float32")
         if isinstance(v, Pending):
+            if v.float_expr is None and self.exact:
+                v.float_expr = self._float_layer(v.call)
             if v.float_expr is None:
                 call = v.call
                 args = [relax.Tuple([self.float_of(f) for f in a.fields]) if isinstance(a, relax.Tuple)
@@ -213,6 +221,27 @@ class Builder:
         if isinstance(v, relax.Tuple):
             return relax.Tuple([self.float_of(f) for f in v.fields])
         return v
+
+    def ratio(self, num: Any, den: Any) -> np.ndarray:
+        """A requantize multiplier: onnxruntime's float32 arithmetic, or (exact) the pipeline's float64."""
+        if self.exact:
+            return np.asarray(num, np.float64) / np.float64(den)
+        return f32_ratio(num, den)
+
+    def _float_layer(self, call: relax.Call) -> relax.Expr | None:
+        """A conv / matmul (+ constant bias) whose float result leaves the graph: the integer op with a float
+        output (the pipeline's classifier: int32 accumulator times float32(x_s·w_s), no 8-bit logits)."""
+        op = _op(call)
+        if op == "relax.add":
+            a, b = self.value(call.args[0]), self._float_const(call.args[1]) or self.value(call.args[1])
+            if isinstance(b, Pending) and isinstance(a, WQ):
+                a, b = b, a
+            if isinstance(a, Pending) and isinstance(b, WQ) and _op(a.call) in ("relax.nn.conv2d", "relax.matmul"):
+                return self.layer(a.call, b, None, None, None)
+            return None
+        if op in ("relax.nn.conv2d", "relax.matmul"):
+            return self.layer(call, None, None, None, None)
+        return None
 
     def label(self) -> str:
         self._count += 1
@@ -448,28 +477,31 @@ class Builder:
         full = fixed_point.dtype_bounds(dtype)
         if (x.dtype == dtype and x.zp == z and np.float32(x.scale) == np.float32(s) and (qmin, qmax) == full):
             return x
-        m, n = fixed_point.quantize_multiplier(f32_ratio(x.scale, s))
+        m, n = fixed_point.quantize_multiplier(self.ratio(x.scale, s))
         m, n = int(m), int(n)
         rounding = int(fixed_point.rounding_constant(n, z)) - x.zp * m
         attrs = {"shift": n, "out_dtype": dtype, "out_min": qmin, "out_max": qmax, "output_scale": s,
                  "output_zero_point": z}
-        expr = self.call_qnn("qnn.requantize", [x.expr, relax.const(np.int64(m), "int64"),
-                                                relax.const(np.int64(rounding), "int64")], attrs, self.label())
+        args = [x.expr, relax.const(np.int64(m), "int64")]
+        if rounding != int(fixed_point.rounding_constant(n, 0)):  # the default 2^(n-1) needs no argument
+            args.append(relax.const(np.int64(rounding), "int64"))
+        expr = self.call_qnn("qnn.requantize", args, attrs, self.label())
         return QT(expr, s, z, dtype)
 
     def add(self, a: QT, b: QT, target: tuple[float, int, str], lo: float | None, hi: float | None) -> QT:
         s, z, dtype = target
         qmin, qmax = self._bounds(target, lo, hi)
-        ra, rb = float(f32_ratio(a.scale, s)), float(f32_ratio(b.scale, s))
+        ra, rb = float(self.ratio(a.scale, s)), float(self.ratio(b.scale, s))
         _, n = fixed_point.quantize_multiplier(max(ra, rb))
         n = int(n)
         ma, mb = int(np.rint(ra * 2.0**n)), int(np.rint(rb * 2.0**n))
         rounding = int(fixed_point.rounding_constant(n, z)) - a.zp * ma - b.zp * mb
         attrs = {"shift": n, "out_dtype": dtype, "out_min": qmin, "out_max": qmax, "output_scale": s,
                  "output_zero_point": z}
-        expr = self.call_qnn("qnn.add", [a.expr, b.expr, relax.const(np.int64(ma), "int64"),
-                                         relax.const(np.int64(mb), "int64"), relax.const(np.int64(rounding), "int64")],
-                             attrs, self.label())
+        args = [a.expr, b.expr, relax.const(np.int64(ma), "int64"), relax.const(np.int64(mb), "int64")]
+        if rounding != int(fixed_point.rounding_constant(n, 0)):
+            args.append(relax.const(np.int64(rounding), "int64"))
+        expr = self.call_qnn("qnn.add", args, attrs, self.label())
         return QT(expr, s, z, dtype)
 
     def global_pool(self, call: relax.Call, op: str, x: QT, target: tuple[float, int, str], lo: float | None,
@@ -484,12 +516,15 @@ class Builder:
         keepdims = op != "relax.mean" or bool(call.attrs.keepdims)
         attrs = {"shift": n, "keepdims": keepdims, "out_dtype": dtype, "out_min": qmin, "out_max": qmax,
                  "output_scale": s, "output_zero_point": z}
-        expr = self.call_qnn("qnn.global_avg_pool2d", [x.expr, relax.const(np.int64(m), "int64"),
-                                                       relax.const(np.int64(rounding), "int64")], attrs, self.label())
+        args = [x.expr, relax.const(np.int64(m), "int64")]
+        if rounding != int(fixed_point.rounding_constant(n, 0)):
+            args.append(relax.const(np.int64(rounding), "int64"))
+        expr = self.call_qnn("qnn.global_avg_pool2d", args, attrs, self.label())
         return QT(expr, s, z, dtype)
 
-    def layer(self, call: relax.Call, bias: WQ | None, target: tuple[float, int, str], lo: float | None,
-              hi: float | None) -> QT | None:
+    def layer(self, call: relax.Call, bias: WQ | None, target: tuple[float, int, str] | None, lo: float | None,
+              hi: float | None) -> Any:
+        """The qnn conv / dense of `call` (+ bias) requantized to `target`, or with target None a float output."""
         op = _op(call)
         x = self._dq(call.args[0])
         if x is None and op == "relax.matmul":
@@ -553,11 +588,22 @@ class Builder:
         wide = x.dtype == "int32"  # pooled sums: int64 bias and accumulation
         if not wide and np.abs(b_int).max(initial=0) >= 2**31:
             return None
+        if target is None:
+            attrs.update({"out_dtype": "float32", "out_min": 0, "out_max": 0})
+            args = [data, qnn_ops.const(weight.astype(np.int8)),
+                    qnn_ops.const(b_int.astype(np.int64 if wide else np.int32)), qnn_ops.const(s_acc.astype(np.float32))]
+            self.result.layers.append({"name": attrs["layer"], "kind": "conv2d" if qop == "qnn.conv2d" else "dense",
+                                       "shape": list(weight.shape), "input_scale": x.scale, "input_zero_point": x.zp,
+                                       "weight_scale": attrs["weight_scale"], "output_dtype": "float32"})
+            return self.call_qnn(qop, args, attrs, name)
         s, z, dtype = target
         qmin, qmax = self._bounds(target, lo, hi)
         # float32 x_scale · w_scale / y_scale, as onnxruntime's QLinearConv / QGemm compute it
-        m, n = fixed_point.quantize_multiplier(
-            f32_ratio(np.float32(x.scale) * np.broadcast_to(w_scale.astype(np.float32), (out_channels,)), s))
+        if self.exact:  # the pipeline's s_acc / y_s in float64 (quantize/rewrite.py _emit_acc)
+            m, n = fixed_point.quantize_multiplier(s_acc / np.float64(s))
+        else:
+            m, n = fixed_point.quantize_multiplier(
+                f32_ratio(np.float32(x.scale) * np.broadcast_to(w_scale.astype(np.float32), (out_channels,)), s))
         if z:
             # z·2^n must fit int64 beside the product: channels with a tiny multiplier (onnxruntime gives an
             # all-but-zero channel a ~1e-7 weight scale) drop low multiplier bits instead, |acc| < 2^31
@@ -581,9 +627,10 @@ class Builder:
         return QT(expr, s, z, dtype)
 
 
-def build_qnn(mod: tvm.IRModule) -> PrequantResult:
-    """The imported QDQ module -> the qnn-level integer module with the model's own parameters."""
-    result = Builder(mod).build()
+def build_qnn(mod: tvm.IRModule, exact: bool = False) -> PrequantResult:
+    """The imported QDQ module -> the qnn-level integer module with the model's own parameters
+    (`exact`: our own export's multipliers, see Builder)."""
+    result = Builder(mod, exact).build()
     if result.fallbacks:
         log.warning("%d quantized-model op(s) stay float (no integer rule): %s", sum(result.fallbacks.values()),
                     ", ".join(f"{k}×{v}" for k, v in sorted(result.fallbacks.items())))

@@ -49,11 +49,12 @@ import numpy as np
 
 from ..rounding import isquant
 from ..errors import IsquantError, ModelLoadError
+from ..frontend.prequant import ISQUANT_METADATA_KEY
 
 __all__ = ["export_qdq", "QDQ_METADATA_KEY"]
 
 #: metadata_props key holding the export settings (JSON) in the written model.
-QDQ_METADATA_KEY = "isquant.qdq"
+QDQ_METADATA_KEY = ISQUANT_METADATA_KEY
 
 _MIN_OPSET_DQ = 10  # DequantizeLinear appears in opset 10
 _MIN_OPSET_AXIS = 13  # DequantizeLinear's per-axis form appears in opset 13
