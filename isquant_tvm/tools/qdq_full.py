@@ -69,16 +69,21 @@ class QdqUnsupported(IsquantError):
 
 
 def export_qdq_full(model: Any, output: str | Path, quant_options: Mapping[str, Any] | None = None,
-                    transaction: Any = None) -> dict[str, Any]:
+                    transaction: Any = None, quantized: Any = None) -> dict[str, Any]:
     """Quantize ``model`` (an ImportedModel) as `compile` would and write its integer graph as a QDQ ONNX file.
 
+    ``quantized``: an existing pipeline result (`pipeline.QuantizedModel`, e.g. `api.compile(...).quantized`) to
+    write instead of quantizing again (``quant_options`` then only names its settings).
     Returns a JSON-able report (source, output, settings, the pipeline's summary, node counts, sha256). Raises
     QdqUnsupported (nothing written) when the integer graph has an op with no QDQ form."""
     from ..api import prepare
     from ..pipeline import quantize_model
 
     options = {"progress": False, **dict(quant_options or {})}
-    q = quantize_model(model, prepare(model), None, only_reference=True, **options)
+    q = quantized if quantized is not None else quantize_model(model, prepare(model), None, only_reference=True,
+                                                               **options)
+    if "quantization" in q.metadata:
+        raise IsquantError(f"{model.source}: this build used the model's own quantization; export the ISQuant one")
     proto = _Emitter(q.qnn_mod, model).run()
     settings = {"activations": "int8", "multipliers": "float64", "zero_point": 0,
                 "rounding": q.metadata.get("rounding"), "granularity": q.metadata.get("granularity"),
