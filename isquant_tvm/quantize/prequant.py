@@ -27,7 +27,14 @@ differ by at most 1 LSB, and only where the exact value lies within ~2^-16 LSB o
 on one requantize with ResNet-20's / SqueezeNet 1.1's real multipliers 6.5-8.4 per million accumulators
 differ, 0 exact ties (scripts/prequant_rounding.py). End to end >= 99 % of outputs are within 1 LSB on
 every swept model but the synthetic-weight MobileNetV2 (84.7-97.7 %, onnxruntime against itself 72-89 %); no
-onnxruntime-exact mode yet: docs/results.md, "Pre-quantized ONNX models vs onnxruntime"."""
+onnxruntime-exact mode yet: docs/results.md, "Pre-quantized ONNX models vs onnxruntime".
+
+Our own full QDQ export (tools/qdq_full.py, metadata `isquant.qdq` with "activations": "int8") is built with
+`exact=True`: multipliers in float64 from the file's float32 scales, in the pipeline's order (x_s·w_s/y_s,
+a_s/y_s), and a conv / matmul read as float stays an integer op with a float output (the classifier), so the
+integer graph equals the one `compile` builds from the float model, constant for constant
+(tests/tools/test_qdq_full.py). The trailing `rounding` argument is only passed when it is not the default
+2^(n-1) (a zero point folded in), so zero-point-free graphs have the pipeline's argument lists."""
 from __future__ import annotations
 
 import logging
