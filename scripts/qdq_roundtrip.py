@@ -4,8 +4,8 @@ run the export in onnxruntime and compare it with ours.
 
     python scripts/qdq_roundtrip.py --models resnet20-cifar --images 200 --json ../main/out/roundtrip-qdq.json
 
-resnet20-cifar runs on the first N CIFAR-10 test images ($ISQUANT_DATA/cifar10); other built-ins on N
-seeded normal inputs (their weights are synthetic)."""
+resnet20-cifar (synthetic weights) and a CIFAR .onnx path (e.g. $ISQUANT_DATA/cifar10/resnet20.onnx, trained) run
+on the first N CIFAR-10 test images; other built-ins on N seeded normal inputs."""
 from __future__ import annotations
 
 import argparse
@@ -35,8 +35,8 @@ def inputs(name: str, n: int) -> np.ndarray:
 
     from isquant_tvm.frontend.zoo import BUILTIN_MODELS
 
-    info = BUILTIN_MODELS[name]
-    if name == "resnet20-cifar":
+    info = BUILTIN_MODELS["resnet20-cifar" if name.endswith(".onnx") else name]
+    if name == "resnet20-cifar" or name.endswith(".onnx"):
         path = Path(os.environ.get("ISQUANT_DATA", "../shared/data")) / "cifar10" / "test_jpeg_decoded.npz"
         images = np.load(path)["images"][:n].astype(np.float32) / 255.0
         mean, std = np.asarray(info.mean, np.float32), np.asarray(info.std, np.float32)
@@ -51,7 +51,8 @@ def measure(name: str, granularity: str, n: int) -> dict[str, Any]:
     from isquant_tvm import api
     from isquant_tvm.tools.qdq_full import export_qdq_full
 
-    model = api.load(f"builtin:{name}")
+    model = api.load(name if name.endswith(".onnx") else f"builtin:{name}")
+    feed_name = model.inputs[0].name
     t0 = time.perf_counter()
     float_c = api.compile(model, "x86", progress=False, quant_options={"granularity": granularity})
     t1 = time.perf_counter()
@@ -70,14 +71,21 @@ def measure(name: str, granularity: str, n: int) -> dict[str, Any]:
                                                                   for x, y in zip(ca, cb)))
         x = inputs(name, n)
         ra, rb = float_c.runner(), again.runner()
-        ours = np.stack([ra.run({"input": x[i:i + 1]})[0][0] for i in range(n)])
-        theirs = np.stack([rb.run({"input": x[i:i + 1]})[0][0] for i in range(n)])
-        onnxrt = np.stack([sess.run(None, {"input": x[i:i + 1]})[0][0] for i in range(n)])
+        ours = np.stack([ra.run({feed_name: x[i:i + 1]})[0][0] for i in range(n)])
+        theirs = np.stack([rb.run({feed_name: x[i:i + 1]})[0][0] for i in range(n)])
+        onnxrt = np.stack([sess.run(None, {feed_name: x[i:i + 1]})[0][0] for i in range(n)])
+    labels = None
+    if name == "resnet20-cifar" or name.endswith(".onnx"):
+        import os
+
+        labels = np.load(Path(os.environ.get("ISQUANT_DATA", "../shared/data")) / "cifar10" / "test_jpeg_decoded.npz")["labels"][:n]
     cos = (ours * onnxrt).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(onnxrt, axis=1))
     return {"model": name, "granularity": granularity, "images": n, "qnn_ops": len(a_calls),
             "qnn_ops_identical": same_ops if len(a_calls) == len(b_calls) else 0,
             "outputs_bit_exact": int(np.sum(np.all(ours == theirs, axis=1))),
             "export_nodes": report["nodes"], "export_bytes": report["summary"]["file_bytes"],
+            "top1_vs_labels": None if labels is None else float(np.mean(ours.argmax(1) == labels)),
+            "ort_top1_vs_labels": None if labels is None else float(np.mean(onnxrt.argmax(1) == labels)),
             "ort_top1_agreement": float(np.mean(ours.argmax(1) == onnxrt.argmax(1))),
             "ort_cosine_min": float(cos.min()), "ort_cosine_mean": float(cos.mean()),
             "ort_max_abs_diff": float(np.abs(ours - onnxrt).max()),

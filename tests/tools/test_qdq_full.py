@@ -123,7 +123,7 @@ def test_same_integer_graph_per_channel(model: Any, tmp_path: Path) -> None:
     assert any(n.op_type == "DequantizeLinear" and n.attribute for n in onnx.load(str(out)).graph.node)
     export_q = quantize_prequantized(api.load(str(out)), None, only_reference=True)
     assert export_q.report["summary"]["float_fallback_ops"] == 0
-    assert export_q.report["summary"]["isquant_export"]["granularity"] == granularity
+    assert export_q.report["isquant_export"]["granularity"] == granularity
     _assert_same_graph(float_q.qnn_mod, export_q.qnn_mod)
 
 
