@@ -248,7 +248,37 @@ class Builder:
             return None
         if op in ("relax.nn.conv2d", "relax.matmul"):
             return self.layer(call, None, None, None, None)
+        if op in ("relax.mean", "relax.nn.adaptive_avg_pool2d", "relax.nn.avg_pool2d") and self._is_global_pool(call, op):
+            return self._classifier_pool(call, op)
         return None
+
+    def _classifier_pool(self, call: relax.Call, op: str) -> relax.Expr | None:
+        """conv (+ bias) (+ ReLU) -> global pool read as float (SqueezeNet's classifier in the pipeline): the int32
+        accumulator, ReLU clamped in accumulator units, pooled and dequantized (quantize/rewrite.py _classifier_pool)."""
+        inner, lo = self.value(call.args[0]), None
+        if isinstance(inner, Pending) and _op(inner.call) == "relax.nn.relu":
+            inner, lo = self.value(inner.call.args[0]), 0.0
+        if not isinstance(inner, Pending):
+            return None
+        conv, bias = inner.call, None
+        if _op(conv) == "relax.add":
+            a, b = self.value(conv.args[0]), self._float_const(conv.args[1]) or self.value(conv.args[1])
+            if isinstance(b, Pending) and isinstance(a, WQ):
+                a, b = b, a
+            if not (isinstance(a, Pending) and isinstance(b, WQ)):
+                return None
+            conv, bias = a.call, b
+        if _op(conv) != "relax.nn.conv2d":
+            return None
+        got = self.layer(conv, bias, "int32", lo, None)
+        if got is None:
+            return None
+        acc, s_acc = got
+        shape = tvm_compat.expr_shape(call.args[0])
+        keepdims = op != "relax.mean" or bool(call.attrs.keepdims)
+        dq = (s_acc / (shape[2] * shape[3])).astype(np.float32)
+        return self.call_qnn("qnn.global_avg_pool2d", [acc, qnn_ops.const(dq)],
+                             {"keepdims": keepdims, "out_dtype": "float32"}, self.label())
 
     def label(self) -> str:
         self._count += 1
@@ -529,9 +559,10 @@ class Builder:
         expr = self.call_qnn("qnn.global_avg_pool2d", args, attrs, self.label())
         return QT(expr, s, z, dtype)
 
-    def layer(self, call: relax.Call, bias: WQ | None, target: tuple[float, int, str] | None, lo: float | None,
+    def layer(self, call: relax.Call, bias: WQ | None, target: Any, lo: float | None,
               hi: float | None) -> Any:
-        """The qnn conv / dense of `call` (+ bias) requantized to `target`, or with target None a float output."""
+        """The qnn conv / dense of `call` (+ bias) requantized to `target`, with target None a float output, with
+        target "int32" the clamped int32 accumulator and its scale (expr, s_acc)."""
         op = _op(call)
         x = self._dq(call.args[0])
         if x is None and op == "relax.matmul":
@@ -595,6 +626,15 @@ class Builder:
         wide = x.dtype == "int32"  # pooled sums: int64 bias and accumulation
         if not wide and np.abs(b_int).max(initial=0) >= 2**31:
             return None
+        if isinstance(target, str):  # "int32": the pipeline's int32_out accumulator (lo / hi in accumulator units)
+            attrs.update({"out_dtype": "int32",
+                          "out_min": -(2**31) if lo is None else int(np.ceil(lo / s_acc.max() - 1e-9)),
+                          "out_max": 2**31 - 1 if hi is None else int(np.floor(hi / s_acc.max() + 1e-9))})
+            args = [data, qnn_ops.const(weight.astype(np.int8)), qnn_ops.const(b_int.astype(np.int32))]
+            self.result.layers.append({"name": attrs["layer"], "kind": "conv2d", "shape": list(weight.shape),
+                                       "input_scale": x.scale, "input_zero_point": x.zp,
+                                       "weight_scale": attrs["weight_scale"], "output_dtype": "int32"})
+            return self.call_qnn(qop, args, attrs, name), s_acc
         if target is None:
             attrs.update({"out_dtype": "float32", "out_min": 0, "out_max": 0})
             args = [data, qnn_ops.const(weight.astype(np.int8)),
