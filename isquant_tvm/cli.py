@@ -240,18 +240,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-ir", action="store_true", help="print the Relax module")
     p.add_argument("--no-fold", action="store_true", help="show the graph as imported, before BatchNorm folding")
 
-    p = sub.add_parser("quantize", help="write an ONNX QDQ model with ISQuant int8 weights (for other runtimes)",
-                       description="Fold BatchNorm, round every Conv/Gemm weight with ISQuant/SQuant flips and write"
-                                   " an ONNX model with int8 weights + DequantizeLinear (activations stay float).",
+    p = sub.add_parser("quantize", help="write an ONNX QDQ model of the ISQuant int8 graph (for other runtimes)",
+                       description="Quantize the model exactly as `compile` does (BatchNorm folding, equalization,"
+                                   " ISQuant/SQuant rounding, activation ranges) and write that integer graph as ONNX"
+                                   " QDQ: int8 weights, int32 biases and QuantizeLinear/DequantizeLinear on the"
+                                   " activations. onnxruntime runs it, and `compile` of the file gives the same"
+                                   " integer graph as compiling the float model. --activations float writes the"
+                                   " older weight-only file instead (int8 weights + DequantizeLinear, float"
+                                   " activations; any --weight-bits).",
                        epilog=EPILOG)
     _add_model_args(p)
     p.add_argument("-o", "--output", required=True, metavar="PATH", help="the .onnx to write (atomically)")
+    p.add_argument("--activations", choices=["auto", "int8", "float"], default="auto",
+                   help="int8: the full QDQ model of compile's integer graph (fails, naming the op, where an integer"
+                        " op has no QDQ form: lookup-table activations, float regions...); float: weight-only QDQ;"
+                        " auto: int8, else weight-only with the reason printed (default; weight-only for"
+                        " --weight-bits < 8)")
     p.add_argument("--rounding", choices=["squant", "squant-e", "squant-k", "squant-c", "rtn"], default="squant",
                    help="weight rounding: squant (SQuant E+K+C flips, default), a single stage, or rtn")
     p.add_argument("--granularity", choices=["per-tensor", "per-channel"], default="per-tensor",
                    help="one symmetric scale per tensor (ISQuant, default) or per output channel")
     p.add_argument("--weight-bits", type=_weight_bits, default=8, metavar="B", help="weight bit width 2..8 (default 8)")
-    p.add_argument("--report", metavar="PATH", help="write the per-layer weight report (JSON) here")
+    p.add_argument("--equalize", choices=["auto", "on", "off"], default="auto",
+                   help="cross-layer equalization, as for compile (int8 activations only; default auto)")
+    p.add_argument("--activation-ranges", choices=["auto", "bn", "synthetic", "calibration"], default="auto",
+                   help="how activation scales are set, as for compile (int8 activations only; default auto)")
+    p.add_argument("--calibration", metavar="PATH", help="calibration images / .npz, as for compile")
+    p.add_argument("--calibration-method", choices=["minmax", "percentile"], default="percentile",
+                   help="as for compile (default: percentile 99.99)")
+    p.add_argument("--calibration-count", type=_int_at_least(1, "calibration samples"), default=64, metavar="N",
+                   help="calibration samples to use (default 64)")
+    p.add_argument("--report", metavar="PATH", help="write the export report (JSON) here")
     _add_float_nodes_arg(p)
 
     p = sub.add_parser("eval", help="accuracy of the int8 build vs the float model on labelled images",
@@ -304,16 +323,37 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     check_outputs([("-o", args.output), ("--report", args.report)], _model_input(args))
     from .api import load
     from .tools.qdq import export_qdq
+    from .tools.qdq_full import QdqUnsupported, export_qdq_full
 
     model = load(args.model, input_shapes=args.input_shapes)
+    activations = args.activations
+    if activations == "int8" and args.weight_bits != 8:
+        raise IsquantError("--activations int8 writes compile's integer graph, which runs 8-bit weights:"
+                           " use --weight-bits 8, or --activations float for a weight-only file")
+    if activations == "auto":
+        activations = "int8" if args.weight_bits == 8 else "float"
     with Transaction() as txn:
-        report = export_qdq(model.onnx_model, args.output, rounding=args.rounding, granularity=args.granularity,
-                            weight_bits=args.weight_bits, source=model.source, transaction=txn,
-                            float_nodes=args.float_nodes)
+        report = None
+        if activations == "int8":
+            options = {"rounding": args.rounding, "granularity": args.granularity,
+                       "activation_ranges": args.activation_ranges, "calibration": args.calibration,
+                       "calibration_method": args.calibration_method, "calibration_count": args.calibration_count,
+                       "equalize": args.equalize, "float_nodes": list(args.float_nodes or [])}
+            try:
+                report = export_qdq_full(model, args.output, options, transaction=txn)
+            except QdqUnsupported as err:
+                if args.activations == "int8":
+                    raise
+                print(f"note: writing a weight-only QDQ model (float activations): {err}", file=sys.stderr)
+        if report is None:
+            report = export_qdq(model.onnx_model, args.output, rounding=args.rounding, granularity=args.granularity,
+                                weight_bits=args.weight_bits, source=model.source, transaction=txn,
+                                float_nodes=args.float_nodes)
         if args.report:
             txn.write_json(Path(args.report), report)
     summary = report.get("summary", {})
-    print(f"wrote {args.output}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
+    print(f"wrote {args.output} ({report['format']}): "
+          + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
     return 0
 
 

@@ -197,7 +197,8 @@ def quantize_prequantized(model: ImportedModel, target: Any = None, only_referen
     mod = frontend_prequant.import_qdq(proto, model.inputs, model.source)
     timings["import_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    result = prequant.build_qnn(mod)
+    ours = frontend_prequant.isquant_export(proto)  # our own export: the pipeline's multipliers, bit for bit
+    result = prequant.build_qnn(mod, exact=ours is not None)
     timings["quantize_pass_s"] = time.perf_counter() - start
     if not result.layers:
         raise IsquantError(f"{model.source}: no quantized conv / matmul found in the {fmt.upper()} model")
@@ -207,8 +208,13 @@ def quantize_prequantized(model: ImportedModel, target: Any = None, only_referen
     summary = {"quantization": f"model ({fmt})", "layers": len(result.layers),
                "per_channel_layers": sum(len(layer["weight_scale"]) > 1 for layer in result.layers),
                "activation_ranges": "model", "float_fallback_ops": sum(result.fallbacks.values())}
+    if ours is not None:  # one line for the CLI; the export's settings in full below
+        summary["isquant_export"] = (f"{ours.get('rounding')} {ours.get('granularity')}, ranges"
+                                     f" {ours.get('activation_ranges')}, float64 multipliers")
     report = {"summary": summary, "layers": result.layers, "tensors": result.tensors, "fallbacks": result.fallbacks,
               "lowerings": lowerings, "timings": timings, "rewrites": result.rewrites}
+    if ours is not None:
+        report["isquant_export"] = ours
     metadata = {"scheme": f"the model's own ({fmt}): int8 symmetric weights, int8/uint8 activations with zero points",
                 "quantization": "model", "format": fmt, "activation_ranges": "model",
                 "layers": result.layers, "float_fallback_ops": result.fallbacks}

@@ -21,6 +21,26 @@ QOPERATOR_OPS = {"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QL
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 _ONNX_INT = {2: "uint8", 3: "int8", 6: "int32", 5: "int16", 4: "uint16"}
 
+#: metadata_props key of our own `quantize` export (tools/qdq.py, tools/qdq_full.py): its settings as JSON.
+ISQUANT_METADATA_KEY = "isquant.qdq"
+
+
+def isquant_export(proto: Any) -> dict[str, Any] | None:
+    """The settings of our own full QDQ export (int8 activations, tools/qdq_full.py), else None: such a file is
+    compiled with the pipeline's float64 multipliers so it gives the integer graph it was written from."""
+    import json
+
+    for prop in proto.metadata_props:
+        if prop.key == ISQUANT_METADATA_KEY:
+            try:
+                settings = json.loads(prop.value)
+            except ValueError:
+                return None
+            if isinstance(settings, dict) and settings.get("activations") == "int8" \
+                    and settings.get("multipliers") == "float64":
+                return settings
+    return None
+
 
 def detect(proto: Any) -> str | None:
     """'qoperator', 'qdq' or None (a float model). A weight-only QDQ model (our own `quantize` export:

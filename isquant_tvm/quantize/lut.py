@@ -230,7 +230,7 @@ def table_of(region: Region, x: QTensor) -> tuple[np.ndarray, float, str] | None
     dtype = "uint8" if unsigned else "int8"
     qmin, qmax = (0, 255) if unsigned else (-128, 127)
     alpha = float(np.abs(vals).max())
-    scale = alpha / qmax if alpha > 0 else 1.0
+    scale = float(np.float32(alpha / qmax)) if alpha > 0 else 1.0  # float32: what a QDQ file holds
     table = np.clip(np.rint(vals / scale), qmin, qmax).astype(dtype)
     return table, scale, dtype
 

@@ -27,7 +27,14 @@ differ by at most 1 LSB, and only where the exact value lies within ~2^-16 LSB o
 on one requantize with ResNet-20's / SqueezeNet 1.1's real multipliers 6.5-8.4 per million accumulators
 differ, 0 exact ties (scripts/prequant_rounding.py). End to end >= 99 % of outputs are within 1 LSB on
 every swept model but the synthetic-weight MobileNetV2 (84.7-97.7 %, onnxruntime against itself 72-89 %); no
-onnxruntime-exact mode yet: docs/results.md, "Pre-quantized ONNX models vs onnxruntime"."""
+onnxruntime-exact mode yet: docs/results.md, "Pre-quantized ONNX models vs onnxruntime".
+
+Our own full QDQ export (tools/qdq_full.py, metadata `isquant.qdq` with "activations": "int8") is built with
+`exact=True`: multipliers in float64 from the file's float32 scales, in the pipeline's order (x_s·w_s/y_s,
+a_s/y_s), and a conv / matmul read as float stays an integer op with a float output (the classifier), so the
+integer graph equals the one `compile` builds from the float model, constant for constant
+(tests/tools/test_qdq_full.py). The trailing `rounding` argument is only passed when it is not the default
+2^(n-1) (a zero point folded in), so zero-point-free graphs have the pipeline's argument lists."""
 from __future__ import annotations
 
 import logging
@@ -161,9 +168,15 @@ _ELIGIBLE = DATA_MOVEMENT | {"relax.nn.conv2d", "relax.matmul", "relax.add", "re
 
 
 class Builder:
-    """Walks the imported `main` in binding order and emits a new qnn-level `main`."""
+    """Walks the imported `main` in binding order and emits a new qnn-level `main`.
 
-    def __init__(self, mod: tvm.IRModule) -> None:
+    `exact` (our own export, tools/qdq_full.py, recognised by its `isquant.qdq` metadata): multipliers are formed
+    in float64 from the file's float32 scales, as the ISQuant pipeline forms them, instead of onnxruntime's float32
+    product, and a conv / matmul (+ bias) read as float (the classifier) stays an integer op with a float output,
+    so the integer graph is the pipeline's own, constant for constant."""
+
+    def __init__(self, mod: tvm.IRModule, exact: bool = False) -> None:
+        self.exact = exact
         self.src = mod
         self.main = mod["main"]
         self.bb = relax.BlockBuilder()
@@ -199,6 +212,8 @@ class Builder:
         if isinstance(v, WQ):
             return relax.const(v.real(), "float32")
         if isinstance(v, Pending):
+            if v.float_expr is None and self.exact:
+                v.float_expr = self._float_layer(v.call)
             if v.float_expr is None:
                 call = v.call
                 args = [relax.Tuple([self.float_of(f) for f in a.fields]) if isinstance(a, relax.Tuple)
@@ -213,6 +228,57 @@ class Builder:
         if isinstance(v, relax.Tuple):
             return relax.Tuple([self.float_of(f) for f in v.fields])
         return v
+
+    def ratio(self, num: Any, den: Any) -> np.ndarray:
+        """A requantize multiplier: onnxruntime's float32 arithmetic, or (exact) the pipeline's float64."""
+        if self.exact:
+            return np.asarray(num, np.float64) / np.float64(den)
+        return f32_ratio(num, den)
+
+    def _float_layer(self, call: relax.Call) -> relax.Expr | None:
+        """A conv / matmul (+ constant bias) whose float result leaves the graph: the integer op with a float
+        output (the pipeline's classifier: int32 accumulator times float32(x_s·w_s), no 8-bit logits)."""
+        op = _op(call)
+        if op == "relax.add":
+            a, b = self.value(call.args[0]), self._float_const(call.args[1]) or self.value(call.args[1])
+            if isinstance(b, Pending) and isinstance(a, WQ):
+                a, b = b, a
+            if isinstance(a, Pending) and isinstance(b, WQ) and _op(a.call) in ("relax.nn.conv2d", "relax.matmul"):
+                return self.layer(a.call, b, None, None, None)
+            return None
+        if op in ("relax.nn.conv2d", "relax.matmul"):
+            return self.layer(call, None, None, None, None)
+        if op in ("relax.mean", "relax.nn.adaptive_avg_pool2d", "relax.nn.avg_pool2d") and self._is_global_pool(call, op):
+            return self._classifier_pool(call, op)
+        return None
+
+    def _classifier_pool(self, call: relax.Call, op: str) -> relax.Expr | None:
+        """conv (+ bias) (+ ReLU) -> global pool read as float (SqueezeNet's classifier in the pipeline): the int32
+        accumulator, ReLU clamped in accumulator units, pooled and dequantized (quantize/rewrite.py _classifier_pool)."""
+        inner, lo = self.value(call.args[0]), None
+        if isinstance(inner, Pending) and _op(inner.call) == "relax.nn.relu":
+            inner, lo = self.value(inner.call.args[0]), 0.0
+        if not isinstance(inner, Pending):
+            return None
+        conv, bias = inner.call, None
+        if _op(conv) == "relax.add":
+            a, b = self.value(conv.args[0]), self._float_const(conv.args[1]) or self.value(conv.args[1])
+            if isinstance(b, Pending) and isinstance(a, WQ):
+                a, b = b, a
+            if not (isinstance(a, Pending) and isinstance(b, WQ)):
+                return None
+            conv, bias = a.call, b
+        if _op(conv) != "relax.nn.conv2d":
+            return None
+        got = self.layer(conv, bias, "int32", lo, None)
+        if got is None:
+            return None
+        acc, s_acc = got
+        shape = tvm_compat.expr_shape(call.args[0])
+        keepdims = op != "relax.mean" or bool(call.attrs.keepdims)
+        dq = (s_acc / (shape[2] * shape[3])).astype(np.float32)
+        return self.call_qnn("qnn.global_avg_pool2d", [acc, qnn_ops.const(dq)],
+                             {"keepdims": keepdims, "out_dtype": "float32"}, self.label())
 
     def label(self) -> str:
         self._count += 1
@@ -448,28 +514,31 @@ class Builder:
         full = fixed_point.dtype_bounds(dtype)
         if (x.dtype == dtype and x.zp == z and np.float32(x.scale) == np.float32(s) and (qmin, qmax) == full):
             return x
-        m, n = fixed_point.quantize_multiplier(f32_ratio(x.scale, s))
+        m, n = fixed_point.quantize_multiplier(self.ratio(x.scale, s))
         m, n = int(m), int(n)
         rounding = int(fixed_point.rounding_constant(n, z)) - x.zp * m
         attrs = {"shift": n, "out_dtype": dtype, "out_min": qmin, "out_max": qmax, "output_scale": s,
                  "output_zero_point": z}
-        expr = self.call_qnn("qnn.requantize", [x.expr, relax.const(np.int64(m), "int64"),
-                                                relax.const(np.int64(rounding), "int64")], attrs, self.label())
+        args = [x.expr, relax.const(np.int64(m), "int64")]
+        if rounding != int(fixed_point.rounding_constant(n, 0)):  # the default 2^(n-1) needs no argument
+            args.append(relax.const(np.int64(rounding), "int64"))
+        expr = self.call_qnn("qnn.requantize", args, attrs, self.label())
         return QT(expr, s, z, dtype)
 
     def add(self, a: QT, b: QT, target: tuple[float, int, str], lo: float | None, hi: float | None) -> QT:
         s, z, dtype = target
         qmin, qmax = self._bounds(target, lo, hi)
-        ra, rb = float(f32_ratio(a.scale, s)), float(f32_ratio(b.scale, s))
+        ra, rb = float(self.ratio(a.scale, s)), float(self.ratio(b.scale, s))
         _, n = fixed_point.quantize_multiplier(max(ra, rb))
         n = int(n)
         ma, mb = int(np.rint(ra * 2.0**n)), int(np.rint(rb * 2.0**n))
         rounding = int(fixed_point.rounding_constant(n, z)) - a.zp * ma - b.zp * mb
         attrs = {"shift": n, "out_dtype": dtype, "out_min": qmin, "out_max": qmax, "output_scale": s,
                  "output_zero_point": z}
-        expr = self.call_qnn("qnn.add", [a.expr, b.expr, relax.const(np.int64(ma), "int64"),
-                                         relax.const(np.int64(mb), "int64"), relax.const(np.int64(rounding), "int64")],
-                             attrs, self.label())
+        args = [a.expr, b.expr, relax.const(np.int64(ma), "int64"), relax.const(np.int64(mb), "int64")]
+        if rounding != int(fixed_point.rounding_constant(n, 0)):
+            args.append(relax.const(np.int64(rounding), "int64"))
+        expr = self.call_qnn("qnn.add", args, attrs, self.label())
         return QT(expr, s, z, dtype)
 
     def global_pool(self, call: relax.Call, op: str, x: QT, target: tuple[float, int, str], lo: float | None,
@@ -484,12 +553,16 @@ class Builder:
         keepdims = op != "relax.mean" or bool(call.attrs.keepdims)
         attrs = {"shift": n, "keepdims": keepdims, "out_dtype": dtype, "out_min": qmin, "out_max": qmax,
                  "output_scale": s, "output_zero_point": z}
-        expr = self.call_qnn("qnn.global_avg_pool2d", [x.expr, relax.const(np.int64(m), "int64"),
-                                                       relax.const(np.int64(rounding), "int64")], attrs, self.label())
+        args = [x.expr, relax.const(np.int64(m), "int64")]
+        if rounding != int(fixed_point.rounding_constant(n, 0)):
+            args.append(relax.const(np.int64(rounding), "int64"))
+        expr = self.call_qnn("qnn.global_avg_pool2d", args, attrs, self.label())
         return QT(expr, s, z, dtype)
 
-    def layer(self, call: relax.Call, bias: WQ | None, target: tuple[float, int, str], lo: float | None,
-              hi: float | None) -> QT | None:
+    def layer(self, call: relax.Call, bias: WQ | None, target: Any, lo: float | None,
+              hi: float | None) -> Any:
+        """The qnn conv / dense of `call` (+ bias) requantized to `target`, with target None a float output, with
+        target "int32" the clamped int32 accumulator and its scale (expr, s_acc)."""
         op = _op(call)
         x = self._dq(call.args[0])
         if x is None and op == "relax.matmul":
@@ -553,11 +626,31 @@ class Builder:
         wide = x.dtype == "int32"  # pooled sums: int64 bias and accumulation
         if not wide and np.abs(b_int).max(initial=0) >= 2**31:
             return None
+        if isinstance(target, str):  # "int32": the pipeline's int32_out accumulator (lo / hi in accumulator units)
+            attrs.update({"out_dtype": "int32",
+                          "out_min": -(2**31) if lo is None else int(np.ceil(lo / s_acc.max() - 1e-9)),
+                          "out_max": 2**31 - 1 if hi is None else int(np.floor(hi / s_acc.max() + 1e-9))})
+            args = [data, qnn_ops.const(weight.astype(np.int8)), qnn_ops.const(b_int.astype(np.int32))]
+            self.result.layers.append({"name": attrs["layer"], "kind": "conv2d", "shape": list(weight.shape),
+                                       "input_scale": x.scale, "input_zero_point": x.zp,
+                                       "weight_scale": attrs["weight_scale"], "output_dtype": "int32"})
+            return self.call_qnn(qop, args, attrs, name), s_acc
+        if target is None:
+            attrs.update({"out_dtype": "float32", "out_min": 0, "out_max": 0})
+            args = [data, qnn_ops.const(weight.astype(np.int8)),
+                    qnn_ops.const(b_int.astype(np.int64 if wide else np.int32)), qnn_ops.const(s_acc.astype(np.float32))]
+            self.result.layers.append({"name": attrs["layer"], "kind": "conv2d" if qop == "qnn.conv2d" else "dense",
+                                       "shape": list(weight.shape), "input_scale": x.scale, "input_zero_point": x.zp,
+                                       "weight_scale": attrs["weight_scale"], "output_dtype": "float32"})
+            return self.call_qnn(qop, args, attrs, name)
         s, z, dtype = target
         qmin, qmax = self._bounds(target, lo, hi)
         # float32 x_scale · w_scale / y_scale, as onnxruntime's QLinearConv / QGemm compute it
-        m, n = fixed_point.quantize_multiplier(
-            f32_ratio(np.float32(x.scale) * np.broadcast_to(w_scale.astype(np.float32), (out_channels,)), s))
+        if self.exact:  # the pipeline's s_acc / y_s in float64 (quantize/rewrite.py _emit_acc)
+            m, n = fixed_point.quantize_multiplier(s_acc / np.float64(s))
+        else:
+            m, n = fixed_point.quantize_multiplier(
+                f32_ratio(np.float32(x.scale) * np.broadcast_to(w_scale.astype(np.float32), (out_channels,)), s))
         if z:
             # z·2^n must fit int64 beside the product: channels with a tiny multiplier (onnxruntime gives an
             # all-but-zero channel a ~1e-7 weight scale) drop low multiplier bits instead, |acc| < 2^31
@@ -581,9 +674,10 @@ class Builder:
         return QT(expr, s, z, dtype)
 
 
-def build_qnn(mod: tvm.IRModule) -> PrequantResult:
-    """The imported QDQ module -> the qnn-level integer module with the model's own parameters."""
-    result = Builder(mod).build()
+def build_qnn(mod: tvm.IRModule, exact: bool = False) -> PrequantResult:
+    """The imported QDQ module -> the qnn-level integer module with the model's own parameters
+    (`exact`: our own export's multipliers, see Builder)."""
+    result = Builder(mod, exact).build()
     if result.fallbacks:
         log.warning("%d quantized-model op(s) stay float (no integer rule): %s", sum(result.fallbacks.values()),
                     ", ".join(f"{k}×{v}" for k, v in sorted(result.fallbacks.items())))

@@ -1,5 +1,10 @@
 """Export a weight-only QDQ ONNX model whose int8 weights are rounded by ISQuant / SQuant.
 
+This is `quantize --activations float` (and the fallback of the default `auto` when the integer graph has an
+op with no QDQ form, or for ``--weight-bits`` < 8): weights only, rounded on the ONNX graph by this module's own
+BatchNorm folding, so `compile` of such a file re-estimates activation ranges and re-rounds (it is not detected
+as pre-quantized). The default export, whose compile gives back the same integer graph, is tools/qdq_full.py.
+
 :func:`export_qdq` rewrites a float ONNX model so that every quantisable layer reads its weight
 through ``DequantizeLinear``::
 
@@ -49,11 +54,12 @@ import numpy as np
 
 from ..rounding import isquant
 from ..errors import IsquantError, ModelLoadError
+from ..frontend.prequant import ISQUANT_METADATA_KEY
 
 __all__ = ["export_qdq", "QDQ_METADATA_KEY"]
 
 #: metadata_props key holding the export settings (JSON) in the written model.
-QDQ_METADATA_KEY = "isquant.qdq"
+QDQ_METADATA_KEY = ISQUANT_METADATA_KEY
 
 _MIN_OPSET_DQ = 10  # DequantizeLinear appears in opset 10
 _MIN_OPSET_AXIS = 13  # DequantizeLinear's per-axis form appears in opset 13

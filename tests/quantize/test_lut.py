@@ -317,10 +317,10 @@ class HardSwishBefore:
         return out
 
 
-S_IN = 3.0 / 127
+S_IN = float(np.float32(3.0 / 127))  # the pipeline's scales are float32 values (what a QDQ export holds)
 _LEVELS = np.arange(-128, 128).astype(np.float32) * np.float32(S_IN)
 _HS = (_LEVELS * np.clip(_LEVELS + np.float32(3), 0, 6) / np.float32(6)).astype(np.float64)
-S_OUT = float(np.abs(_HS).max()) / 127
+S_OUT = float(np.float32(float(np.abs(_HS).max()) / 127))
 HS_TABLE = np.clip(np.rint(_HS / S_OUT), -128, 127).astype("int8").reshape(1, 256)
 
 
