@@ -24,6 +24,7 @@ from .common import OC_BN, QConv2dParams
 
 PIX_TILE_MAX = 7  # 7 divides every MobileNet plane (112^2 .. 7^2); 7 x 4 accumulators + weights fit 32 zmm
 OC_TILE_MAX = 4
+ACC_MAX = 28  # zmm accumulators per tile
 PARALLEL_MIN_MACS = 4_000_000  # as schedule.KernelConfig.parallel_min_macs
 
 
@@ -70,7 +71,8 @@ def primfunc(shape, p: QConv2dParams, in_dtype: str) -> tuple[tirx.PrimFunc, tup
     OCB = -(-p.weight.shape[0] // OC_BN)
     K4 = CB * 4
     epi_np = {k: v for k, v in consts(p, shape, in_dtype).items() if k not in ("wpk", "bias")}
-    TP, TO = _divisor(M, PIX_TILE_MAX), _divisor(OCB, OC_TILE_MAX)
+    TO = _divisor(OCB, OC_TILE_MAX)
+    TP = _divisor(M, max(PIX_TILE_MAX, ACC_MAX // TO))  # few oc blocks: more pixels per weight vector
     tasks = N * (OCB // TO) * (M // TP)
     parallel = N * M * OCB * OC_BN * CB * OC_BN >= PARALLEL_MIN_MACS
     out_shape = (N, OCB, H, W, OC_BN)
