@@ -17,7 +17,8 @@ accumulators), so each weight vector still feeds many dots.
 
 Measured (thread CPU, min of 7 x 50 calls, 1 thread, cascadelake target, load 5-6, /tmp microbench of each
 MobileNetV2 1x1 shape as a blocked Relax call, outputs identical to the TE kernel): every one of the 19
-shapes faster, summed x count 1.87 -> 1.38 ms; expand 16->96 @112 269 -> 221 us, expand 160->960 @7 49 ->
+shapes faster with the 28-pixel tile (before it the 16-channel one was 63 -> 70 us), summed x count 1.87 -> 1.38 ms
+(before that tile); expand 16->96 @112 269 -> 221 us, expand 160->960 @7 49 ->
 27 us, head 320->1280 @7 101 -> 64 us, the 16-channel 1x1 @112 59 -> 44 us (with the 28-pixel tile).
 Whole x86-avx512 MobileNetV2 2.88 -> 2.46 ms (interleaved, load 4.7-5.5). On the AMX host the AMX blocked
 kernel is still faster on every one of these shapes (0.93 vs 1.46 ms summed, before the 28-pixel
