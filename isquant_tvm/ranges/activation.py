@@ -2,7 +2,7 @@
 statistics, or calibrated on user samples (min-max / percentile)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -28,6 +28,8 @@ class TensorStats:
     all_n: int = 0
     percentile: float = 0.0  # of |x|, max over batches (calibration only)
     sample: np.ndarray | None = None  # a fixed-size random subset of the values, for MSE-optimal ranges
+    batch_max: list[float] = field(default_factory=list)  # per batch (one image per batch for inverted images)
+    batch_min: list[float] = field(default_factory=list)
 
     SAMPLE_PER_BATCH = 1 << 14
 
@@ -36,8 +38,11 @@ class TensorStats:
         rng = np.random.default_rng(a64.size)
         pick = a64 if a64.size <= self.SAMPLE_PER_BATCH else a64[rng.integers(0, a64.size, self.SAMPLE_PER_BATCH)]
         self.sample = pick.astype(np.float32) if self.sample is None else np.concatenate([self.sample, pick.astype(np.float32)])
-        self.minimum = min(self.minimum, float(a64.min()))
-        self.maximum = max(self.maximum, float(a64.max()))
+        lo, hi = float(a64.min()), float(a64.max())
+        self.batch_min.append(lo)
+        self.batch_max.append(hi)
+        self.minimum = min(self.minimum, lo)
+        self.maximum = max(self.maximum, hi)
         pos = a64[a64 > 0]
         self.pos_sum += float(pos.sum())
         self.pos_sq += float((pos * pos).sum())
@@ -161,6 +166,19 @@ def mse_alpha(sample: np.ndarray, unsigned: bool, grid: int = 100) -> float:
     return float(best)
 
 
+def tail_alpha(maxima: Sequence[float], images: float) -> float:
+    """The expected largest of `images` per-image maxima, from a Gumbel law fitted (moments) to
+    `maxima`; never below the largest seen. Opt-in (`range_rule="synthetic-tail@N"`): on the full
+    ResNet-56 ONNX test set it widened every tensor and lost 0.4 pt of agreement against min-max
+    (97.48 % vs 97.88 %, ranges/datafree.py)."""
+    m = np.asarray(maxima, np.float64)
+    if m.size < 2:
+        return float(m.max()) if m.size else 0.0
+    beta = float(m.std()) * np.sqrt(6.0) / np.pi
+    mu = float(m.mean()) - 0.5772156649 * beta
+    return float(max(m.max(), mu + beta * (np.log(images) + 0.5772156649)))
+
+
 def choose(stats: Mapping[Any, TensorStats], method: str, factor: float = 25.0) -> dict[Any, ActivationRange]:
     """A range per tensor. method: 'sigma' (data-free synthetic), 'minmax' or 'percentile' (calibration)."""
     out: dict[Any, ActivationRange] = {}
@@ -174,6 +192,12 @@ def choose(stats: Mapping[Any, TensorStats], method: str, factor: float = 25.0) 
         elif method.startswith("synthetic-minmax:"):  # datafree.py: min-max over synthetic images
             source = method.split(":", 1)[1]
             out[var] = ActivationRange(max(s.maximum if unsigned else s.amax, 1e-8), SYNTHETIC_RULES[source], unsigned)
+        elif method.startswith("synthetic-tail"):  # "synthetic-tail@IMAGES:source"
+            head, source = method.split(":", 1)
+            images = float(head.split("@", 1)[1]) if "@" in head else 1e4
+            per_image = s.batch_max if unsigned else [max(abs(a), abs(b)) for a, b in zip(s.batch_min, s.batch_max)]
+            out[var] = ActivationRange(max(tail_alpha(per_image, images), 1e-8),
+                                       SYNTHETIC_RULES[source].replace("min-max", f"tail@{images:g}"), unsigned)
         elif method == "minmax":
             out[var] = ActivationRange(max(s.maximum if unsigned else s.amax, 1e-8), "calibration min-max", unsigned)
         elif method == "percentile":

@@ -17,6 +17,21 @@ how much to trust them.
   Full test set through the CLI (this tree): ResNet-20 ONNX 98.26 % / -0.03 pt, ResNet-56 ONNX 97.88 %
   / +0.19 pt (below the 98.2 % bar; seed spread 0.8 pt on 1,000 images, scripts/ranges_sweep.py).
 
+Tried on the full ResNet-56 ONNX test set through the TVM build (scripts/ranges_full.py, the CLI's
+measurement; this tree's default reproduces 97.88 % / +0.19 pt there), load 4-8, none kept as the
+default: the union (min-max) of 3 inversions with seeds 0/1/2 (`InvertedImages(runs=3)`, 3x the
+inversion) 97.62 % / +0.02 pt; one inversion of 40 steps 97.70 % / +0.18; 80 steps 97.76 % / +0.11; the
+Gumbel tail rule (`range_rule="synthetic-tail@1e4"`: each tensor's per-image maxima fitted with a
+Gumbel law, the expected maximum over 10,000 images) 97.48 % / +0.16. The default itself with seeds
+1 and 2: 97.67 % / +0.44 and 97.86 % / -0.11, so the full-set seed spread is 0.2 pt of agreement and
+0.55 pt of drop, and seed 0 sits at the top of it: every variant above lies inside or just below
+that band, none clears the 98.2 % bar. Fewer images (seeds 0/1/2; half / a quarter / an eighth of
+the inversion): 16 images 97.98 / 97.77 / 97.74 %, 8 images 98.00 / 97.65 / 98.01 % (drop +0.18 /
++0.22 / +0.15), 4 images 97.97 / 97.66 / 97.45 %; the 3-seed means (97.83, 97.89, 97.69 against the
+default's 97.80) differ by less than the spread. The two that widen every tensor (union, tail) score lowest:
+"wider than a small real sample's maxima is better" holds only up to the default's width. The
+settings stay available (opt-in) for other models; the default is unchanged.
+
 `confidence` is what the report and the CLI's calibration hint say about such ranges."""
 from __future__ import annotations
 
@@ -34,6 +49,21 @@ log = logging.getLogger(__name__)
 
 #: calibration images the hint proposes (64 real images + min-max: ResNet-20 98.52 % agreement, issue 16)
 HINT_IMAGES = 64
+
+
+@dataclass(frozen=True)
+class InvertedImages:
+    """How the inverted images are made: `runs` independent inversions (seeds seed, seed+1, ...) of
+    `images` images (None: inversion.images_for) and `steps` steps each; the ranges are the min-max over
+    all of them (the union)."""
+
+    runs: int = 1
+    steps: int = 20
+    images: int | None = None
+
+
+#: what `plan` uses (scripts/ranges_full.py swaps it to compare settings)
+INVERTED = InvertedImages()
 
 
 @dataclass
@@ -75,13 +105,21 @@ def plan(unfolded: tvm.IRModule, float_mod: tvm.IRModule, shapes: Sequence[Seque
             from . import inversion
 
             start = time.perf_counter()
-            config = inversion.InversionConfig(images=inversion.images_for(shapes[0]), seed=seed)
-            try:
-                images = inversion.invert(float_mod, shapes[0], config)
-            except Exception as err:  # noqa: BLE001 - a refinement: the noise images still give ranges
-                log.warning("image inversion failed (%s: %s); synthetic ranges use noise images",
-                            type(err).__name__, err)
-                images = None
+            how = INVERTED
+            count = how.images if how.images is not None else inversion.images_for(shapes[0])
+            runs = []
+            for run in range(how.runs):
+                config = inversion.InversionConfig(images=count, steps=how.steps, seed=seed + run)
+                try:
+                    out = inversion.invert(float_mod, shapes[0], config)
+                except Exception as err:  # noqa: BLE001 - a refinement: the noise images still give ranges
+                    log.warning("image inversion failed (%s: %s); synthetic ranges use noise images",
+                                type(err).__name__, err)
+                    out = None
+                if out is None:
+                    break
+                runs.append(out)
+            images = np.concatenate(runs) if runs and len(runs) == how.runs else None
             timings["inversion_s"] = time.perf_counter() - start
             if images is not None:
                 # one image per run, not one batch of all: a batch is 11 s faster on ResNet-56 but moves a few
@@ -90,8 +128,8 @@ def plan(unfolded: tvm.IRModule, float_mod: tvm.IRModule, shapes: Sequence[Seque
                 source = "inverted"
     if batches is None:
         batches = activation.synthetic_inputs(shapes, count=synthetic_count, seed=seed, kind=source)
-    if range_rule == "synthetic-minmax":
-        range_rule = f"synthetic-minmax:{source}"
+    if range_rule.startswith(("synthetic-minmax", "synthetic-tail")) and ":" not in range_rule:
+        range_rule = f"{range_rule}:{source}"
     return Plan(batches, range_rule, bn, source, timings)
 
 

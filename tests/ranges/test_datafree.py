@@ -101,3 +101,32 @@ def test_margin_objective_is_deterministic_and_moves_the_images(tiny) -> None:
     assert a is not None and a.shape == (4, *shape[1:])
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, ce), "the objective must change the optimised images"
+
+
+def test_tail_alpha_extrapolates_a_gumbel_sample() -> None:
+    from isquant_tvm.ranges.activation import tail_alpha
+
+    rng = np.random.default_rng(0)
+    mu, beta = 5.0, 0.5
+    sample = rng.gumbel(mu, beta, 64)
+    # the expected largest of 10,000 draws of Gumbel(mu, beta) is mu + beta (ln 1e4 + γ) = 9.89
+    got = tail_alpha(sample, 1e4)
+    assert abs(got - (mu + beta * (np.log(1e4) + 0.5772))) < 0.6, got
+    assert got > sample.max()
+    assert tail_alpha(sample, 2) == sample.max(), "never below the largest seen"
+    assert tail_alpha([3.0], 1e4) == 3.0
+
+
+def test_several_inversion_runs_are_a_deterministic_union(tiny, monkeypatch) -> None:
+    _, model, folded = tiny
+    # few images and steps: the union logic, not the inversion, is under test (and this stays fast)
+    monkeypatch.setattr(datafree, "INVERTED", datafree.InvertedImages(runs=1, steps=3, images=4))
+    one = quantize_model(model, folded, progress=False, only_reference=True)
+    monkeypatch.setattr(datafree, "INVERTED", datafree.InvertedImages(runs=2, steps=3, images=4))
+    a = quantize_model(model, folded, progress=False, only_reference=True)
+    b = quantize_model(model, folded, progress=False, only_reference=True)
+    assert _ranges(a) == _ranges(b)
+    # run 0 is the one-run images, so the union's ranges can only be wider
+    wide = {t: alpha for t, alpha, _ in _ranges(a)}
+    assert all(wide[t] >= alpha for t, alpha, _ in _ranges(one))
+    assert any(wide[t] > alpha for t, alpha, _ in _ranges(one))
