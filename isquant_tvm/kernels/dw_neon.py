@@ -32,6 +32,7 @@ from tvm import tirx
 
 from . import compute, geometry
 from .common import OC_BN, QConv2dParams
+from .depthwise import build_padded_rows
 from .schedule import DW_PARALLEL_MIN_MACS
 
 PIX_TILE = 4  # output pixels per unrolled step: 4 x 4 int32x4 accumulators + 9 weight registers fit the 32
@@ -96,28 +97,14 @@ def primfunc(shape, p: QConv2dParams, in_dtype: str, q31: str = "") -> tuple[tir
             loop = T.parallel if parallel else T.serial
             zero = tirx.const(-128 if shift else 0, "int8")
             rowlen = Wp * OC_BN
-            lo, hi = g.pl * OC_BN, (g.pl + W) * OC_BN
             with loop(0, N * CB * OH) as r:
                 oh = r % OH
                 n, cb = r // (OH * CB), (r // OH) % CB
-                # this output row's KH padded input rows, in L1: zero borders, the data row copied (shifted)
+                # this output row's KH padded input rows, in L1 (uint8 data shifted to int8)
                 lb = T.alloc_buffer((KH * rowlen,), "int8")
-                for kh in range(KH):
-                    h = oh * g.sh + kh * g.dh - g.pt
-                    for a_, e_ in ((0, lo), (hi, rowlen)):
-                        if e_ > a_:
-                            with T.vectorized(a_, e_) as i:
-                                T.buffer_store(lb, zero, [kh * rowlen + i])
-                    with T.If(T.And(h >= 0, h < H)):
-                        with T.Then():
-                            with T.serial(0, W) as w:
-                                with T.vectorized(0, OC_BN) as c:
-                                    v = data[n, cb, h, w, c]
-                                    v = tirx.reinterpret("int8", v ^ tirx.const(128, "uint8")) if shift else v
-                                    T.buffer_store(lb, v, [kh * rowlen + lo + w * OC_BN + c])
-                        with T.Else():
-                            with T.vectorized(lo, hi) as i:
-                                T.buffer_store(lb, zero, [kh * rowlen + i])
+                build_padded_rows(T, lb, data, n, cb, oh, g, rowlen, zero,
+                                  (lambda v: tirx.reinterpret("int8", v ^ tirx.const(128, "uint8"))) if shift
+                                  else (lambda v: v))
                 acc = T.alloc_buffer((tile * OC_BN,), "int32", scope="local")
                 with T.serial(0, OW // tile) as owo:
                     for t in range(tile):

@@ -29,6 +29,7 @@ from tvm import tirx
 
 from . import compute, geometry
 from .common import OC_BN, QConv2dParams
+from .depthwise import build_padded_rows
 from .schedule import DW_PARALLEL_MIN_MACS
 
 PIX_TILE = 4  # output pixels per unrolled step: independent vpdpbusd chains hide its 5-cycle latency
@@ -95,29 +96,14 @@ def primfunc(shape, p: QConv2dParams, in_dtype: str) -> tuple[tirx.PrimFunc, tup
             ramp8 = tirx.Ramp(tirx.const(0, "int32"), tirx.const(1, "int32"), 64) % 16
             shuf = tirx.Cast("int8x64", (ramp8 % 4) * 4 + ramp8 // 4)  # in-lane 4x4 byte transpose: (pixel, channel) -> (channel, pixel)
             rowlen = Wp * OC_BN + 64  # +64: the last quad's 64-byte load may pass the row's last tap
-            lo, hi = g.pl * OC_BN, (g.pl + W) * OC_BN
             with loop(0, N * CB * OH) as r:
                 oh = r % OH
                 n, cb = r // (OH * CB), (r // OH) % CB
-                # the KH padded input rows of this output row, built in L1 (a whole-tensor pad buffer cost
-                # 0.14 of 0.15 ms in the 96 x 112 x 112 stride-2 layer): zero borders, a contiguous copy
-                # of the W x 16 bytes of the data row (+128 for int8 data)
+                # the KH padded input rows of this output row, in L1 (int8 data +128)
                 lb = T.alloc_buffer((g.KH * rowlen,), "uint8")
-                for kh in range(g.KH):
-                    h = oh * g.sh + kh * g.dh - g.pt
-                    for a_, e_ in ((0, lo), (hi, rowlen)):
-                        with T.vectorized(a_, e_) as i:
-                            T.buffer_store(lb, zero, [kh * rowlen + i])
-                    with T.If(T.And(h >= 0, h < H)):
-                        with T.Then():
-                            with T.serial(0, W) as w:
-                                with T.vectorized(0, OC_BN) as c:
-                                    v = data[n, cb, h, w, c]
-                                    v = (v.astype("uint8") ^ tirx.const(128, "uint8")) if in_dtype == "int8" else v
-                                    T.buffer_store(lb, v, [kh * rowlen + lo + w * OC_BN + c])
-                        with T.Else():
-                            with T.vectorized(lo, hi) as i:
-                                T.buffer_store(lb, zero, [kh * rowlen + i])
+                build_padded_rows(T, lb, data, n, cb, oh, g, rowlen, zero,
+                                  (lambda v: v.astype("uint8") ^ tirx.const(128, "uint8")) if in_dtype == "int8"
+                                  else (lambda v: v))
                 acc = T.alloc_buffer((tile * OC_BN,), "int32", scope="local")
                 with T.serial(0, OW // tile) as owo:
                     for t in range(tile):
