@@ -116,8 +116,12 @@ def unscheduled_conv_primfunc(g: Any, p: Any, in_dtype: str, cfg: Any, blocked_o
 
     from ..kernels import compute, geometry
 
+    # the ARM int32 epilogue as int64 TIR ("host"), same constants as the NEON form: MetaSchedule vectorises
+    # epilogues 16 lanes wide, where the sqdmulh/srshl intrinsics abort LLVM and every sampled schedule failed
+    # ("no valid tuned schedule" on the board); the tuned kernel is kept only if it times faster anyway
+    q31 = "host" if cfg.q31_epilogue else ""
     data, wpk, bias, epi, outs = compute.conv_compute(g, p, in_dtype, cfg.dot_in_dtype, blocked_out, cfg.w_layout,
-                                                     cfg.w_dtype, hi32=cfg.hi32_epilogue, q31=cfg.q31_epilogue)
+                                                     cfg.w_dtype, hi32=cfg.hi32_epilogue, q31=q31)
     func = te.create_prim_func([data, wpk, bias] + [epi[k] for k in sorted(epi)] + outs)
     if geometry.int32_form(epi):
         func = compute.start_from_bias(func)
