@@ -1,9 +1,11 @@
 """Helpers shared between test modules (one place, instead of test modules importing each other)."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -271,3 +273,47 @@ class X86Server:
 
     def kill(self) -> None:
         kill_group(self.proc)
+
+
+# aarch64 targets as the kernel tests build them (the presets' rasp5 / rasp4b)
+RASP5 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}
+RASP4B = "raspberry-pi/4b-aarch64"
+
+needs_cross = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None
+                                 or shutil.which("aarch64-linux-gnu-objdump") is None,
+                                 reason="aarch64 cross toolchain not installed")
+
+
+def objdump_ops(path, arrangements: bool = False) -> collections.Counter:
+    """Instruction counts of a cross-compiled aarch64 library, by mnemonic; with `arrangements` also by
+    mnemonic + the first operand's arrangement ("smlal.2d": the int64 requantize, "smlal.8h": int16 taps)."""
+    text = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+    ops: collections.Counter = collections.Counter()
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and parts[2].strip():
+            op = parts[2].split()[0]
+            ops[op] += 1
+            first = parts[3].split(",")[0] if len(parts) > 3 else ""
+            if arrangements and "." in first:
+                ops[op + "." + first.split(".")[-1]] += 1
+    return ops
+
+
+def run_requant_epilogue(acc_np: np.ndarray, p: QConv2dParams, consts: dict, **expr_kwargs) -> np.ndarray:
+    """geometry.requant_expr over an (R, O) int32 accumulator with per-channel constants `consts`, built for
+    the host and run: the epilogue forms' check against fixed_point.requantize."""
+    from tvm import te
+
+    from isquant_tvm.kernels import geometry
+
+    R, O = acc_np.shape
+    acc = te.placeholder((R, O), "int32", name="acc")
+    epi = {k: te.placeholder((O,), str(v.dtype), name=k) for k, v in consts.items()}
+    out = te.compute((R, O), lambda r, o: geometry.requant_expr(acc[r, o], o, p, epi, **expr_kwargs), name="out")
+    func = te.create_prim_func([acc] + [epi[k] for k in sorted(epi)] + [out])
+    lib = tvm.compile(tvm.IRModule({"main": func}), target={"kind": "llvm"})
+    y = tvm.runtime.tensor(np.zeros((R, O), p.out_dtype))
+    lib["main"](tvm.runtime.tensor(acc_np), *[tvm.runtime.tensor(consts[k]) for k in sorted(consts)], y)
+    return y.numpy()

@@ -5,9 +5,6 @@
 """
 from __future__ import annotations
 
-import collections
-import shutil
-import subprocess
 import zlib
 
 import numpy as np
@@ -21,15 +18,9 @@ from isquant_tvm.util.cpu import is_aarch64
 from isquant_tvm.kernels.common import QDenseParams
 
 from ..helpers import CONV_CASES as CASES
-from ..helpers import assert_exact, build_single, make_params, rand_data, run
+from ..helpers import RASP4B, RASP5, assert_exact, build_single, make_params, needs_cross, objdump_ops, rand_data, run
 
-RASP5 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}
-RASP4B = "raspberry-pi/4b-aarch64"
 HOST = {"kind": "llvm", "mcpu": "haswell"}
-
-needs_cross = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None
-                                 or shutil.which("aarch64-linux-gnu-objdump") is None,
-                                 reason="aarch64 cross toolchain not installed")
 
 
 def relax_conv_module(x_shape, x_dtype, p, target, lower=kernels.lower_conv2d):
@@ -40,17 +31,6 @@ def relax_conv_module(x_shape, x_dtype, p, target, lower=kernels.lower_conv2d):
             o = bb.emit_output(lower(bb, x, p, target))
         bb.emit_func_output(o)
     return bb.get()
-
-
-def objdump_ops(path) -> collections.Counter:
-    text = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(path)], capture_output=True, text=True,
-                          check=True).stdout
-    ops = collections.Counter()
-    for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 3 and parts[2].strip():
-            ops[parts[2].split()[0]] += 1
-    return ops
 
 
 def test_target_dispatch():

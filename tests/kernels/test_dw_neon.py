@@ -5,8 +5,6 @@ cross-compiled aarch64 kernel carries smull/smlal + saddw and the q31 epilogue (
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -15,11 +13,9 @@ from tvm import relax
 
 from isquant_tvm.kernels import arm_dot, common, dw_neon
 
-from ..helpers import assert_exact, make_params, rand_data, run
+from ..helpers import RASP4B, RASP5, assert_exact, make_params, needs_cross, objdump_ops, rand_data, run
 
 HOST = {"kind": "llvm", "mcpu": "haswell"}
-RASP5 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}
-RASP4B = "raspberry-pi/4b-aarch64"
 
 
 def _module(x_shape, in_dtype, p, target, cfg):
@@ -67,20 +63,7 @@ def test_dw_neon_bit_exact_on_host(base, C, H, k, stride, dil, in_dtype, out_dty
     assert_exact(out, common.ref_conv2d(x, p))
 
 
-def _objdump_ops(path) -> dict[str, int]:
-    text = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(path)], capture_output=True, text=True,
-                          check=True).stdout
-    ops: dict[str, int] = {}
-    for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 3 and parts[2].strip():
-            key = parts[2].split()[0] + ("." + parts[3].split(",")[0].split(".")[-1] if len(parts) > 3 and "." in parts[3].split(",")[0] else "")
-            ops[key] = ops.get(key, 0) + 1
-    return ops
-
-
-@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None or shutil.which("aarch64-linux-gnu-objdump") is None,
-                    reason="aarch64 cross toolchain not installed")
+@needs_cross
 @pytest.mark.parametrize("board", ["rasp5", "rasp4b"])
 def test_dw_neon_instructions(board, tmp_path):
     from tvm.support import cc
@@ -93,9 +76,9 @@ def test_dw_neon_instructions(board, tmp_path):
     so = tmp_path / f"{board}.so"
     relax.build(_module(x.shape, "uint8", p, target, None), target=target).export_library(
         str(so), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
-    ops = _objdump_ops(so)
-    mul16 = sum(v for k, v in ops.items() if k.split(".")[0] in ("smull", "smull2", "smlal", "smlal2"))
-    widen = sum(v for k, v in ops.items() if k.split(".")[0] in ("saddw", "saddw2"))
+    ops = objdump_ops(so, arrangements=True)
+    mul16 = sum(ops[k] for k in ("smull", "smull2", "smlal", "smlal2"))
+    widen = sum(ops[k] for k in ("saddw", "saddw2"))
     assert mul16 >= 18 * 2 and widen >= 8, ops  # 9 taps x 16 channels per pixel: 18 multiplies, 4+ widening adds
     assert ops.get("mul.4s", 0) == 0 and ops.get("mla.4s", 0) == 0, ops  # no int32 tap multiplies left
     assert ops.get("sqdmulh.4s", 0) >= 4 and ops.get("srshl.4s", 0) >= 4, ops

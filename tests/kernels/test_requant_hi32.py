@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tvm
-from tvm import te
 
 from isquant_tvm.kernels import geometry
 from isquant_tvm.kernels.common import QConv2dParams
 from isquant_tvm.reference import fixed_point
+
+from ..helpers import run_requant_epilogue
 
 
 @pytest.mark.parametrize("out_dtype,zero_point", [("uint8", 0), ("int8", 0), ("uint8", 7), ("int8", -5)])
@@ -27,16 +27,9 @@ def test_requant_hi32_equals_reference(out_dtype, zero_point):
     assert geometry.uses_hi32(p) and "sh32" in consts
     acc_np = np.concatenate([[2 ** 31 - 1, -2 ** 31, 0, -1, 1], rng.integers(-2 ** 31, 2 ** 31, 4096 - 5)])
     acc_np = acc_np.astype(np.int32).reshape(-1, O)
-    R = acc_np.shape[0]
-    acc = te.placeholder((R, O), "int32", name="acc")
-    epi = {k: te.placeholder((O,), str(v.dtype), name=k) for k, v in consts.items()}
-    out = te.compute((R, O), lambda r, o: geometry.requant_expr(acc[r, o], o, p, epi), name="out")
-    func = te.create_prim_func([acc] + [epi[k] for k in sorted(epi)] + [out])
-    lib = tvm.compile(tvm.IRModule({"main": func}), target={"kind": "llvm"})
-    y = tvm.runtime.tensor(np.zeros((R, O), out_dtype))
-    lib["main"](tvm.runtime.tensor(acc_np), *[tvm.runtime.tensor(consts[k]) for k in sorted(consts)], y)
+    y = run_requant_epilogue(acc_np, p, consts)
     ref = fixed_point.requantize(acc_np, mult, shift, lo, hi, channel_axis=1, zero_point=zero_point)
-    np.testing.assert_array_equal(y.numpy(), ref.astype(out_dtype))
+    np.testing.assert_array_equal(y, ref.astype(out_dtype))
 
 
 def test_hi32_only_where_every_shift_allows():

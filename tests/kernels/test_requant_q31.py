@@ -5,22 +5,18 @@ carrying the instructions, and the per-layer int64 fallback."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 import tvm
-from tvm import relax, te
+from tvm import relax
 
 from isquant_tvm.kernels import arm_dot, geometry
 from isquant_tvm.kernels.common import QConv2dParams
 from isquant_tvm.reference import fixed_point
 
-from ..helpers import make_params, rand_data
+from ..helpers import RASP4B, RASP5, make_params, needs_cross, objdump_ops, rand_data, run_requant_epilogue
 
-RASP5 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}
-RASP4B = "raspberry-pi/4b-aarch64"
 
 
 def sqdmulh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -74,21 +70,15 @@ def test_identity_with_modelled_instructions(zero_point):
 def test_host_twin_equals_reference(out_dtype, zero_point):
     """requant_expr's int64 TIR twin of the q31 form (what arm_dot.portable_config builds) through TVM."""
     shift, mult, acc_np = _edge_case(zero_point)
-    R, O = acc_np.shape
+    O = acc_np.shape[1]
     lo, hi = (0, 255) if out_dtype == "uint8" else (-128, 127)
     p = QConv2dParams(weight=np.zeros((O, 1, 1, 1), np.int8), bias=np.zeros(O, np.int32), multiplier=mult,
                       shift=shift, out_dtype=out_dtype, out_min=lo, out_max=hi, out_zero_point=zero_point)
     consts = geometry.epilogue_consts(p, O, q31=True)
     assert geometry.uses_q31(p) and sorted(consts) == ["mult", "q31sh"] and consts["mult"].dtype == np.int32
-    acc = te.placeholder((R, O), "int32", name="acc")
-    epi = {k: te.placeholder((O,), str(v.dtype), name=k) for k, v in consts.items()}
-    out = te.compute((R, O), lambda r, o: geometry.requant_expr(acc[r, o], o, p, epi, q31_neon=False), name="out")
-    func = te.create_prim_func([acc] + [epi[k] for k in sorted(epi)] + [out])
-    lib = tvm.compile(tvm.IRModule({"main": func}), target={"kind": "llvm"})
-    y = tvm.runtime.tensor(np.zeros((R, O), out_dtype))
-    lib["main"](tvm.runtime.tensor(acc_np), *[tvm.runtime.tensor(consts[k]) for k in sorted(consts)], y)
+    y = run_requant_epilogue(acc_np, p, consts, q31_neon=False)
     ref = fixed_point.requantize(acc_np, mult, shift, lo, hi, channel_axis=1, zero_point=zero_point)
-    np.testing.assert_array_equal(y.numpy(), ref.astype(out_dtype))
+    np.testing.assert_array_equal(y, ref.astype(out_dtype))
 
 
 def test_q31_only_where_every_shift_allows():
@@ -105,24 +95,7 @@ def test_q31_only_where_every_shift_allows():
     assert list(padded["q31sh"][:3]) == [-9, -9, -1] and padded["mult"][2:].max() == 0
 
 
-def _objdump_ops(path) -> dict[str, int]:
-    text = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(path)], capture_output=True, text=True,
-                          check=True).stdout
-    ops: dict[str, int] = {}
-    for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 3 and parts[2].strip():
-            op = parts[2].split()[0]
-            ops[op] = ops.get(op, 0) + 1
-            first = parts[3].split(",")[0] if len(parts) > 3 else ""
-            if "." in first:  # also by arrangement: "smlal.2d" (int64 requantize) vs "smlal.8h" (dw_neon's taps)
-                key = op + "." + first.split(".")[-1]
-                ops[key] = ops.get(key, 0) + 1
-    return ops
-
-
-@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None or shutil.which("aarch64-linux-gnu-objdump") is None,
-                    reason="aarch64 cross toolchain not installed")
+@needs_cross
 @pytest.mark.parametrize("board", ["rasp5", "rasp4b"])
 def test_arm_kernels_emit_sqdmulh(board, tmp_path):
     """A blocked conv + depthwise chain: sqdmulh/srshl where every shift >= 32, int64 (smull) otherwise."""
@@ -146,7 +119,7 @@ def test_arm_kernels_emit_sqdmulh(board, tmp_path):
             bb.emit_func_output(o)
         so = tmp_path / f"{board}_{label}.so"
         relax.build(bb.get(), target=target).export_library(str(so), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
-        counts[label] = _objdump_ops(so)
+        counts[label] = objdump_ops(so, arrangements=True)
     q, i64 = counts["q31"], counts["int64"]
     # two kernels x 16 channels / 4 lanes, at least once per register tile
     assert q.get("sqdmulh", 0) >= 8 and q.get("srshl", 0) >= 8, q
