@@ -137,22 +137,7 @@ def export_qdq(
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise IsquantError(f"{source}: the QDQ model fails onnx.checker ({msg}); "
                            "check that the input model itself passes onnx.checker") from err
-    try:
-        data = proto.SerializeToString(deterministic=True)
-    except Exception as err:  # protobuf refuses messages over 2 GiB
-        raise IsquantError(f"{source}: cannot serialise the QDQ model ({err}); models over 2 GiB "
-                           "are not supported") from err
-
-    from ..util.fileio import atomic_write_bytes
-
-    try:
-        if transaction is not None:  # the CLI's fileio.Transaction: renamed with --report, or not at all
-            transaction.write_bytes(output, data)
-        else:
-            atomic_write_bytes(output, data)
-    except OSError as err:
-        raise IsquantError(f"{output}: cannot write the QDQ model ({err.strerror or err}); "
-                           "choose a writable output path") from err
+    data = write_model(proto, output, source, transaction)
 
     return {
         "source": source,
@@ -170,6 +155,28 @@ def export_qdq(
 # --------------------------------------------------------------------------------------------
 # Reading, opset
 # --------------------------------------------------------------------------------------------
+
+
+def write_model(proto: Any, output: Path, source: str, transaction: Any = None) -> bytes:
+    """Serialise deterministically (the same input gives a byte-identical file) and write atomically, or
+    through the CLI's fileio.Transaction (renamed with --report, or not at all); returns the bytes written."""
+    try:
+        data = proto.SerializeToString(deterministic=True)
+    except Exception as err:  # protobuf refuses messages over 2 GiB
+        raise IsquantError(f"{source}: cannot serialise the QDQ model ({err}); models over 2 GiB "
+                           "are not supported") from err
+
+    from ..util.fileio import atomic_write_bytes
+
+    try:
+        if transaction is not None:
+            transaction.write_bytes(output, data)
+        else:
+            atomic_write_bytes(output, data)
+    except OSError as err:
+        raise IsquantError(f"{output}: cannot write the QDQ model ({err.strerror or err}); "
+                           "choose a writable output path") from err
+    return data
 
 
 def _check_float_nodes(proto: Any, names: Sequence[str], source: str) -> set[str]:

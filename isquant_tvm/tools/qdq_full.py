@@ -64,7 +64,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import IsquantError
-from .qdq import QDQ_METADATA_KEY
+from .qdq import QDQ_METADATA_KEY, write_model
 
 __all__ = ["export_qdq_full", "QdqUnsupported", "OPSET"]
 
@@ -105,18 +105,8 @@ def export_qdq_full(model: Any, output: str | Path, quant_options: Mapping[str, 
         onnx.checker.check_model(proto)
     except Exception as err:  # noqa: BLE001 - onnx raises several types
         raise IsquantError(f"{model.source}: the QDQ export fails onnx.checker ({str(err).strip()[:200]})") from err
-    data = proto.SerializeToString(deterministic=True)
-    from ..util.fileio import atomic_write_bytes
-
     output = Path(output)
-    try:
-        if transaction is not None:
-            transaction.write_bytes(output, data)
-        else:
-            atomic_write_bytes(output, data)
-    except OSError as err:
-        raise IsquantError(f"{output}: cannot write the QDQ model ({err.strerror or err}); "
-                           "choose a writable output path") from err
+    data = write_model(proto, output, model.source, transaction)
     counts: dict[str, int] = {}
     for n in proto.graph.node:
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
